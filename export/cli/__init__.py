@@ -1,0 +1,30 @@
+"""dpnet-export: ``onnx``, ``trt`` and ``check`` subcommands, one module each.
+
+Each subcommand module defines ``command`` and imports its heavy dependencies (torch,
+TensorRT) inside it, so ``dpnet-export --help`` works with none of them installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from dpnet_export.cli import check_cmd, onnx_cmd, trt_cmd
+from dpnet_runtime.console import run_app
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dpnet-export",
+    help="Export a DPNet checkpoint to ONNX, lint ONNX for TensorRT, build TensorRT engines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("onnx")(onnx_cmd.command)
+app.command("trt")(trt_cmd.command)
+app.command("check")(check_cmd.command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    run_app(app)

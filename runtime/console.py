@@ -1,0 +1,109 @@
+"""The one CLI error boundary, plus the rich console and progress bars every CLI shares.
+
+Library code never prints or exits; a console script calls :func:`run_app`, which turns a
+:class:`~dpnet_runtime.errors.DpnetError` into one line on stderr and exit code 1, and any
+other exception (a bug) into "internal error" with exit code 70 (``--debug`` or
+``DPNET_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from dpnet_runtime.errors import DpnetError
+
+__all__ = [
+    "EXIT_CHECK_FAILED",
+    "EXIT_INTERNAL",
+    "EXIT_USER_ERROR",
+    "make_progress",
+    "run_app",
+    "stderr_console",
+    "stdout_console",
+    "track",
+]
+
+EXIT_USER_ERROR: Final = 1
+EXIT_CHECK_FAILED: Final = 3
+EXIT_INTERNAL: Final = 70
+
+T = TypeVar("T")
+
+stdout_console = Console()
+stderr_console = Console(stderr=True)
+
+
+def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
+    """Run a typer app (or any callable CLI) inside the dpnet error boundary; never returns.
+
+    Args:
+        app: a ``typer.Typer`` (created with ``pretty_exceptions_enable=False``) or callable.
+        argv: arguments without the program name; ``None`` reads ``sys.argv``.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("DPNET_DEBUG") == "1"
+    args = [arg for arg in args if arg != "--debug"]
+    try:
+        app(args=args, standalone_mode=True)
+    except SystemExit as exc:
+        raise SystemExit(exc.code) from None
+    except DpnetError as exc:
+        if debug:
+            raise
+        stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        stderr_console.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        stderr_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(exc)} "
+            "(a bug in dpnet; rerun with --debug for the traceback and report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(EXIT_INTERNAL) from None
+    raise SystemExit(0)
+
+
+def make_progress(*, transient: bool = False) -> Progress:
+    """A rich progress bar with description, bar, count, elapsed and remaining time (stderr)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr_console,
+        transient=transient,
+        disable=not stderr_console.is_terminal and os.environ.get("DPNET_PROGRESS") != "1",
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a progress bar on stderr (silent when stderr is not a terminal)."""
+    with make_progress(transient=True) as progress:
+        task = progress.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            progress.advance(task)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,49 @@
+"""The exception hierarchy shared by every dpnet package.
+
+Everything a user can fix derives from :class:`DpnetError`; the CLIs print such an error
+on one line and exit 1. Broken invariants are bugs and raise ``RuntimeError`` instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "DatasetError",
+    "DpnetError",
+    "ExportError",
+    "IncompatibleModelError",
+    "InputError",
+    "ModelFileError",
+]
+
+
+class DpnetError(Exception):
+    """Base of every error a user can fix: the message says what, where, and the fix."""
+
+
+class InputError(DpnetError, ValueError):
+    """Bad caller data: rank, shape, dtype, empty mask, K mismatch, incompatible options."""
+
+
+class ModelFileError(DpnetError):
+    """A checkpoint, ONNX file, engine or sidecar is missing, truncated or malformed."""
+
+
+class IncompatibleModelError(ModelFileError):
+    """A valid model file made for another dpnet, TensorRT, GPU or shots range."""
+
+
+class DatasetError(DpnetError):
+    """A dataset root, folder layout, split list or image file problem."""
+
+
+class BackendUnavailableError(DpnetError):
+    """A package, execution provider or GPU is absent; the message names the extra to install."""
+
+
+class ExportError(DpnetError):
+    """A conversion failed (ONNX checker, TensorRT parser or builder); carries the tool's log."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
