@@ -97,13 +97,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"checkpoint {path} does not exist")
+    # torch.save writes a zip archive; a truncated copy loses its central directory.
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"checkpoint {path} is truncated or not a PyTorch file; "
+            "re-copy it or point --ckpt at a file written by dpnet-train"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelFileError(
-            f"checkpoint {path} is truncated or not a PyTorch file ({_short(exc)}); "
-            "re-copy it or point --ckpt at a file written by dpnet-train"
-        ) from exc
+        raise ModelFileError(f"checkpoint {path} is damaged ({_short(exc)}); re-copy it") from exc
     except Exception as exc:  # weights_only refuses pickled objects with its own error types
         raise ModelFileError(
             f"checkpoint {path} holds objects other than tensors and plain data ({_short(exc)}); "
