@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
+from dpnet_runtime.fileio import atomic_path
 
 from dpnet import __version__
 from dpnet.config import DPNetConfig, config_from_dict
 from dpnet.model.dpnet import DPNet
-from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
-from dpnet_runtime.fileio import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -143,7 +143,9 @@ def load_model(path: Path) -> tuple[DPNet, Checkpoint]:
     try:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
-        raise ModelFileError(f"checkpoint {path} weights do not match its config: {_short(exc)}") from exc
+        raise ModelFileError(
+            f"checkpoint {path} weights do not match its config: {_short(exc)}"
+        ) from exc
     return model.eval(), checkpoint
 
 

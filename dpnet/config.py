@@ -94,7 +94,10 @@ class DPNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (tuples become lists)."""
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(self).items()}
+        return {
+            key: list(v) if isinstance(v, tuple) else v
+            for key, v in dataclasses.asdict(self).items()
+        }
 
 
 PRESETS: dict[str, DPNetConfig] = {
@@ -132,7 +135,7 @@ def config_from_dict(values: dict[str, Any]) -> DPNetConfig:
     unknown = sorted(set(values) - fields)
     if unknown:
         raise InputError(f"unknown DPNetConfig fields {unknown}; known: {sorted(fields)}")
-    converted = {
+    converted: dict[str, Any] = {
         key: tuple(value) if isinstance(value, list) else value for key, value in values.items()
     }
     return DPNetConfig(**converted)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
+from dpnet_runtime.errors import DpnetError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -22,8 +23,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from dpnet_runtime.errors import DpnetError
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -63,7 +62,9 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
     except DpnetError as exc:
         if debug:
             raise
-        stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+        stderr_console.print(
+            f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True
+        )
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         stderr_console.print("interrupted")

@@ -39,7 +39,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise DpnetError(f"cannot write {target}: {exc.strerror} (check the folder's permissions)") from exc
+        raise DpnetError(
+            f"cannot write {target}: {exc.strerror} (check the folder's permissions)"
+        ) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from dpnet_runtime.errors import ModelFileError
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from dpnet_runtime.errors import ModelFileError
-
-__all__ = ["COS_CHANNELS", "Backbone", "BackboneFeatures", "find_hub_resnet50", "load_resnet50_state_dict"]
+__all__ = [
+    "COS_CHANNELS",
+    "Backbone",
+    "BackboneFeatures",
+    "find_hub_resnet50",
+    "load_resnet50_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ COS_CHANNELS = 1024
 
 
 class BackboneFeatures(NamedTuple):
-    """Features of a batch of images: ``features [N, C, h, w]``, ``cos_features [N, 1024, h, w]``."""
+    """Features of N images: ``features [N, C, h, w]``, ``cos_features [N, 1024, h, w]``."""
 
     features: Tensor
     cos_features: Tensor

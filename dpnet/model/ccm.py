@@ -101,8 +101,8 @@ def cycle_comparison(support_feats: Tensor, query_feats: Tensor, support_mask: T
     Returns:
         ``[B, Hq, Wq]`` float 0/1.
 
-    >>> confidence = cycle_comparison(torch.randn(1, 8, 3, 4), torch.randn(1, 8, 5, 2), torch.ones(1, 3, 4))
-    >>> confidence.shape
+    >>> support, query = torch.randn(1, 8, 3, 4), torch.randn(1, 8, 5, 2)
+    >>> cycle_comparison(support, query, torch.ones(1, 3, 4)).shape
     torch.Size([1, 5, 2])
     """
     support_keys = l2_normalize(support_feats.flatten(2), dim=1).transpose(1, 2).unsqueeze(1)

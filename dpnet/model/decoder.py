@@ -17,15 +17,18 @@ class ASPP(nn.Module):
 
     def __init__(self, channels: int, rates: tuple[int, ...]) -> None:
         super().__init__()
-        self.branches = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True)),
-            *(
-                nn.Sequential(
-                    nn.Conv2d(channels, channels, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True)
-                )
-                for rate in rates
-            ),
-        ])
+        self.branches = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True)),
+                *(
+                    nn.Sequential(
+                        nn.Conv2d(channels, channels, 3, padding=rate, dilation=rate),
+                        nn.ReLU(inplace=True),
+                    )
+                    for rate in rates
+                ),
+            ]
+        )
         self.image_pool = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True))
         self.project = nn.Sequential(
             nn.Conv2d(channels * (len(rates) + 2), channels, 1), nn.ReLU(inplace=True)
@@ -61,7 +64,9 @@ class Decoder(nn.Module):
         refine_blocks: residual refinement blocks after the ASPP.
     """
 
-    def __init__(self, in_channels: int, channels: int, rates: tuple[int, ...], refine_blocks: int) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, rates: tuple[int, ...], refine_blocks: int
+    ) -> None:
         super().__init__()
         self.fuse = nn.Sequential(nn.Conv2d(in_channels, channels, 1), nn.ReLU(inplace=True))
         self.aspp = ASPP(channels, rates)

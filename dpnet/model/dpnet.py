@@ -104,7 +104,9 @@ class DPNet(nn.Module):
             prototypes.reshape(batch, shots, -1),
         )
 
-    def segment(self, query_image: Tensor, support: SupportCache, beta: float | None = None) -> SegmentOutput:
+    def segment(
+        self, query_image: Tensor, support: SupportCache, beta: float | None = None
+    ) -> SegmentOutput:
         """Segment ``query_image [B, 3, H, W]`` against a support cache.
 
         Args:
@@ -135,10 +137,14 @@ class DPNet(nn.Module):
             pseudo = pseudo_prototypes(query_vectors, selected, prototypes)
         prototype, pseudo_prototype = prototypes.mean(dim=1), pseudo.mean(dim=1)
         if self.config.use_pim:
-            prototype, pseudo_prototype, query_feats = self.pim(prototype, pseudo_prototype, query_feats)
+            prototype, pseudo_prototype, query_feats = self.pim(
+                prototype, pseudo_prototype, query_feats
+            )
         fused = self.msf(query_feats, prototype)
         image_size = (query_image.shape[-2], query_image.shape[-1])
-        logits = self.decoder(torch.cat([fused, self.msf(query_feats, pseudo_prototype)], dim=1), image_size)
+        logits = self.decoder(
+            torch.cat([fused, self.msf(query_feats, pseudo_prototype)], dim=1), image_size
+        )
         aux_logits = self.aux_decoder(fused, image_size) if self.training else None
         return SegmentOutput(
             logits,

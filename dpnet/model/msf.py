@@ -24,7 +24,8 @@ class MultiScaleFusion(nn.Module):
         super().__init__()
         self.scales = scales
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True)) for _ in scales
+            nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True))
+            for _ in scales
         )
 
     def forward(self, query_feats: Tensor, prototype: Tensor) -> Tensor:
@@ -34,7 +35,9 @@ class MultiScaleFusion(nn.Module):
         for scale, branch in zip(self.scales, self.branches, strict=True):
             pooled = query_feats
             if scale > 1:
-                pooled = F.avg_pool2d(query_feats, scale, scale, ceil_mode=True, count_include_pad=False)
+                pooled = F.avg_pool2d(
+                    query_feats, scale, scale, ceil_mode=True, count_include_pad=False
+                )
             expanded = prototype[:, :, None, None].expand(-1, -1, *pooled.shape[-2:])
             out = branch(torch.cat([pooled, expanded], dim=1))
             if scale > 1:

@@ -20,7 +20,7 @@ def z_score(x: Tensor) -> Tensor:
 
 
 class InteractionOutput(NamedTuple):
-    """Re-weighted ``prototype [B, C]``, ``pseudo_prototype [B, C]``, ``query_feats [B, C, h, w]``."""
+    """PIM outputs: ``prototype``, ``pseudo_prototype`` ``[B, C]``; ``query_feats [B, C, h, w]``."""
 
     prototype: Tensor
     pseudo_prototype: Tensor
@@ -44,7 +44,9 @@ class PrototypeInteraction(nn.Module):
         self.fc2 = nn.Linear(channels // reduction, channels)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
-    def forward(self, prototype: Tensor, pseudo_prototype: Tensor, query_feats: Tensor) -> InteractionOutput:
+    def forward(
+        self, prototype: Tensor, pseudo_prototype: Tensor, query_feats: Tensor
+    ) -> InteractionOutput:
         """Args: ``prototype [B, C]``, ``pseudo_prototype [B, C]``, ``query_feats [B, C, h, w]``."""
         fused = z_score(self.fuse(torch.cat([prototype, pseudo_prototype], dim=1)))
         weights = torch.sigmoid(self.fc2(torch.relu(self.fc1(fused))))  # Eq. 5

@@ -12,7 +12,9 @@ _EPS = 1e-5
 
 def resize_mask(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinearly resize binary masks ``[N, H, W]`` to ``[N, h, w]`` soft masks in [0, 1]."""
-    return F.interpolate(masks.unsqueeze(1), size=size, mode="bilinear", align_corners=True).squeeze(1)
+    return F.interpolate(
+        masks.unsqueeze(1), size=size, mode="bilinear", align_corners=True
+    ).squeeze(1)
 
 
 def masked_average_pooling(features: Tensor, soft_mask: Tensor) -> Tensor:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from dpnet_runtime.contract import IGNORE_LABEL
 from dpnet_runtime.errors import InputError
+from torch import Tensor
 
 __all__ = ["validate_episode"]
 
@@ -22,7 +21,9 @@ def validate_episode(support_images: Tensor, support_masks: Tensor, query_image:
     _check_rank("query_image", query_image, 4, "[B, 3, H, W]")
     batch, shots, channels, height, width = support_images.shape
     if channels != 3:
-        raise InputError(f"support_images must be [B, K, 3, H, W] RGB, got {tuple(support_images.shape)}")
+        raise InputError(
+            f"support_images must be [B, K, 3, H, W] RGB, got {tuple(support_images.shape)}"
+        )
     if query_image.shape[1] != 3:
         raise InputError(f"query_image must be [B, 3, H, W] RGB, got {tuple(query_image.shape)}")
     if shots < 1:

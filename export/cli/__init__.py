@@ -7,7 +7,6 @@ TensorRT) inside it, so ``dpnet-export --help`` works with none of them installe
 from __future__ import annotations
 
 import typer
-
 from dpnet_export.cli import check_cmd, onnx_cmd, trt_cmd
 from dpnet_runtime.console import run_app
 

@@ -33,7 +33,9 @@ def _random_case(
 @pytest.mark.parametrize("seed", range(4))
 def test_static_ccm_equals_reference_on_random_features(support_hw, query_hw, seed):
     support, query, mask = _random_case(seed, 2, 16, support_hw, query_hw)
-    assert torch.equal(cycle_comparison(support, query, mask), cycle_comparison_reference(support, query, mask))
+    assert torch.equal(
+        cycle_comparison(support, query, mask), cycle_comparison_reference(support, query, mask)
+    )
 
 
 def test_static_ccm_equals_reference_with_exact_ties():
@@ -107,7 +109,11 @@ def test_discriminator_equals_fc_on_concatenation():
     disc = Discriminator(channels=8, hidden=5)
     query_vectors, prototypes = torch.randn(2, 6, 8), torch.randn(2, 3, 8)
     concat = torch.cat(
-        [query_vectors[:, None].expand(-1, 3, -1, -1), prototypes[:, :, None].expand(-1, -1, 6, -1)], -1
+        [
+            query_vectors[:, None].expand(-1, 3, -1, -1),
+            prototypes[:, :, None].expand(-1, -1, 6, -1),
+        ],
+        -1,
     )
     expected = torch.sigmoid(disc.fc2(torch.relu(disc.fc1(concat)))).squeeze(-1)
     assert torch.allclose(disc(query_vectors, prototypes), expected, atol=1e-6)

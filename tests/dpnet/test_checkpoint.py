@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 
 from dpnet.checkpoint import load_checkpoint, load_model, make_meta, save_checkpoint
 from dpnet.config import preset
 from dpnet.model import build_dpnet
-from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,14 @@ def test_backbone_weights_file_loads_into_the_trunk(tmp_path):
     torch.manual_seed(1)
     source = build_dpnet(preset("tiny"), pretrained_backbone=False)
     weights = tmp_path / "resnet50-test.pth"
-    torch.save({k: v for k, v in source.backbone.state_dict().items() if not k.startswith("reduce.")}, weights)
+    torch.save(
+        {k: v for k, v in source.backbone.state_dict().items() if not k.startswith("reduce.")},
+        weights,
+    )
     model = build_dpnet(preset("tiny"), backbone_weights=weights)
-    assert torch.equal(model.backbone.layer3[0].conv1.weight, source.backbone.layer3[0].conv1.weight)
+    assert torch.equal(
+        model.backbone.layer3[0].conv1.weight, source.backbone.layer3[0].conv1.weight
+    )
     with pytest.raises(ModelFileError, match="do not exist"):
         build_dpnet(preset("tiny"), backbone_weights=tmp_path / "missing.pth")
 

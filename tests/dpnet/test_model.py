@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dpnet_runtime.errors import InputError
 
 from dpnet.config import preset
 from dpnet.model import DPNet, build_dpnet, count_parameters
 from dpnet.model.losses import dpnet_losses
-from dpnet_runtime.errors import InputError
 
 SIZE = 65  # small input keeps these tests fast; the network is fully convolutional
 
@@ -47,7 +47,9 @@ def test_shot_order_does_not_matter(tiny):
     images, masks, query = _episode(2, 4, seed=1)
     masks[:, 1, 30:60, 0:30] = 1.0
     order = torch.tensor([2, 0, 3, 1])
-    assert torch.allclose(tiny(images, masks, query), tiny(images[:, order], masks[:, order], query), atol=1e-5)
+    assert torch.allclose(
+        tiny(images, masks, query), tiny(images[:, order], masks[:, order], query), atol=1e-5
+    )
 
 
 @torch.no_grad()
@@ -81,8 +83,13 @@ def test_gradients_reach_every_trainable_module_and_never_the_backbone():
     query_mask[:, 20:50, 10:40] = 1
     output = model(images, masks, query)
     losses = dpnet_losses(
-        output.logits, output.aux_logits, output.scores, output.confidence, query_mask,
-        aux_weight=1.0, dis_weight=1.0,
+        output.logits,
+        output.aux_logits,
+        output.scores,
+        output.confidence,
+        query_mask,
+        aux_weight=1.0,
+        dis_weight=1.0,
     )
     losses.total.backward()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -106,7 +113,10 @@ def test_frozen_trunk_stays_in_eval_mode_while_training():
 def test_parameter_count_of_paper_config(capsys):
     total, trainable = count_parameters(build_dpnet(preset("paper"), pretrained_backbone=False))
     with capsys.disabled():
-        print(f"\npaper config: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); paper: 19.3M")
+        print(
+            f"\npaper config: {total / 1e6:.2f}M parameters "
+            f"({trainable / 1e6:.2f}M trainable); paper: 19.3M"
+        )
     assert abs(total / 1e6 - 19.3) < 0.5  # the paper's 19.3M, within the unspecified layer widths
     assert 0 < trainable < total
 
@@ -124,8 +134,17 @@ def test_parameter_count_of_paper_config(capsys):
         (lambda i, m, q: (i, m * 2, q), "may only hold 0, 1 and 255"),
         (lambda i, m, q: (i, m, q[:, :2]), "query_image must be"),
     ],
-    ids=["images-rank", "masks-rank", "query-rank", "shots-mismatch", "mask-size", "channels",
-         "batch-mismatch", "mask-values", "query-channels"],
+    ids=[
+        "images-rank",
+        "masks-rank",
+        "query-rank",
+        "shots-mismatch",
+        "mask-size",
+        "channels",
+        "batch-mismatch",
+        "mask-values",
+        "query-channels",
+    ],
 )
 def test_bad_input_raises_value_error_naming_the_tensor(tiny, change, message):
     images, masks, query = change(*_episode(2, 2))
