@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 
 from dpnet_runtime.errors import DpnetError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -107,4 +108,5 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    # Escaped: messages such as "pip install 'dpnet[trt]'" must not be read as rich markup.
+    return escape(" ".join(str(exc).split()) or type(exc).__name__)

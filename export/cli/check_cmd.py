@@ -1,0 +1,43 @@
+"""``dpnet-export check``: the TensorRT lint as a table (or JSON); exit 3 on errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dpnet_runtime.console import EXIT_CHECK_FAILED, stdout_console
+from rich.markup import escape
+from rich.table import Table
+
+__all__ = ["command"]
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def command(
+    model: Annotated[Path, typer.Argument(help="ONNX file to lint, e.g. out/dpnet.onnx.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Lint an ONNX graph for the TensorRT ONNX parser; exit code 3 when it has errors."""
+    from dpnet_export.lint import lint_onnx
+
+    report = lint_onnx(model)
+    if as_json:
+        stdout_console.print_json(json.dumps(report.to_dict()))
+    else:
+        table = Table(title=f"TensorRT {report.table_version} lint: {escape(report.model)}")
+        for column in ("severity", "node", "op", "message"):
+            table.add_column(column, overflow="fold")
+        for finding in report.findings:
+            cells = (finding.severity, finding.node, finding.op_type, finding.message)
+            table.add_row(*(escape(cell) for cell in cells), style=_STYLE[finding.severity])
+        stdout_console.print(table)
+        verdict = "[green]passed[/]" if report.passed else "[bold red]failed[/]"
+        stdout_console.print(
+            f"{verdict}: {report.node_count} nodes, {len(report.errors)} error(s), "
+            f"{len(report.warnings)} warning(s)"
+        )
+    if not report.passed:
+        raise typer.Exit(EXIT_CHECK_FAILED)

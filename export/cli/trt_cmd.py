@@ -1,0 +1,75 @@
+"""``dpnet-export trt``: build an FP16/FP32 TensorRT engine (or print the trtexec command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dpnet_runtime.console import stderr_console, stdout_console
+
+__all__ = ["command"]
+
+# Printed commands target this major when TensorRT is not installed here (the current one).
+_DEFAULT_TARGET_TENSORRT = "11"
+
+
+def command(
+    onnx: Annotated[Path, typer.Option("--onnx", help="The exported graph, DIR/dpnet.onnx.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Build an FP16 engine.")] = False,
+    shots_range: Annotated[str, typer.Option(help="K profile min:opt:max.")] = "1:1:5",
+    batch_range: Annotated[str, typer.Option(help="B profile min:opt:max.")] = "1:1:4",
+    workspace: Annotated[str, typer.Option(help="Builder workspace limit (4G, 512M).")] = "4G",
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Timing-cache file, read and updated.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Engine file [default: DIR/dpnet.engine].")
+    ] = None,
+    rebuild: Annotated[bool, typer.Option(help="Ignore a cached engine.")] = False,
+    device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
+    print_trtexec: Annotated[
+        bool, typer.Option(help="Print the equivalent trtexec command and exit.")
+    ] = False,
+) -> None:
+    """Build a TensorRT engine and its .engine.json sidecar from an exported ONNX graph."""
+    from dpnet_export.onnx_to_engine import (
+        EngineBuildOptions,
+        installed_tensorrt_version,
+        onnx_to_engine,
+        onnx_to_trtexec,
+        parse_shape_range,
+        parse_workspace,
+    )
+
+    options = EngineBuildOptions(
+        onnx_path=onnx,
+        out_path=out,
+        fp16=fp16,
+        batch=parse_shape_range(batch_range),
+        shots=parse_shape_range(shots_range),
+        workspace_bytes=parse_workspace(workspace),
+        timing_cache=timing_cache,
+        rebuild=rebuild,
+        device=device,
+    )
+    if print_trtexec:
+        version = installed_tensorrt_version()
+        if version is None:
+            stderr_console.print(
+                f"TensorRT is not installed: command for TensorRT {_DEFAULT_TARGET_TENSORRT}"
+            )
+        target = version or _DEFAULT_TARGET_TENSORRT
+        stdout_console.print(
+            onnx_to_trtexec(options, tensorrt_version=target), markup=False, soft_wrap=True
+        )
+        return
+    result = onnx_to_engine(options, progress=stderr_console.print)
+    verb = "reused" if result.reused else "built"
+    sidecar = result.sidecar
+    stdout_console.print(
+        f"{verb} {result.engine_path} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, "
+        f"{sidecar.gpu_name}); sidecar {result.sidecar_path}",
+        highlight=False,
+        soft_wrap=True,
+    )

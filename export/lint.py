@@ -1,0 +1,357 @@
+"""TensorRT-compatibility lint of an ONNX graph (``dpnet-export check``).
+
+The lint needs neither TensorRT nor a GPU: it compares the graph with the TensorRT ONNX
+parser's operator table, packaged as ``data/tensorrt_onnx_operators.json`` (its source,
+commit and how to read it are in ``data/tensorrt_onnx_operators.md``), and checks the hazards
+the table cannot express:
+
+- an op that is missing from the table, marked unsupported, or in ``not_listed`` is an error
+  (the parser would look for a plugin of that name);
+- control flow and ops with data-dependent output shapes (Loop, If, Scan, NonZero, Compress,
+  Unique, NonMaxSuppression, TopK, Scatter*) are errors: DESIGN.md forbids them outright;
+- INT64 or BOOL graph inputs and outputs are errors (TensorRT I/O is float, int32 or uint8 in
+  dpnet's contract), and a UINT8 tensor that is not graph I/O is an error (the parser accepts
+  UINT8 only at the boundary);
+- an input that must be known at build time (Reduce* and Squeeze/Unsqueeze axes, CumSum axis,
+  OneHot depth) and is computed instead of taken from an initializer or Constant is an error;
+- any other table restriction is a warning (one per op type), a tensor type outside the op's
+  type list is a warning, and the importer-code notes are info.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+from dpnet_runtime.errors import ModelFileError
+from onnx import TensorProto
+
+__all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
+
+Severity = Literal["error", "warning", "info"]
+
+_TABLE_FILE = "tensorrt_onnx_operators.json"
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_FORBIDDEN_OPS: Mapping[str, str] = {
+    "Loop": "control flow",
+    "If": "control flow",
+    "Scan": "control flow",
+    "NonZero": "its output shape depends on the data",
+    "Compress": "its output shape depends on the data",
+    "Unique": "its output shape depends on the data",
+    "NonMaxSuppression": "its output shape depends on the data",
+    "TopK": "forbidden in dpnet graphs (use ArgMax; K must be static)",
+}
+# Inputs (by position) that TensorRT must know at build time.
+_BUILD_TIME_INPUTS: Mapping[str, tuple[int, str]] = {
+    "Squeeze": (1, "axes"),
+    "Unsqueeze": (1, "axes"),
+    "CumSum": (1, "axis"),
+    "OneHot": (1, "depth"),
+}
+# Restrictions the lint verifies itself: no generic warning for them.
+_VERIFIED_RESTRICTION_OPS = frozenset(_BUILD_TIME_INPUTS)
+_IO_FORBIDDEN_TYPES = {TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL"}
+_TABLE_TYPE_NAMES: Mapping[int, str] = {
+    TensorProto.FLOAT: "FP32",
+    TensorProto.FLOAT16: "FP16",
+    TensorProto.BFLOAT16: "BF16",
+    TensorProto.INT32: "INT32",
+    TensorProto.INT64: "INT64",
+    TensorProto.BOOL: "BOOL",
+    TensorProto.UINT8: "UINT8",
+    TensorProto.INT8: "INT8",
+}
+
+
+@dataclass(frozen=True)
+class LintFinding:
+    """One lint result.
+
+    Attributes:
+        severity: ``"error"`` (the engine build will fail or the graph breaks a dpnet rule),
+            ``"warning"`` (a restriction to check by hand) or ``"info"``.
+        node: node name, or the tensor name for graph I/O findings.
+        op_type: the node's op type (``""`` for graph I/O findings).
+        message: what is wrong and what to do.
+    """
+
+    severity: Severity
+    node: str
+    op_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LintReport:
+    """All findings for one graph, errors first.
+
+    Attributes:
+        model: the file linted (or ``"<in-memory model>"``).
+        table_version: the TensorRT version the operator table describes.
+        node_count: number of nodes checked (subgraphs included).
+        findings: errors, then warnings, then info.
+    """
+
+    model: str
+    table_version: str
+    node_count: int
+    findings: tuple[LintFinding, ...]
+
+    @property
+    def errors(self) -> tuple[LintFinding, ...]:
+        """Findings of severity ``error``."""
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[LintFinding, ...]:
+        """Findings of severity ``warning``."""
+        return tuple(f for f in self.findings if f.severity == "warning")
+
+    @property
+    def passed(self) -> bool:
+        """True when there is no error (warnings and info do not fail the check)."""
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the dataclass fields plus ``passed`` and counts."""
+        data = asdict(self)
+        data.update(
+            passed=self.passed, error_count=len(self.errors), warning_count=len(self.warnings)
+        )
+        return data
+
+
+@cache
+def load_operator_table() -> dict[str, Any]:
+    """The packaged TensorRT ONNX operator table (see ``data/tensorrt_onnx_operators.md``)."""
+    text = resources.files("dpnet_export").joinpath("data", _TABLE_FILE).read_text("utf-8")
+    table: dict[str, Any] = json.loads(text)
+    return table
+
+
+def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
+    """Lint an ONNX graph for the TensorRT ONNX parser.
+
+    Args:
+        model: path of an ``.onnx`` file (external data is not loaded) or a loaded model.
+
+    Returns:
+        The :class:`LintReport`; ``report.passed`` is False when any error was found.
+
+    Raises:
+        ModelFileError: the file is missing or is not a readable ONNX model.
+
+    >>> report = lint_onnx("out/dpnet.onnx")  # doctest: +SKIP
+    >>> report.passed  # doctest: +SKIP
+    True
+    """
+    name, proto = _load(model)
+    table = load_operator_table()
+    notes: list[LintFinding] = []
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except onnx.shape_inference.InferenceError as exc:
+        # Types only feed the dtype checks; the op checks stand without them.
+        message = f"shape inference failed, dtype checks limited: {exc}"
+        notes.append(LintFinding("info", "", "", " ".join(message.split())))
+    graph = proto.graph
+    types = _tensor_types(graph)
+    nodes = list(_walk(graph))
+    findings = [
+        *notes,
+        *_io_findings(graph),
+        *_node_findings(nodes, table, _constant_names(graph)),
+        *_uint8_findings(graph, nodes, types),
+        *_restriction_findings(nodes, table),
+        *_type_findings(nodes, table, types),
+        *_code_note_findings(nodes, table),
+    ]
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.severity])
+    return LintReport(name, str(table["source"]["tensorrt_version"]), len(nodes), tuple(findings))
+
+
+def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:
+    if isinstance(model, onnx.ModelProto):
+        return "<in-memory model>", model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFileError(
+            f"ONNX file {path} does not exist (export one with `dpnet-export onnx`)"
+        )
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelFileError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export it"
+        ) from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelFileError(f"{path} is not an ONNX model (no graph found); re-export it")
+    return str(path), proto
+
+
+def _walk(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node, subgraphs (Loop/If bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attr.g)
+            for sub in attr.graphs:
+                yield from _walk(sub)
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else "<unnamed>")
+
+
+def _constant_names(graph: onnx.GraphProto) -> frozenset[str]:
+    names = {init.name for init in graph.initializer}
+    names.update(out for node in _walk(graph) if node.op_type == "Constant" for out in node.output)
+    return frozenset(names)
+
+
+def _tensor_types(graph: onnx.GraphProto) -> dict[str, int]:
+    types = {init.name: init.data_type for init in graph.initializer}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        if info.type.HasField("tensor_type"):
+            types[info.name] = info.type.tensor_type.elem_type
+    return types
+
+
+def _io_findings(graph: onnx.GraphProto) -> Iterator[LintFinding]:
+    initializers = {init.name for init in graph.initializer}
+    for kind, infos in (("input", graph.input), ("output", graph.output)):
+        for info in infos:
+            elem = info.type.tensor_type.elem_type
+            if info.name in initializers or elem not in _IO_FORBIDDEN_TYPES:
+                continue
+            yield LintFinding(
+                "error",
+                info.name,
+                "",
+                f"graph {kind} {info.name!r} is {_IO_FORBIDDEN_TYPES[elem]}: dpnet engines take "
+                "float32, int32 or uint8 I/O; cast inside the graph before the export",
+            )
+
+
+def _node_findings(
+    nodes: list[onnx.NodeProto], table: Mapping[str, Any], constants: frozenset[str]
+) -> Iterator[LintFinding]:
+    operators: Mapping[str, Any] = table["operators"]
+    not_listed = set(table["not_listed"])
+    for node in nodes:
+        op = node.op_type
+        label = _label(node)
+        if node.domain not in _DEFAULT_DOMAINS:
+            yield LintFinding(
+                "error", label, op, f"custom domain {node.domain!r}: needs a TensorRT plugin"
+            )
+        elif op in _FORBIDDEN_OPS:
+            yield LintFinding("error", label, op, f"{op} is forbidden: {_FORBIDDEN_OPS[op]}")
+        elif op.startswith("Scatter"):
+            yield LintFinding(
+                "error", label, op, f"{op} is forbidden in dpnet graphs (use one-hot MatMul)"
+            )
+        elif op in not_listed or op not in operators:
+            yield LintFinding("error", label, op, f"{op} has no row in the TensorRT parser table")
+        elif not operators[op]["supported"]:
+            yield LintFinding("error", label, op, f"{op} is not supported by the TensorRT parser")
+        required = _required_constant_input(op)
+        if required is not None:
+            index, what = required
+            if len(node.input) > index and node.input[index] and node.input[index] not in constants:
+                yield LintFinding(
+                    "error",
+                    label,
+                    op,
+                    f"{op} {what} come from computed tensor {node.input[index]!r}; TensorRT needs "
+                    "them at build time: make them an initializer or Constant",
+                )
+
+
+def _required_constant_input(op: str) -> tuple[int, str] | None:
+    if op.startswith("Reduce"):
+        return 1, "axes"
+    return _BUILD_TIME_INPUTS.get(op)
+
+
+def _uint8_findings(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], types: Mapping[str, int]
+) -> Iterator[LintFinding]:
+    boundary = {info.name for info in (*graph.input, *graph.output)}
+    for node in nodes:
+        for name in node.output:
+            if types.get(name) == TensorProto.UINT8 and name not in boundary:
+                yield LintFinding(
+                    "error",
+                    _label(node),
+                    node.op_type,
+                    f"intermediate tensor {name!r} is UINT8: TensorRT accepts UINT8 only as "
+                    "graph input or output; compute in int32 or float",
+                )
+
+
+def _first_by_op(nodes: list[onnx.NodeProto]) -> dict[str, tuple[onnx.NodeProto, int]]:
+    firsts: dict[str, tuple[onnx.NodeProto, int]] = {}
+    for node in nodes:
+        first, count = firsts.get(node.op_type, (node, 0))
+        firsts[node.op_type] = (first, count + 1)
+    return firsts
+
+
+def _restriction_findings(
+    nodes: list[onnx.NodeProto], table: Mapping[str, Any]
+) -> Iterator[LintFinding]:
+    operators: Mapping[str, Any] = table["operators"]
+    for op, (first, count) in _first_by_op(nodes).items():
+        row = operators.get(op)
+        verified = op in _VERIFIED_RESTRICTION_OPS or op.startswith("Reduce")
+        if row is None or not row["restrictions"] or verified or op in _FORBIDDEN_OPS:
+            continue
+        yield LintFinding(
+            "warning",
+            _label(first),
+            op,
+            f"{count} node(s); TensorRT restriction: {row['restrictions']}",
+        )
+
+
+def _type_findings(
+    nodes: list[onnx.NodeProto], table: Mapping[str, Any], types: Mapping[str, int]
+) -> Iterator[LintFinding]:
+    operators: Mapping[str, Any] = table["operators"]
+    seen: set[tuple[str, str]] = set()
+    for node in nodes:
+        row = operators.get(node.op_type)
+        if row is None or not row["types"]:
+            continue
+        # The table's types describe the data input; later inputs are indices, shapes or axes.
+        name = node.input[0] if node.input else ""
+        type_name = _TABLE_TYPE_NAMES.get(types.get(name, -1))
+        if type_name is None or type_name in row["types"] or (node.op_type, type_name) in seen:
+            continue
+        seen.add((node.op_type, type_name))
+        yield LintFinding(
+            "warning",
+            _label(node),
+            node.op_type,
+            f"input {name!r} is {type_name}; the table lists {', '.join(row['types'])}",
+        )
+
+
+def _code_note_findings(
+    nodes: list[onnx.NodeProto], table: Mapping[str, Any]
+) -> Iterator[LintFinding]:
+    notes: Mapping[str, str] = table["importer_code_notes"]["operators"]
+    for op, (first, _) in _first_by_op(nodes).items():
+        if op in notes:
+            yield LintFinding("info", _label(first), op, f"importer note (10.1 code): {notes[op]}")

@@ -1,0 +1,5 @@
+"""``python -m dpnet_runtime``: the dpnet-segment command."""
+
+from dpnet_runtime.cli import main
+
+main()

@@ -1,0 +1,287 @@
+"""Resolve an export directory or file into the graphs it holds, and read their metadata.
+
+An export directory (``dpnet-export onnx --out DIR``) holds the whole-episode graph
+``dpnet.onnx`` and the split pair ``dpnet_support.onnx`` / ``dpnet_query.onnx``, each with
+a ``*_fp16.onnx`` copy under ``--fp16``, and optionally a TensorRT ``dpnet.engine``.
+:func:`resolve_artifacts` picks the files for one backend and precision;
+:func:`read_graph_info` checks an opened graph against the contract and parses its metadata
+(values are strings: numbers as decimal text, booleans ``true``/``false``, lists as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from dpnet_runtime.backends.base import TensorSpec
+from dpnet_runtime.contract import (
+    CACHE_NAMES,
+    DPNET_ONNX,
+    ENGINE_FILE,
+    EPISODE_INPUTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LOGITS,
+    MASK,
+    META_GRAPH,
+    META_INPUT_SIZE,
+    META_MAX_SHOTS,
+    META_MEAN,
+    META_STD,
+    PSEUDO_COUNT,
+    QUERY_IMAGE,
+    QUERY_ONNX,
+    SUPPORT_FG,
+    SUPPORT_IMAGES,
+    SUPPORT_MASKS,
+    SUPPORT_ONNX,
+    fp16_name,
+)
+from dpnet_runtime.errors import IncompatibleModelError, InputError, ModelFileError
+
+__all__ = [
+    "EPISODE",
+    "PRECISIONS",
+    "QUERY",
+    "SUPPORT",
+    "ArtifactSet",
+    "GraphInfo",
+    "read_graph_info",
+    "resolve_artifacts",
+]
+
+EPISODE: Final = "episode"
+SUPPORT: Final = "support"
+QUERY: Final = "query"
+PRECISIONS: Final = ("fp32", "fp16")
+
+_ONNX_FILES: Final = {EPISODE: DPNET_ONNX, SUPPORT: SUPPORT_ONNX, QUERY: QUERY_ONNX}
+_SUFFIXES: Final = {"onnx": ".onnx", "engine": ".engine"}
+_GRAPH_INPUTS: Final = {
+    EPISODE: EPISODE_INPUTS,
+    SUPPORT: (SUPPORT_IMAGES, SUPPORT_MASKS),
+    QUERY: (QUERY_IMAGE, *CACHE_NAMES),
+}
+_HEAD_OUTPUTS: Final = (LOGITS, MASK, PSEUDO_COUNT)
+_GRAPH_OUTPUTS: Final = {EPISODE: _HEAD_OUTPUTS, SUPPORT: CACHE_NAMES, QUERY: _HEAD_OUTPUTS}
+# The input whose spec tells the image layout, size and shots of each graph.
+_IMAGE_INPUT: Final = {EPISODE: SUPPORT_IMAGES, SUPPORT: SUPPORT_IMAGES, QUERY: QUERY_IMAGE}
+_SHOTS_INPUT: Final = {EPISODE: SUPPORT_IMAGES, SUPPORT: SUPPORT_IMAGES, QUERY: SUPPORT_FG}
+_EXPORT_HINT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
+
+
+@dataclass(frozen=True)
+class ArtifactSet:
+    """The graph files chosen for one backend and precision.
+
+    Attributes:
+        files: graph role (``episode``, ``support``, ``query``) -> file; holds the episode
+            graph, the support/query pair, or both.
+    """
+
+    files: dict[str, Path]
+
+    @property
+    def has_split(self) -> bool:
+        """True when the support/query pair is present (support features can be cached)."""
+        return SUPPORT in self.files and QUERY in self.files
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the runtime needs to know about one opened graph.
+
+    Attributes:
+        graph: ``episode``, ``support`` or ``query``.
+        input_size: the model side S the graph was exported for (images are S x S).
+        dynamic_size: the graph accepts other sides (needed for multi-scale inference).
+        raw_input: images are ``uint8 [.., S, S, 3]`` and normalisation is in the graph.
+        max_shots: the most shots the graph accepts, ``None`` if unbounded.
+        mean: RGB mean on 0..1 pixels.
+        std: RGB std on 0..1 pixels.
+    """
+
+    graph: str
+    input_size: int
+    dynamic_size: bool
+    raw_input: bool
+    max_shots: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def resolve_artifacts(
+    path: str | os.PathLike[str], *, artifact: str = "onnx", precision: str = "fp32"
+) -> ArtifactSet:
+    """Find the graph files of an export directory, or the set a single file belongs to.
+
+    Args:
+        path: an export directory, or one graph file (a support or query graph brings
+            its partner from the same folder).
+        artifact: ``onnx`` (``.onnx`` graphs) or ``engine`` (a TensorRT ``dpnet.engine``).
+        precision: ``fp32`` or ``fp16`` (the ``*_fp16.onnx`` copies); directories only.
+
+    Raises:
+        InputError: unknown precision or artifact kind.
+        ModelFileError: the path is missing, holds no graph, or a pair is incomplete;
+            the message says how to export.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if artifact not in _SUFFIXES:
+        raise InputError(
+            f"unknown artifact kind {artifact!r}; choose one of {', '.join(_SUFFIXES)}"
+        )
+    location = Path(path)
+    if location.is_file():
+        return _resolve_file(location, artifact)
+    if not location.exists():
+        raise ModelFileError(f"model path {location} does not exist; create it with {_EXPORT_HINT}")
+    names = _directory_names(artifact, precision)
+    files = {role: location / name for role, name in names.items() if (location / name).is_file()}
+    if (SUPPORT in files and QUERY not in files) or (QUERY in files and SUPPORT not in files):
+        files = {role: file for role, file in files.items() if role == EPISODE}
+    if not files:
+        flag = " --fp16" if precision == "fp16" else ""
+        raise ModelFileError(
+            f"{location} holds no {artifact} model (looked for {', '.join(names.values())}); "
+            f"create them with {_EXPORT_HINT}{flag}"
+        )
+    return ArtifactSet(files)
+
+
+def _directory_names(artifact: str, precision: str) -> dict[str, str]:
+    if artifact == "engine":
+        return {EPISODE: ENGINE_FILE}
+    if precision == "fp16":
+        return {role: fp16_name(name) for role, name in _ONNX_FILES.items()}
+    return dict(_ONNX_FILES)
+
+
+def _resolve_file(file: Path, artifact: str) -> ArtifactSet:
+    expected = _SUFFIXES[artifact]
+    if file.suffix in _SUFFIXES.values() and file.suffix != expected:
+        raise ModelFileError(f"{file} is not a {artifact} file (expected a {expected} file)")
+    for fp16 in (False, True):
+        names = {role: fp16_name(name) if fp16 else name for role, name in _ONNX_FILES.items()}
+        if file.name in (names[SUPPORT], names[QUERY]):
+            pair = {role: file.parent / names[role] for role in (SUPPORT, QUERY)}
+            for role, partner in pair.items():
+                if not partner.is_file():
+                    raise ModelFileError(
+                        f"{file} needs its {role} partner {partner}; "
+                        f"export both with {_EXPORT_HINT}"
+                    )
+            return ArtifactSet(pair)
+    return ArtifactSet({EPISODE: file})
+
+
+def read_graph_info(
+    graph: str,
+    path: Path,
+    inputs: Mapping[str, TensorSpec],
+    outputs: Mapping[str, TensorSpec],
+    properties: Mapping[str, str],
+) -> GraphInfo:
+    """Check an opened graph against the contract for its role and parse its metadata.
+
+    Args:
+        graph: the role it was opened for (``episode``, ``support``, ``query``).
+        path: its file, for messages.
+        inputs: its input specs.
+        outputs: its output specs.
+        properties: its metadata (``META_*`` keys).
+
+    Raises:
+        IncompatibleModelError: wrong role or I/O names, size metadata contradicting shapes.
+        ModelFileError: malformed or missing metadata.
+    """
+    declared = properties.get(META_GRAPH)
+    if declared is not None and declared != graph:
+        raise IncompatibleModelError(
+            f"{path} is a {declared!r} graph but was opened as the {graph!r} graph "
+            "(keep the file names dpnet-export wrote)"
+        )
+    missing_in = [name for name in _GRAPH_INPUTS[graph] if name not in inputs]
+    missing_out = [name for name in _GRAPH_OUTPUTS[graph] if name not in outputs]
+    if missing_in or missing_out:
+        raise IncompatibleModelError(
+            f"{path} is not a dpnet {graph} graph: missing inputs {missing_in}, outputs "
+            f"{missing_out} (has {list(inputs)} -> {list(outputs)}); re-export with {_EXPORT_HINT}"
+        )
+    image = inputs[_IMAGE_INPUT[graph]]
+    raw_input = image.dtype == "uint8"
+    spatial = image.shape[-3:-1] if raw_input else image.shape[-2:]
+    static_sides = {dim for dim in spatial if isinstance(dim, int)}
+    input_size = _int_property(properties, META_INPUT_SIZE, path)
+    if input_size is None:
+        if len(static_sides) != 1:
+            raise ModelFileError(
+                f"{path} has no {META_INPUT_SIZE!r} metadata and dynamic image sides; "
+                f"re-export with {_EXPORT_HINT}"
+            )
+        input_size = static_sides.pop()
+    elif static_sides - {input_size}:
+        raise IncompatibleModelError(
+            f"{path}: metadata {META_INPUT_SIZE}={input_size} contradicts the input shape "
+            f"{image.describe()}; re-export with {_EXPORT_HINT}"
+        )
+    return GraphInfo(
+        graph=graph,
+        input_size=input_size,
+        dynamic_size=not static_sides,
+        raw_input=raw_input,
+        max_shots=_max_shots(inputs[_SHOTS_INPUT[graph]], properties, path),
+        mean=_floats_property(properties, META_MEAN, path) or IMAGENET_MEAN,
+        std=_floats_property(properties, META_STD, path) or IMAGENET_STD,
+    )
+
+
+def _max_shots(spec: TensorSpec, properties: Mapping[str, str], path: Path) -> int | None:
+    declared = _int_property(properties, META_MAX_SHOTS, path)
+    if declared is not None:
+        return declared
+    shots_axis = 1
+    if spec.max_shape is not None:
+        return spec.max_shape[shots_axis]
+    dim = spec.shape[shots_axis] if len(spec.shape) > shots_axis else None
+    return dim if isinstance(dim, int) else None
+
+
+def _int_property(properties: Mapping[str, str], key: str, path: Path) -> int | None:
+    text = properties.get(key)
+    if text is None:
+        return None
+    try:
+        value = int(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(
+            f"{path}: metadata {key}={text!r} is not an integer; re-export with {_EXPORT_HINT}"
+        ) from exc
+    if value < 1:
+        raise ModelFileError(
+            f"{path}: metadata {key}={value} must be >= 1; re-export with {_EXPORT_HINT}"
+        )
+    return value
+
+
+def _floats_property(
+    properties: Mapping[str, str], key: str, path: Path
+) -> tuple[float, ...] | None:
+    text = properties.get(key)
+    if text is None:
+        return None
+    try:
+        values = tuple(float(value) for value in json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(
+            f"{path}: metadata {key}={text!r} is not a JSON list of numbers; "
+            f"re-export with {_EXPORT_HINT}"
+        ) from exc
+    if len(values) != 3:
+        raise ModelFileError(f"{path}: metadata {key} must hold 3 RGB values, got {len(values)}")
+    return values

@@ -1,0 +1,398 @@
+"""Predictor: few-shot segmentation with exported DPNet graphs, on any backend.
+
+>>> from dpnet_runtime import Predictor  # doctest: +SKIP
+>>> with Predictor.open("out/") as predictor:  # doctest: +SKIP
+...     support = predictor.encode_support([image], [mask])
+...     result = predictor.segment(query, support)  # result.mask: uint8 [H, W]
+
+The predictor holds one runner per graph and reaches backends only through
+:func:`~dpnet_runtime.backends.base.open_runner`; pre- and post-processing are the same numpy
+code for every backend. With the split pair the support backbone runs once per support set
+(:meth:`Predictor.encode_support`); with only ``dpnet.onnx`` the support set keeps the
+pre-processed support inputs and every query runs the whole episode.
+
+Thread safety: a Predictor keeps no per-call state, so :meth:`~Predictor.encode_support`,
+:meth:`~Predictor.segment` and :meth:`~Predictor.run_episode` may be called from several
+threads. Runners that are thread-safe (``OrtRunner``: ``InferenceSession.run`` is) run
+concurrently; calls to other runners are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+from dpnet_runtime.artifacts import (
+    EPISODE,
+    QUERY,
+    SUPPORT,
+    GraphInfo,
+    read_graph_info,
+    resolve_artifacts,
+)
+from dpnet_runtime.backends.base import BaseRunner, backend_info, open_runner
+from dpnet_runtime.contract import (
+    CACHE_NAMES,
+    CONFIDENCE,
+    LOGITS,
+    PSEUDO_COUNT,
+    QUERY_IMAGE,
+    SUPPORT_IMAGES,
+    SUPPORT_MASKS,
+)
+from dpnet_runtime.errors import IncompatibleModelError, InputError
+from dpnet_runtime.postprocess import (
+    merge_scales,
+    overlay_mask,
+    probabilities_to_mask,
+    save_png,
+)
+from dpnet_runtime.preprocess import (
+    check_image,
+    load_image,
+    load_mask,
+    prepare_query,
+    prepare_support,
+)
+
+__all__ = ["Predictor", "SegmentResult", "SupportSet", "segment_files"]
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """An encoded support set, reusable for any number of queries of the same Predictor.
+
+    Attributes:
+        shots: K, the number of support pairs.
+        feeds: one feed per inference scale: the support cache (``support_cos_feats
+            [1,K,D,h,w]``, ``support_fg [1,K,h,w]``, ``prototypes [1,K,C]``) when the split
+            pair is present, else the pre-processed ``support_images`` / ``support_masks``.
+    """
+
+    shots: int
+    feeds: tuple[dict[str, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """The segmentation of one query.
+
+    Attributes:
+        mask: ``uint8 [H, W]`` at the query's original size, 1 = object.
+        probability: ``float32 [H, W]`` object probability at the original size
+            (softmax averaged over the inference scales).
+        logits: ``float32 [2, S, S]`` graph logits (background, object) at scale 1.0 (or the
+            scale nearest to it), at the model size S.
+        pseudo_count: size of the confident set C' summed over shots (diagnostics).
+        confidence: ``uint8 [K, h, w]`` the set C' per shot, or ``None`` if the graph
+            has no ``confidence`` output.
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    logits: np.ndarray
+    pseudo_count: int
+    confidence: np.ndarray | None
+
+
+class Predictor:
+    """Runs DPNet episodes from exported graphs: support encoding, query segmentation.
+
+    Build it with :meth:`open`; ``__init__`` takes runners that are already active and owns
+    them from then on (``close`` deactivates them).
+
+    Args:
+        runners: graph role (``episode``, ``support``, ``query``) -> active runner; the
+            episode graph, the support/query pair, or both.
+        multi_scale: inference scales of the model size; the softmax of every scale is
+            averaged at the original size. Scales other than 1.0 need a graph with dynamic
+            image sides.
+
+    Raises:
+        InputError: bad scales, or scales != 1.0 on a fixed-size graph.
+        IncompatibleModelError: the graphs disagree, or a graph breaks the contract.
+    """
+
+    def __init__(
+        self, runners: Mapping[str, BaseRunner], *, multi_scale: Sequence[float] = (1.0,)
+    ) -> None:
+        self._runners = dict(runners)
+        if EPISODE not in self._runners and not self.has_split:
+            raise IncompatibleModelError(
+                f"need dpnet.onnx or the support/query pair, got graphs {sorted(self._runners)}"
+            )
+        infos = [
+            read_graph_info(
+                role,
+                runner.path,
+                runner.get_input_metadata(),
+                runner.get_output_metadata(),
+                runner.get_properties(),
+            )
+            for role, runner in self._runners.items()
+        ]
+        self.info: GraphInfo = _consistent(infos, [r.path for r in self._runners.values()])
+        self.sizes = _scale_sizes(multi_scale, self.info, infos)
+        self._reference = int(np.argmin([abs(scale - 1.0) for scale in multi_scale]))
+        serial = not all(runner.thread_safe for runner in self._runners.values())
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if serial else contextlib.nullcontext()
+        )
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        backend: str = "ort",
+        *,
+        precision: str = "fp32",
+        multi_scale: Sequence[float] = (1.0,),
+        **runner_options: Any,
+    ) -> Predictor:
+        """Open the graphs of an export directory (or one graph file) on a backend.
+
+        Args:
+            path: a ``dpnet-export onnx --out`` directory or a graph/engine file.
+            backend: ``ort`` (ONNX Runtime, default) or ``trt`` (TensorRT engine).
+            precision: ``fp32`` or ``fp16`` (the ``*_fp16.onnx`` copies of a directory).
+            multi_scale: inference scales (see the class docstring).
+            **runner_options: the runner's keywords, e.g. ``intra_op_threads=2``.
+
+        Raises:
+            ModelFileError: missing, empty or corrupt model path (message says how to export).
+            BackendUnavailableError: the backend's packages are not installed.
+            InputError: unknown backend, precision or option.
+        """
+        artifacts = resolve_artifacts(
+            path, artifact=backend_info(backend).artifact, precision=precision
+        )
+        runners: dict[str, BaseRunner] = {}
+        try:
+            for role, file in artifacts.files.items():
+                runners[role] = open_runner(backend, file, **runner_options)
+            return cls(runners, multi_scale=multi_scale)
+        except BaseException:
+            for runner in runners.values():
+                runner.deactivate()
+            raise
+
+    @property
+    def has_split(self) -> bool:
+        """True when the support/query pair is open (support features are cached)."""
+        return SUPPORT in self._runners and QUERY in self._runners
+
+    def encode_support(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+    ) -> SupportSet:
+        """Validate and encode K support pairs once, for any number of queries.
+
+        Args:
+            images: K images ``uint8 [H_k, W_k, 3]`` RGB, any sizes.
+            masks: K masks ``[H_k, W_k]``: bool, or values in {0, 1, 255 (ignore)}.
+
+        Returns:
+            The encoded support set.
+
+        Raises:
+            InputError: bad image or mask, empty mask, K mismatch, too many shots.
+        """
+        feeds = []
+        for size in self.sizes:
+            inputs = self._support_inputs(images, masks, size)
+            if self.has_split:
+                outputs = self._infer(SUPPORT, inputs)
+                inputs = {name: outputs[name] for name in CACHE_NAMES}
+            feeds.append(inputs)
+        return SupportSet(shots=len(images), feeds=tuple(feeds))
+
+    def segment(self, query: np.ndarray, support: SupportSet) -> SegmentResult:
+        """Segment a query image against an encoded support set.
+
+        Args:
+            query: ``uint8 [H, W, 3]`` RGB, any size.
+            support: from :meth:`encode_support` of this predictor.
+
+        Returns:
+            The result at the query's original size.
+
+        Raises:
+            InputError: bad query image, or a support set from another predictor.
+        """
+        role = QUERY if self.has_split else EPISODE
+        if len(support.feeds) != len(self.sizes) or any(
+            set(feed) - set(self._runners[role].get_input_metadata()) for feed in support.feeds
+        ):
+            raise InputError("this support set was encoded by another Predictor; encode it again")
+        image = check_image(query, "query image")
+        outputs = [
+            self._infer(role, {QUERY_IMAGE: self._query_input(image, size), **feed})
+            for size, feed in zip(self.sizes, support.feeds, strict=True)
+        ]
+        return self._result(outputs, image.shape[0], image.shape[1])
+
+    def run_episode(
+        self,
+        support_images: Sequence[np.ndarray],
+        support_masks: Sequence[np.ndarray],
+        query: np.ndarray,
+    ) -> SegmentResult:
+        """Segment a query from K support pairs with the one-graph ``dpnet.onnx`` path.
+
+        Falls back to :meth:`encode_support` + :meth:`segment` when only the split pair is open.
+
+        Args:
+            support_images: K images ``uint8 [H_k, W_k, 3]``.
+            support_masks: K masks ``[H_k, W_k]``.
+            query: ``uint8 [H, W, 3]``.
+
+        Raises:
+            InputError: see :meth:`encode_support` and :meth:`segment`.
+        """
+        if EPISODE not in self._runners:
+            return self.segment(query, self.encode_support(support_images, support_masks))
+        image = check_image(query, "query image")
+        outputs = [
+            self._infer(
+                EPISODE,
+                {
+                    **self._support_inputs(support_images, support_masks, size),
+                    QUERY_IMAGE: self._query_input(image, size),
+                },
+            )
+            for size in self.sizes
+        ]
+        return self._result(outputs, image.shape[0], image.shape[1])
+
+    def close(self) -> None:
+        """Release every runner (sessions, engines, buffers)."""
+        for runner in self._runners.values():
+            runner.deactivate()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _support_inputs(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int
+    ) -> dict[str, np.ndarray]:
+        info = self.info
+        support_images, support_masks = prepare_support(
+            images,
+            masks,
+            size,
+            raw_input=info.raw_input,
+            max_shots=info.max_shots,
+            mean=info.mean,
+            std=info.std,
+        )
+        return {SUPPORT_IMAGES: support_images, SUPPORT_MASKS: support_masks}
+
+    def _query_input(self, image: np.ndarray, size: int) -> np.ndarray:
+        info = self.info
+        return prepare_query(image, size, raw_input=info.raw_input, mean=info.mean, std=info.std)
+
+    def _infer(self, role: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._runners[role].infer(feed)
+
+    def _result(
+        self, outputs: list[dict[str, np.ndarray]], height: int, width: int
+    ) -> SegmentResult:
+        probabilities = merge_scales([output[LOGITS][0] for output in outputs], height, width)
+        reference = outputs[self._reference]
+        confidence = reference.get(CONFIDENCE)
+        return SegmentResult(
+            mask=probabilities_to_mask(probabilities),
+            probability=probabilities[1],
+            logits=reference[LOGITS][0],
+            pseudo_count=int(reference[PSEUDO_COUNT][0]),
+            confidence=None if confidence is None else confidence[0],
+        )
+
+
+def segment_files(
+    model: str | os.PathLike[str],
+    supports: Sequence[tuple[Path, Path]],
+    query: Path,
+    out: Path,
+    *,
+    overlay: Path | None = None,
+    backend: str = "ort",
+    **runner_options: Any,
+) -> SegmentResult:
+    """Segment one query image file from support image/mask files; write the mask PNG.
+
+    Args:
+        model: export directory or graph file.
+        supports: (image file, mask file) pairs; mask files as :func:`load_mask` reads them.
+        query: the query image file.
+        out: the mask PNG to write (0 / 255), atomically.
+        overlay: where to write the query with the object tinted red, or ``None``.
+        backend: runtime backend name.
+        **runner_options: runner keywords (``intra_op_threads``...).
+
+    Raises:
+        InputError, ModelFileError, BackendUnavailableError: see :meth:`Predictor.open`.
+    """
+    images = [load_image(image) for image, _ in supports]
+    masks = [load_mask(mask) for _, mask in supports]
+    query_image = load_image(query)
+    with Predictor.open(model, backend, **runner_options) as predictor:
+        result = predictor.run_episode(images, masks, query_image)
+    save_png(out, result.mask)
+    if overlay is not None:
+        save_png(overlay, overlay_mask(query_image, result.mask))
+    return result
+
+
+def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
+    first = infos[0]
+    for info, path in zip(infos[1:], paths[1:], strict=True):
+        if (info.input_size, info.raw_input) != (first.input_size, first.raw_input):
+            raise IncompatibleModelError(
+                f"{path} (size {info.input_size}, raw input {info.raw_input}) does not match "
+                f"{paths[0]} (size {first.input_size}, raw input {first.raw_input}); "
+                "export the graphs together"
+            )
+    shots = [info.max_shots for info in infos if info.max_shots is not None]
+    return GraphInfo(
+        graph=first.graph,
+        input_size=first.input_size,
+        dynamic_size=all(info.dynamic_size for info in infos),
+        raw_input=first.raw_input,
+        max_shots=min(shots) if shots else None,
+        mean=first.mean,
+        std=first.std,
+    )
+
+
+def _scale_sizes(
+    scales: Sequence[float], info: GraphInfo, infos: list[GraphInfo]
+) -> tuple[int, ...]:
+    if not scales or any(scale <= 0 for scale in scales):
+        raise InputError(
+            f"multi_scale must be positive scales such as (0.7, 1.0, 1.3), got {scales}"
+        )
+    sizes = tuple(max(1, round(info.input_size * scale)) for scale in scales)
+    if not info.dynamic_size and set(sizes) != {info.input_size}:
+        fixed = [i.graph for i in infos if not i.dynamic_size]
+        raise InputError(
+            f"multi_scale={tuple(scales)} needs graphs that accept other image sizes, but the "
+            f"{', '.join(fixed)} graph is fixed at {info.input_size}x{info.input_size}; "
+            "use multi_scale=(1.0,) or export with dynamic image sides"
+        )
+    return sizes

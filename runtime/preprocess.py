@@ -1,0 +1,272 @@
+"""Numpy pre-processing: input validation, the canonical resize, normalisation, graph feeds.
+
+The resize here is the one evaluation resize of the project: the PyTorch eval path calls
+:func:`resize_image` and :func:`resize_mask` too, so every backend and PyTorch see the same
+pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
+
+Caller images are ``uint8 [H, W, 3]`` RGB; masks are ``[H, W]`` bool, or integers/floats with
+values in {0, 1} plus 255 (ignore), which counts as background for a support mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
+from dpnet_runtime.errors import InputError
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "check_image",
+    "check_mask",
+    "load_image",
+    "load_mask",
+    "normalize_images",
+    "prepare_query",
+    "prepare_support",
+    "resize_image",
+    "resize_mask",
+]
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB image to ``size x size`` with PIL's bilinear filter.
+
+    Args:
+        image: ``uint8 [H, W, 3]``.
+        size: output side.
+
+    Returns:
+        ``uint8 [size, size, 3]``.
+    """
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a label mask to ``size x size`` with nearest neighbour (labels never blend).
+
+    Args:
+        mask: ``[H, W]`` with values in 0..255 (bool or any integer type).
+        size: output side.
+
+    Returns:
+        ``uint8 [size, size]``.
+    """
+    labels = np.ascontiguousarray(mask, dtype=np.uint8)
+    if labels.shape == (size, size):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST))
+
+
+def normalize_images(
+    images: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Scale to 0..1, subtract the mean, divide by the std, move channels first.
+
+    Args:
+        images: ``uint8 [..., H, W, 3]`` RGB.
+        mean: per-channel mean on 0..1 pixels (RGB).
+        std: per-channel std on 0..1 pixels (RGB).
+
+    Returns:
+        ``float32 [..., 3, H, W]``, contiguous.
+    """
+    scale = np.asarray(std, dtype=np.float32) * 255.0
+    offset = np.asarray(mean, dtype=np.float32) * 255.0
+    normalized = (images.astype(np.float32) - offset) / scale
+    return np.ascontiguousarray(np.moveaxis(normalized, -1, -3))
+
+
+def check_image(image: object, name: str) -> np.ndarray:
+    """Check a caller image: a numpy ``uint8 [H, W, 3]`` RGB array.
+
+    Raises:
+        InputError: wrong type, dtype, rank or channel count (message says how to convert).
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3:
+        raise InputError(
+            f"{name} must be [H, W, 3] RGB, got rank {image.ndim} shape {list(image.shape)} "
+            "(for a grayscale image use np.stack([image] * 3, axis=-1))"
+        )
+    if image.shape[2] != 3:
+        raise InputError(
+            f"{name} must have 3 channels (RGB, channels last), got shape {list(image.shape)} "
+            "(drop alpha with image[..., :3]; move channels last with image.transpose(1, 2, 0))"
+        )
+    if image.dtype != np.uint8:
+        raise InputError(
+            f"{name} must be uint8 0..255, got {image.dtype} "
+            "(for 0..1 floats use (image * 255).round().astype(np.uint8))"
+        )
+    if min(image.shape[:2]) < 1:
+        raise InputError(f"{name} is empty: shape {list(image.shape)}")
+    return image
+
+
+def check_mask(mask: object, name: str, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Check a support mask and turn it into ``uint8 [H, W]`` 0/1 (ignore 255 -> 0).
+
+    Args:
+        mask: ``[H, W]`` bool, or integers/floats with values in {0, 1, 255}.
+        name: how messages call it (``support mask 2``).
+        image_shape: the shape of its image; ``H, W`` must match.
+
+    Raises:
+        InputError: wrong rank, size, values, or no object pixel.
+    """
+    if not isinstance(mask, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, got {type(mask).__name__}")
+    if mask.ndim != 2:
+        raise InputError(f"{name} must be [H, W], got shape {list(mask.shape)}")
+    if mask.shape != tuple(image_shape[:2]):
+        raise InputError(
+            f"{name} is {list(mask.shape)} but its image is {list(image_shape[:2])}: "
+            "a mask must have its image's height and width"
+        )
+    if mask.dtype != np.bool_:
+        values = np.unique(mask)
+        if not np.isin(values, (0, 1, IGNORE_LABEL)).all():
+            raise InputError(
+                f"{name} has values {values[:8].tolist()}; expected 0 (background), 1 (object) "
+                f"or {IGNORE_LABEL} (ignore); for 0/255 masks use (mask > 127)"
+            )
+    binary = (mask == 1).astype(np.uint8)
+    if not binary.any():
+        # A 0/255 mask is valid (all background or ignore) but almost always meant 255 = object.
+        hint = (
+            "; 255 means ignore: for 0/255 masks pass (mask > 127)"
+            if (mask == IGNORE_LABEL).any()
+            else ": mark the object in every support mask"
+        )
+        raise InputError(f"{name} has no object pixel (value 1){hint}")
+    return binary
+
+
+def prepare_support(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    size: int,
+    *,
+    raw_input: bool,
+    max_shots: int | None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate, resize and stack K support pairs into one-episode graph inputs.
+
+    Args:
+        images: K arrays ``uint8 [H_k, W_k, 3]``.
+        masks: K masks ``[H_k, W_k]`` (see :func:`check_mask`).
+        size: the graph's input side.
+        raw_input: the graph takes uint8 NHWC images (``--raw-input`` export).
+        max_shots: the most shots the graph accepts, or ``None`` for no limit.
+        mean: RGB normalisation mean (see :func:`normalize_images`).
+        std: RGB normalisation std.
+
+    Returns:
+        ``support_images`` ``float32 [1, K, 3, S, S]`` (or ``uint8 [1, K, S, S, 3]`` raw) and
+        ``support_masks`` ``float32 [1, K, S, S]`` (or ``uint8``), 1 = object.
+
+    Raises:
+        InputError: bad image or mask, K mismatch, no shots or more than ``max_shots``.
+    """
+    if len(images) != len(masks):
+        raise InputError(
+            f"got {len(images)} support images but {len(masks)} masks: give one mask per image"
+        )
+    if not images:
+        raise InputError("no support image: give at least one image with its mask")
+    if max_shots is not None and len(images) > max_shots:
+        raise InputError(
+            f"got {len(images)} support shots but the graph allows at most {max_shots}; "
+            f"pass fewer shots or re-export with dpnet-export onnx --max-shots {len(images)}"
+        )
+    resized_images, resized_masks = [], []
+    for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
+        checked = check_image(image, f"support image {shot}")
+        binary = check_mask(mask, f"support mask {shot}", checked.shape)
+        small = resize_mask(binary, size)
+        if not small.any():
+            raise InputError(
+                f"support mask {shot}: the object vanishes when resized to {size}x{size}; "
+                "use a larger object or a support image closer to the object"
+            )
+        resized_images.append(resize_image(checked, size))
+        resized_masks.append(small)
+    stacked_images = np.stack(resized_images)[None]
+    stacked_masks = np.stack(resized_masks)[None]
+    if raw_input:
+        return stacked_images, stacked_masks
+    return normalize_images(stacked_images, mean, std), stacked_masks.astype(np.float32)
+
+
+def prepare_query(
+    image: np.ndarray,
+    size: int,
+    *,
+    raw_input: bool,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Validate and resize a query image into a one-episode graph input (normalised unless raw).
+
+    Returns:
+        ``query_image`` ``float32 [1, 3, S, S]`` (or ``uint8 [1, S, S, 3]`` raw).
+
+    Raises:
+        InputError: bad image.
+    """
+    resized = resize_image(check_image(image, "query image"), size)[None]
+    return resized if raw_input else normalize_images(resized, mean, std)
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped).
+
+    Raises:
+        InputError: missing or unreadable file.
+    """
+    with _open_image(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a mask file as ``uint8 [H, W]`` 0/1.
+
+    A 0/1 label PNG (max <= 1) marks the object with 1; any other mask (0/255, anti-aliased
+    grey, RGB) marks it with pixels above 127. Colour masks are converted to grey first.
+
+    Raises:
+        InputError: missing or unreadable file.
+    """
+    with _open_image(path) as image:
+        values = np.asarray(
+            image if image.mode in ("1", "L", "P", "I", "I;16") else image.convert("L")
+        )
+    if values.ndim != 2:
+        raise InputError(
+            f"mask {path} has shape {list(values.shape)}; expected a one-channel image"
+        )
+    threshold = 0 if values.max() <= 1 else 127
+    return (values > threshold).astype(np.uint8)
+
+
+def _open_image(path: str | os.PathLike[str]) -> Image.Image:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"image file {file} does not exist")
+    try:
+        image = Image.open(file)
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {file}: {exc}") from exc
+    return image

@@ -1,0 +1,193 @@
+"""`dpnet-export trt` without TensorRT: ranges, workspace, profiles, the version branch, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from dpnet_export.onnx_to_engine import (
+    EngineBuildOptions,
+    ShapeRange,
+    build_profiles,
+    installed_tensorrt_version,
+    onnx_input_shapes,
+    onnx_to_engine,
+    onnx_to_trtexec,
+    parse_shape_range,
+    parse_workspace,
+    plan_precision,
+)
+from dpnet_runtime import contract
+from dpnet_runtime.backends.trt import TensorProfile
+from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from onnx import TensorProto, helper
+
+no_tensorrt = pytest.mark.skipif(
+    installed_tensorrt_version() is not None, reason="TensorRT is installed here"
+)
+
+
+def _episode_onnx(path: Path, size: int = 8) -> Path:
+    """A stand-in for dpnet.onnx with the contract's inputs: dynamic B and K, fixed H x W."""
+    f32 = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info(contract.SUPPORT_IMAGES, f32, ["B", "K", 3, size, size]),
+        helper.make_tensor_value_info(contract.SUPPORT_MASKS, f32, ["B", "K", size, size]),
+        helper.make_tensor_value_info(contract.QUERY_IMAGE, f32, ["B", 3, size, size]),
+    ]
+    nodes = [helper.make_node("Relu", [contract.QUERY_IMAGE], [contract.LOGITS])]
+    outputs = [helper.make_tensor_value_info(contract.LOGITS, f32, None)]
+    graph = helper.make_graph(nodes, "episode", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1:1:5", ShapeRange(1, 1, 5)), ("2:3:4", ShapeRange(2, 3, 4)), ("3", ShapeRange(3, 3, 3))],
+)
+def test_parse_shape_range(text: str, expected: ShapeRange) -> None:
+    assert parse_shape_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1:5", "a:b:c", "5:1:1", "0:1:2", "1:6:5", "-1:1:2"])
+def test_parse_shape_range_rejects(text: str) -> None:
+    with pytest.raises(InputError, match="min"):
+        parse_shape_range(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4G", 4 << 30), ("512M", 512 << 20), ("1024", 1024), ("2GiB", 2 << 30), ("64k", 64 << 10)],
+)
+def test_parse_workspace(text: str, expected: int) -> None:
+    assert parse_workspace(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "4X", "-1G", "1.5G"])
+def test_parse_workspace_rejects(text: str) -> None:
+    with pytest.raises(InputError, match="workspace"):
+        parse_workspace(text)
+
+
+def test_profiles_from_cli_ranges(tmp_path: Path) -> None:
+    shapes = onnx_input_shapes(_episode_onnx(tmp_path / "dpnet.onnx"))
+    profiles = build_profiles(
+        shapes, batch=parse_shape_range("1:2:4"), shots=parse_shape_range("1:1:5")
+    )
+    assert profiles == (
+        TensorProfile(contract.SUPPORT_IMAGES, (1, 1, 3, 8, 8), (2, 1, 3, 8, 8), (4, 5, 3, 8, 8)),
+        TensorProfile(contract.SUPPORT_MASKS, (1, 1, 8, 8), (2, 1, 8, 8), (4, 5, 8, 8)),
+        TensorProfile(contract.QUERY_IMAGE, (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)),
+    )
+
+
+def test_profiles_cover_the_support_cache_and_keep_static_axes() -> None:
+    shapes = {contract.PROTOTYPES: ("B", "K", 256), contract.QUERY_IMAGE: (1, 3, 8, 8)}
+    profiles = build_profiles(shapes, batch=ShapeRange(1, 2, 3), shots=ShapeRange(2, 3, 4))
+    assert profiles[0] == TensorProfile(contract.PROTOTYPES, (1, 2, 256), (2, 3, 256), (3, 4, 256))
+    assert profiles[1].min == profiles[1].max == (1, 3, 8, 8)
+
+
+def test_profiles_reject_other_dynamic_axes() -> None:
+    with pytest.raises(ModelFileError, match="axis 2"):
+        build_profiles(
+            {contract.QUERY_IMAGE: ("B", 3, "H", 8)},
+            batch=ShapeRange(1, 1, 1),
+            shots=ShapeRange(1, 1, 1),
+        )
+
+
+@pytest.mark.parametrize(
+    ("version", "fp16", "expected"),
+    [
+        ("10.15.1.29", True, ("dpnet.onnx", "fp16", False, True)),
+        ("10.3.0", False, ("dpnet.onnx", "fp32", False, False)),
+        ("11.0.0", True, ("dpnet_fp16.onnx", "fp16", True, False)),
+        ("11.4.1", False, ("dpnet.onnx", "fp32", True, False)),
+    ],
+)
+def test_version_branch(
+    tmp_path: Path, version: str, fp16: bool, expected: tuple[object, ...]
+) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / contract.fp16_name("dpnet.onnx"))
+    plan = plan_precision(fp32, fp16=fp16, tensorrt_version=version)
+    assert (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.fp16_flag) == expected
+
+
+def test_version_branch_fp16_graph_is_strongly_typed_on_10(tmp_path: Path) -> None:
+    fp16 = _episode_onnx(tmp_path / "dpnet_fp16.onnx")
+    plan = plan_precision(fp16, fp16=True, tensorrt_version="10.15.1")
+    assert (plan.onnx_path, plan.strongly_typed, plan.fp16_flag) == (fp16, True, False)
+    with pytest.raises(InputError, match="--fp16"):
+        plan_precision(fp16, fp16=False, tensorrt_version="10.15.1")
+
+
+def test_version_branch_errors(tmp_path: Path) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    with pytest.raises(InputError, match="dpnet-export onnx --fp16"):
+        plan_precision(fp32, fp16=True, tensorrt_version="11.0.0")
+    with pytest.raises(InputError, match="TensorRT 10 or newer"):
+        plan_precision(fp32, fp16=True, tensorrt_version="8.6.1")
+    with pytest.raises(InputError, match="not a TensorRT version"):
+        plan_precision(fp32, fp16=True, tensorrt_version="latest")
+
+
+def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "dpnet.onnx"
+    junk.write_bytes(b"\x08\x07garbage that is not ONNX" * 4)
+    with pytest.raises(ModelFileError, match=r"dpnet\.onnx"):
+        onnx_input_shapes(junk)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        onnx_input_shapes(tmp_path / "missing.onnx")
+
+
+def test_trtexec_for_options(tmp_path: Path) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    options = EngineBuildOptions(fp32, fp16=True, workspace_bytes=parse_workspace("2G"))
+    command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
+    assert f"--onnx={fp32}" in command and "--fp16" in command
+    assert f"--saveEngine={tmp_path / contract.ENGINE_FILE}" in command
+    max_shapes = "support_images:4x5x3x8x8,support_masks:4x5x8x8,query_image:4x3x8x8"
+    assert f"--maxShapes={max_shapes}" in command
+    assert "--memPoolSize=workspace:2048" in command and "--stronglyTyped" not in command
+
+
+@no_tensorrt
+def test_build_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
+    options = EngineBuildOptions(_episode_onnx(tmp_path / "dpnet.onnx"), fp16=True)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'dpnet\[trt\]'"):
+        onnx_to_engine(options)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from dpnet_export.cli import main; main()"
+    env = {**os.environ, "COLUMNS": "300"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.slow
+@no_tensorrt
+def test_trt_cli_without_tensorrt(tmp_path: Path) -> None:
+    model = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / "dpnet_fp16.onnx")
+    build = _run_cli("trt", "--onnx", str(model), "--fp16")
+    assert build.returncode == 1
+    assert build.stderr.count("\n") == 1 and "TensorRT is not installed" in build.stderr
+    assert "pip install 'dpnet[trt]'" in build.stderr
+    printed = _run_cli(
+        "trt", "--onnx", str(model), "--fp16", "--print-trtexec", "--shots-range", "1:2:3"
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert "dpnet_fp16.onnx" in printed.stdout and "--stronglyTyped" in printed.stdout
+    assert "support_images:1x2x3x8x8" in printed.stdout
+    bad_range = _run_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
+    assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr

@@ -1,0 +1,229 @@
+"""The TensorRT lint (`dpnet-export check`) on small hand-built ONNX graphs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from dpnet_export.lint import lint_onnx, load_operator_table
+from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
+from dpnet_runtime.errors import ModelFileError
+from onnx import TensorProto, helper, numpy_helper
+
+F32 = TensorProto.FLOAT
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    *,
+    inputs: list[onnx.ValueInfoProto] | None = None,
+    outputs: list[onnx.ValueInfoProto] | None = None,
+    initializers: list[onnx.TensorProto] | None = None,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs or [helper.make_tensor_value_info("x", F32, ["B", 3, 4, 4])],
+        outputs or [helper.make_tensor_value_info("y", F32, None)],
+        initializer=initializers or [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _axes(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _clean_model() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("ReduceSum", ["r", "axes"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Constant", [], ["uaxes"], name="c", value=_axes("v", [1])),
+        helper.make_node("Unsqueeze", ["s", "uaxes"], ["y"], name="unsq"),
+    ]
+    return _model(nodes, initializers=[_axes("axes", [2, 3])])
+
+
+def _errors(model: onnx.ModelProto) -> list[str]:
+    return [f"{f.op_type}: {f.message}" for f in lint_onnx(model).errors]
+
+
+def test_operator_table_is_packaged_with_its_source() -> None:
+    table = load_operator_table()
+    assert table["source"]["repository"] == "onnx/onnx-tensorrt"
+    assert table["operators"]["MatMul"]["supported"] is True
+
+
+def test_clean_graph_passes() -> None:
+    report = lint_onnx(_clean_model())
+    assert report.passed, report.errors
+    assert report.node_count == 4
+    assert report.table_version == "10.15"
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs"),
+    [
+        ("NonZero", ["x"]),
+        ("TopK", ["x", "k"]),
+        ("Compress", ["x", "cond"]),
+        ("ScatterND", ["x", "idx", "x"]),
+        ("ScatterElements", ["x", "idx", "x"]),
+    ],
+)
+def test_forbidden_ops_are_errors(op: str, inputs: list[str]) -> None:
+    nodes = [helper.make_node(op, inputs, ["y"], name="bad")]
+    inits = [_axes("k", [1]), _axes("idx", [0]), numpy_helper.from_array(np.ones(3, bool), "cond")]
+    errors = _errors(_model(nodes, initializers=inits))
+    assert any(e.startswith(f"{op}:") for e in errors), errors
+
+
+def test_loop_is_an_error() -> None:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="id")],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
+    )
+    loop = helper.make_node("Loop", ["trip", "cond"], [], name="loop", body=body)
+    nodes = [loop, helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    inits = [_axes("trip", [3]), numpy_helper.from_array(np.array(True), "cond")]
+    report = lint_onnx(_model(nodes, initializers=inits))
+    assert any(f.op_type == "Loop" and f.node == "loop" for f in report.errors)
+    assert report.node_count == 3  # the body's Identity is walked too
+
+
+def test_int64_and_bool_graph_io_are_errors() -> None:
+    model = _model(
+        [helper.make_node("Cast", ["x"], ["y"], name="cast", to=TensorProto.BOOL)],
+        inputs=[helper.make_tensor_value_info("x", TensorProto.INT64, [2])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.BOOL, [2])],
+    )
+    errors = lint_onnx(model).errors
+    assert {(f.node, "INT64" in f.message, "BOOL" in f.message) for f in errors} == {
+        ("x", True, False),
+        ("y", False, True),
+    }
+
+
+def test_computed_reduce_axes_are_an_error() -> None:
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "one"], ["axes"], name="pick"),
+        helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum"),
+    ]
+    errors = _errors(_model(nodes, initializers=[_axes("one", [1])]))
+    assert errors == [
+        "ReduceSum: ReduceSum axes come from computed tensor 'axes'; TensorRT needs "
+        "them at build time: make them an initializer or Constant"
+    ]
+
+
+def test_computed_unsqueeze_axes_are_an_error() -> None:
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["axes"], name="slice"),
+        helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="unsq"),
+    ]
+    errors = _errors(_model(nodes, initializers=[_axes("zero", [0]), _axes("one", [1])]))
+    assert len(errors) == 1 and errors[0].startswith("Unsqueeze:")
+
+
+def test_uint8_only_allowed_at_the_boundary() -> None:
+    boundary = _model(
+        [helper.make_node("Cast", ["x"], ["y"], name="to_u8", to=TensorProto.UINT8)],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+    )
+    assert lint_onnx(boundary).passed
+    inner = _model(
+        [
+            helper.make_node("Cast", ["x"], ["u"], name="to_u8", to=TensorProto.UINT8),
+            helper.make_node("Cast", ["u"], ["y"], name="back", to=F32),
+        ]
+    )
+    assert _errors(inner) == [
+        "Cast: intermediate tensor 'u' is UINT8: TensorRT accepts UINT8 only as graph input or "
+        "output; compute in int32 or float"
+    ]
+
+
+def test_unsupported_and_custom_ops_are_errors() -> None:
+    nodes = [
+        helper.make_node("Det", ["x"], ["d"], name="det"),
+        helper.make_node("Swish", ["d"], ["s"], name="swish"),
+        helper.make_node("MyOp", ["s"], ["y"], name="mine", domain="com.example"),
+    ]
+    errors = _errors(_model(nodes))
+    assert [e.split(":")[0] for e in errors] == ["Det", "Swish", "MyOp"]
+    assert "not supported" in errors[0] and "no row" in errors[1] and "plugin" in errors[2]
+
+
+def test_restrictions_are_one_warning_per_op_type() -> None:
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], name="up1", mode="linear"),
+        helper.make_node("Resize", ["r", "", "scales"], ["y"], name="up2", mode="linear"),
+    ]
+    report = lint_onnx(_model(nodes, initializers=[scales]))
+    assert report.passed
+    assert [(f.node, f.op_type) for f in report.warnings] == [("up1", "Resize")]
+    assert report.warnings[0].message.startswith("2 node(s); TensorRT restriction:")
+
+
+def test_non_onnx_file_is_a_model_file_error(tmp_path: Path) -> None:
+    bad = tmp_path / "junk.onnx"
+    bad.write_bytes(b"\x00\xffthis is not a protobuf" * 10)
+    with pytest.raises(ModelFileError, match=r"junk\.onnx"):
+        lint_onnx(bad)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        lint_onnx(tmp_path / "missing.onnx")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from dpnet_export.cli import main; main()"
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_check_cli_exit_codes(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.onnx"
+    onnx.save(_clean_model(), clean)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_model([helper.make_node("NonZero", ["x"], ["y"], name="nz")]), bad)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not onnx at all")
+
+    ok = _run_cli("check", str(clean), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["passed"] is True
+
+    failed = _run_cli("check", str(bad))
+    assert failed.returncode == EXIT_CHECK_FAILED, failed.stderr
+    assert "NonZero" in failed.stdout and "failed" in failed.stdout
+
+    broken = _run_cli("check", str(junk))
+    assert broken.returncode == EXIT_USER_ERROR
+    assert broken.stderr.count("\n") == 1 and "junk.onnx" in broken.stderr
+
+
+def test_data_type_outside_the_table_is_a_warning() -> None:
+    nodes = [
+        helper.make_node("Cast", ["x"], ["i"], name="to_int", to=TensorProto.INT32),
+        helper.make_node("Sigmoid", ["i"], ["s"], name="sig"),
+        helper.make_node("Cast", ["s"], ["y"], name="back", to=F32),
+    ]
+    report = lint_onnx(_model(nodes))
+    assert report.passed
+    assert [(f.op_type, "INT32" in f.message) for f in report.warnings] == [("Sigmoid", True)]

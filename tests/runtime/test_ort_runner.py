@@ -1,0 +1,143 @@
+"""OrtRunner and the BaseRunner contract, on contract-following ONNX graphs."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dpnet_runtime import contract
+from dpnet_runtime.backends.base import TensorSpec, check_feed, open_runner
+from dpnet_runtime.backends.ort import OrtRunner
+from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+
+
+def _episode_feed(shots: int = 2, batch: int = 1, size: int = 32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    masks = np.zeros((batch, shots, size, size), np.float32)
+    masks[..., 8:20, 8:20] = 1
+    return {
+        contract.SUPPORT_IMAGES: rng.standard_normal((batch, shots, 3, size, size), np.float32),
+        contract.SUPPORT_MASKS: masks,
+        contract.QUERY_IMAGE: rng.standard_normal((batch, 3, size, size), np.float32),
+    }
+
+
+@pytest.fixture
+def runner(export_dir: Path) -> Iterator[OrtRunner]:
+    with OrtRunner(export_dir / contract.DPNET_ONNX, intra_op_threads=1) as active:
+        yield active
+
+
+def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
+    inputs = runner.get_input_metadata()
+    assert list(inputs) == list(contract.EPISODE_INPUTS)
+    assert inputs[contract.SUPPORT_IMAGES] == TensorSpec(
+        contract.SUPPORT_IMAGES, "float32", ("B", "K", 3, 32, 32)
+    )
+    outputs = runner.get_output_metadata()
+    assert outputs[contract.MASK].dtype == "uint8"
+    assert outputs[contract.PSEUDO_COUNT].dtype == "int32"
+    assert runner.get_properties()[contract.META_GRAPH] == "episode"
+
+
+@pytest.mark.parametrize(("batch", "shots"), [(1, 1), (2, 5)])
+def test_infer_runs_dynamic_batch_and_shots(runner: OrtRunner, batch: int, shots: int) -> None:
+    outputs = runner.infer(_episode_feed(shots, batch))
+    assert outputs[contract.LOGITS].shape == (batch, 2, 32, 32)
+    assert outputs[contract.MASK].dtype == np.uint8
+    assert outputs[contract.CONFIDENCE].shape == (batch, shots, 4, 4)
+    assert runner.last_inference_ns is not None and runner.last_inference_ns > 0
+
+
+def test_infer_returns_arrays_the_caller_owns(runner: OrtRunner) -> None:
+    feed = _episode_feed()
+    first = runner.infer(feed)
+    expected = first[contract.LOGITS].copy()
+    first[contract.LOGITS][...] = 0
+    np.testing.assert_array_equal(runner.infer(feed)[contract.LOGITS], expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (contract.SUPPORT_IMAGES, np.zeros((1, 2, 3, 32, 32), np.float64), "wrong dtype"),
+        (contract.SUPPORT_IMAGES, np.zeros((2, 3, 32, 32), np.float32), "wrong rank"),
+        (contract.QUERY_IMAGE, np.zeros((1, 3, 31, 32), np.float32), "axis 2 must be 32"),
+        (contract.SUPPORT_MASKS, np.zeros((1, 3, 32, 32), np.float32), "axis K is 3"),
+    ],
+)
+def test_infer_rejects_bad_feed_naming_the_tensor(
+    runner: OrtRunner, name: str, value: np.ndarray, expected: str
+) -> None:
+    feed = _episode_feed() | {name: value}
+    with pytest.raises(InputError, match=expected) as info:
+        runner.infer(feed)
+    assert repr(name) in str(info.value)
+
+
+def test_infer_rejects_missing_and_unknown_names(runner: OrtRunner) -> None:
+    feed = _episode_feed()
+    feed["extra"] = feed.pop(contract.QUERY_IMAGE)
+    with pytest.raises(InputError, match=r"missing \['query_image'\], unknown \['extra'\]"):
+        runner.infer(feed)
+
+
+def test_check_feed_enforces_profile_bounds() -> None:
+    spec = TensorSpec("x", "float32", ("B", 3), min_shape=(1, 3), max_shape=(4, 3))
+    check_feed({"x": np.zeros((4, 3), np.float32)}, {"x": spec})
+    with pytest.raises(InputError, match=r"axis 0 must be in \[1, 4\]"):
+        check_feed({"x": np.zeros((5, 3), np.float32)}, {"x": spec})
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an onnx model\n" * 4, "truncate"])
+def test_bad_model_file_is_a_model_file_error(
+    tmp_path: Path, export_dir: Path, content: bytes | str
+) -> None:
+    path = tmp_path / "dpnet.onnx"
+    if content == "truncate":
+        data = (export_dir / contract.DPNET_ONNX).read_bytes()
+        content = data[: len(data) // 2]
+    path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(ModelFileError) as info:
+        OrtRunner(path).activate()
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_missing_file_is_a_model_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="no such file"):
+        open_runner("ort", tmp_path / "absent.onnx")
+
+
+def test_runner_must_be_active(export_dir: Path) -> None:
+    runner = OrtRunner(export_dir / contract.DPNET_ONNX)
+    with pytest.raises(RuntimeError, match="not active"):
+        runner.infer(_episode_feed())
+    with runner:
+        assert runner.is_active
+    assert not runner.is_active
+
+
+def test_open_runner_rejects_unknown_backend_and_option(export_dir: Path) -> None:
+    with pytest.raises(InputError, match="unknown backend 'tflite'; choose one of ort, trt"):
+        open_runner("tflite", export_dir / contract.DPNET_ONNX)
+    with pytest.raises(InputError, match="unexpected keyword"):
+        open_runner("ort", export_dir / contract.DPNET_ONNX, device=0)
+    with pytest.raises(InputError, match="intra_op_threads must be >= 1"):
+        open_runner("ort", export_dir / contract.DPNET_ONNX, intra_op_threads=0)
+
+
+def test_absent_execution_provider_names_the_extra(export_dir: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match=r"dpnet\[gpu\]"):
+        open_runner("ort", export_dir / contract.DPNET_ONNX, providers=["NoSuchExecutionProvider"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT installed")
+def test_trt_backend_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
+    engine = tmp_path / contract.ENGINE_FILE
+    engine.write_bytes(b"engine")
+    with pytest.raises(BackendUnavailableError, match=r"dpnet\[trt\]"):
+        open_runner("trt", engine)

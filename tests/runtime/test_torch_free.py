@@ -1,0 +1,63 @@
+"""dpnet_runtime imports and runs a real episode with torch (and dpnet, dpnet_export) blocked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# A None entry in sys.modules makes `import torch` raise ImportError, as if uninstalled.
+_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    for name in ("torch", "torchvision", "dpnet", "dpnet_export", "dpnet_bench", "onnx"):
+        sys.modules[name] = None
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("torch import was not blocked")
+
+    import numpy as np
+    from PIL import Image
+    from dpnet_runtime import Predictor
+    from dpnet_runtime.preprocess import load_image, load_mask
+
+    folder, support, mask, query = sys.argv[1:5]
+    with Predictor.open(folder, intra_op_threads=1) as predictor:
+        cached = predictor.segment(
+            load_image(query), predictor.encode_support([load_image(support)], [load_mask(mask)])
+        )
+        episode = predictor.run_episode([load_image(support)], [load_mask(mask)], load_image(query))
+    assert (cached.mask == episode.mask).all()
+    loaded = sorted(
+        name
+        for name, module in sys.modules.items()
+        if module is not None and name.split(".")[0] in ("torch", "dpnet", "dpnet_export")
+    )
+    print("object pixels", int(episode.mask.sum()), "heavy modules", loaded)
+    """
+)
+
+
+def test_runtime_runs_an_episode_without_torch(export_dir: Path, tmp_path: Path, scene) -> None:
+    image, mask = scene(40, 48, 5, 10, 20)
+    query, truth = scene(50, 60, 20, 25, 22)
+    paths = [tmp_path / name for name in ("support.png", "mask.png", "query.png")]
+    for path, pixels in zip(paths, (image, mask * 255, query), strict=True):
+        Image.fromarray(pixels).save(path)
+    completed = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(export_dir), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "heavy modules []" in completed.stdout
+    assert int(completed.stdout.split()[2]) > 0.9 * np.count_nonzero(truth)
