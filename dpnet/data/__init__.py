@@ -1,1 +1,79 @@
+"""Few-shot datasets (synthetic, PASCAL-5i, COCO-20i), episodes and their tensors.
 
+>>> dataset = build_dataset("synthetic", root=None, fold=0, split="val", shots=1, seed=0,
+...                         episodes=4)
+>>> len(dataset), dataset[0].shots
+(4, 1)
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from dpnet_runtime.errors import InputError
+
+from dpnet.data.episode import Episode, FewShotDataset
+
+__all__ = ["DATASETS", "Episode", "FewShotDataset", "build_dataset"]
+
+DATASETS = ("synthetic", "pascal", "coco")
+
+
+def build_dataset(
+    name: str,
+    *,
+    root: Path | None,
+    fold: int,
+    split: str,
+    shots: int,
+    seed: int,
+    episodes: int | None,
+    **options: Any,
+) -> FewShotDataset:
+    """The few-shot dataset ``name`` (``synthetic``, ``pascal`` or ``coco``).
+
+    Args:
+        name: dataset name.
+        root: dataset folder (ignored by ``synthetic``; required by the others).
+        fold: test fold 0..3.
+        split: ``train`` (the other folds' classes) or ``val`` (the fold's classes).
+        shots: K supports per episode.
+        seed: episode seed; the same seed gives the same episodes everywhere.
+        episodes: number of episodes, or None for the dataset's default.
+        options: dataset-specific keywords: ``image_size`` (synthetic), ``sampling`` and
+            ``splits_dir`` (pascal), ``fold_split``, ``split_lists`` and ``splits_dir`` (coco).
+
+    Raises:
+        InputError: unknown name, fold, split, or option.
+        DatasetError: missing or malformed dataset files.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    dataset_class = _dataset_class(name)
+    keywords: dict[str, Any] = {
+        "fold": fold, "split": split, "shots": shots, "seed": seed, "episodes": episodes,
+    }  # fmt: skip
+    allowed = set(inspect.signature(dataset_class).parameters) - {"root", *keywords}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"dataset {name!r} has no option {unknown}; it takes {sorted(allowed)}")
+    if name != "synthetic":
+        keywords["root"] = root
+    return dataset_class(**keywords, **options)
+
+
+def _dataset_class(name: str) -> type[FewShotDataset]:
+    # Imported on demand: a PASCAL user never pays for the others' imports.
+    if name == "pascal":
+        from dpnet.data.pascal import PascalDataset
+
+        return PascalDataset
+    if name == "coco":
+        from dpnet.data.coco import CocoDataset
+
+        return CocoDataset
+    from dpnet.data.synthetic import SyntheticDataset
+
+    return SyntheticDataset

@@ -1,0 +1,233 @@
+"""COCO-20i from a user-given COCO 2014 root: instance annotations turned into class masks.
+
+Expected layout::
+
+    ROOT/train2014/COCO_train2014_<id>.jpg
+    ROOT/val2014/COCO_val2014_<id>.jpg
+    ROOT/annotations/instances_train2014.json
+    ROOT/annotations/instances_val2014.json
+
+The 80 categories are numbered 1..80 in increasing COCO category id (the usual contiguous
+order, the mask value of HSNet's lists). Fold splits: ``interleaved`` (default, PFENet/HSNet:
+fold i = classes c with (c - 1) mod 4 == i) or ``consecutive`` (fold i = 20i+1..20i+20).
+``train`` episodes use train2014 and the 60 other classes, ``val`` episodes val2014 and the
+fold's 20. The class is drawn uniformly, then query and supports among the images holding it
+(HSNet's COCO protocol). Image pools come from the annotations, or with
+``split_lists=True`` (interleaved only) from HSNet's packaged lists.
+
+Class masks: every instance (crowd included, as in pycocotools' ``annToMask``) is painted
+with its class, larger instances first so that small objects stay visible. Polygons are
+rasterised with PIL and RLE decoded in numpy (compressed and uncompressed), one code path on
+every machine (pycocotools is not needed); PIL's polygon fill may differ from pycocotools'
+by a pixel on edges. There is no ignore label in COCO masks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dpnet_runtime.errors import DatasetError, InputError
+from PIL import Image, ImageDraw
+
+from dpnet.data.episode import PooledDataset, split_class_ids
+from dpnet.data.pascal import check_root, packaged_splits, read_image
+
+__all__ = ["FOLD_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
+
+FOLD_SPLITS = ("interleaved", "consecutive")
+NUM_CLASSES = 80
+DEFAULT_VAL_EPISODES = 1000
+DEFAULT_TRAIN_EPISODES = 20_000
+_LAYOUT = (
+    "expected ROOT/train2014/, ROOT/val2014/ and "
+    "ROOT/annotations/instances_{train,val}2014.json (COCO 2014)"
+)
+_SPLIT_FOLDER = {"train": "train2014", "val": "val2014"}
+
+
+def _rle_string_counts(text: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``)."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            char = ord(text[position]) - 48
+            value |= (char & 0x1F) << shift
+            more = bool(char & 0x20)
+            position += 1
+            shift += 5
+            if not more and char & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Decode a COCO RLE (``{"size": [h, w], "counts": list or str}``) to [h, w] bool.
+
+    Runs alternate background / foreground in column-major order, starting with background.
+    """
+    height, width = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = _rle_string_counts(counts)
+    values = np.arange(len(counts)) % 2 == 1
+    flat = np.repeat(values, counts)
+    if flat.size != height * width:
+        raise DatasetError(f"RLE covers {flat.size} pixels, expected {height} x {width}")
+    return flat.reshape((height, width), order="F")
+
+
+def _instance_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    if isinstance(segmentation, dict):
+        return rle_to_mask(segmentation)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in segmentation:
+        if len(polygon) >= 6:
+            draw.polygon([float(x) for x in polygon], fill=1)
+    return np.asarray(canvas).astype(bool)
+
+
+def annotations_to_label(
+    annotations: Sequence[dict[str, Any]], height: int, width: int, class_of: dict[int, int]
+) -> np.ndarray:
+    """[H, W] uint8 class-label map (0 background, 1..80) from one image's instances.
+
+    Args:
+        annotations: COCO instance annotations of the image.
+        height, width: image size.
+        class_of: COCO category id -> contiguous class 1..80.
+    """
+    label = np.zeros((height, width), dtype=np.uint8)
+    for annotation in sorted(annotations, key=lambda a: -float(a.get("area", 0.0))):
+        mask = _instance_mask(annotation["segmentation"], height, width)
+        label[mask] = class_of[annotation["category_id"]]
+    return label
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        with path.open() as stream:
+            return dict(json.load(stream))
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror}; {_LAYOUT}") from exc
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc.msg}); re-download it") from exc
+
+
+class CocoDataset(PooledDataset):
+    """COCO-20i episodes read from ``root`` (layout in the module docstring).
+
+    Args:
+        root: the COCO 2014 folder.
+        fold: 0..3; split: ``train`` or ``val``; shots: K; seed: the episode seed.
+        episodes: number of episodes; None: 20000 for ``train``, 1000 for ``val``.
+        fold_split: ``interleaved`` (default) or ``consecutive``.
+        split_lists: take the image pools from HSNet's lists (interleaved only).
+        splits_dir: folder holding ``hsnet/coco/{trn,val}/fold*.json.gz`` (default: packaged).
+
+    Raises:
+        DatasetError: missing root, folder, annotation file or list; unreadable image.
+        InputError: unknown fold split, or split lists with the consecutive split.
+    """
+
+    def __init__(
+        self,
+        root: Path | None,
+        *,
+        fold: int,
+        split: str,
+        shots: int,
+        seed: int,
+        episodes: int | None = None,
+        fold_split: str = "interleaved",
+        split_lists: bool = False,
+        splits_dir: Path | None = None,
+    ) -> None:
+        if fold_split not in FOLD_SPLITS:
+            raise InputError(f"fold_split must be one of {FOLD_SPLITS}, got {fold_split!r}")
+        if split_lists and fold_split != "interleaved":
+            raise InputError("HSNet's COCO split lists exist for the interleaved fold split only")
+        self.root = check_root(root, ("train2014", "val2014", "annotations"), _LAYOUT, "COCO-20i")
+        class_ids = split_class_ids(
+            NUM_CLASSES, fold, split, interleaved=fold_split == "interleaved"
+        )
+        folder = _SPLIT_FOLDER["train" if split == "train" else "val"]
+        coco = _load_json(self.root / "annotations" / f"instances_{folder}.json")
+        try:
+            categories = sorted(coco["categories"], key=lambda c: int(c["id"]))
+            self._class_of = {int(c["id"]): i for i, c in enumerate(categories, start=1)}
+            names = {int(im["id"]): f"{folder}/{im['file_name']}" for im in coco["images"]}
+            self._size = {
+                names[int(im["id"])]: (int(im["height"]), int(im["width"])) for im in coco["images"]
+            }
+            self._by_name: dict[str, list[dict[str, Any]]] = {name: [] for name in self._size}
+            for annotation in coco["annotations"]:
+                self._by_name[names[int(annotation["image_id"])]].append(annotation)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"instances_{folder}.json under {self.root} is not a COCO instances file "
+                f"(missing {exc}); {_LAYOUT}"
+            ) from exc
+        if len(categories) != NUM_CLASSES:
+            raise DatasetError(
+                f"instances_{folder}.json has {len(categories)} categories, expected "
+                f"{NUM_CLASSES}; use the COCO 2014 instance annotations"
+            )
+        if split_lists:
+            pools = self._list_pools(splits_dir or packaged_splits(), split, fold)
+        else:
+            pools = self._annotation_pools()
+        default = DEFAULT_TRAIN_EPISODES if split == "train" else DEFAULT_VAL_EPISODES
+        super().__init__(
+            pools=pools,
+            entries=None,
+            sampling="seed",
+            fold=fold,
+            split=split,
+            shots=shots,
+            seed=seed,
+            episodes=default if episodes is None else episodes,
+            class_ids=class_ids,
+            class_names={self._class_of[int(c["id"])]: str(c["name"]) for c in categories},
+        )
+
+    def _annotation_pools(self) -> dict[int, tuple[str, ...]]:
+        pools: dict[int, dict[str, None]] = {}
+        for name, instances in self._by_name.items():
+            for annotation in instances:
+                pools.setdefault(self._class_of[annotation["category_id"]], {})[name] = None
+        return {class_id: tuple(names) for class_id, names in pools.items()}
+
+    @staticmethod
+    def _list_pools(splits_dir: Path, split: str, fold: int) -> dict[int, tuple[str, ...]]:
+        path = splits_dir / "hsnet" / "coco" / ("trn" if split == "train" else "val")
+        path = path / f"fold{fold}.json.gz"
+        try:
+            with gzip.open(path, "rt") as stream:
+                lists = json.load(stream)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"cannot read COCO split list {path}: {exc}") from exc
+        return {int(key) + 1: tuple(names) for key, names in lists.items()}
+
+    def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Image and class-label map of ``name`` (``val2014/COCO_val2014_<id>.jpg``)."""
+        if name not in self._by_name:
+            raise DatasetError(f"{name} is not in the annotations under {self.root}; {_LAYOUT}")
+        image = read_image(self.root / name, self.root, _LAYOUT)
+        height, width = self._size[name]
+        if image.shape[:2] != (height, width):
+            raise DatasetError(
+                f"{self.root / name} is {image.shape[1]} x {image.shape[0]}, the annotations "
+                f"say {width} x {height}; re-download the image"
+            )
+        return image, annotations_to_label(self._by_name[name], height, width, self._class_of)

@@ -1,0 +1,142 @@
+"""PASCAL-5i on a tiny fake VOC2012 tree of real JPEG/PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from dpnet_runtime.errors import DatasetError
+from PIL import Image
+
+from dpnet.data import build_dataset
+from dpnet.data.pascal import PascalDataset, read_hsnet_list
+
+# name -> classes painted in its label (class 1 is in test fold 0, 6 and 11 are not).
+IMAGES = {
+    "2008_000001": (1,),
+    "2008_000002": (1, 6),
+    "2008_000003": (1,),
+    "2008_000004": (6, 1),
+    "2008_000005": (6,),
+    "2008_000006": (11,),
+    "2008_000007": (11, 6),
+}
+LISTS = {
+    "val/fold0.txt": ["2008_000001__01", "2008_000002__01", "2008_000003__01"],
+    "trn/fold0.txt": ["2008_000001__01", "2008_000003__01"],
+    "trn/fold1.txt": ["2008_000002__06", "2008_000004__06", "2008_000005__06"],
+    "trn/fold2.txt": ["2008_000006__11", "2008_000007__11"],
+    "trn/fold3.txt": [],
+}
+
+
+def _label(classes: tuple[int, ...]) -> np.ndarray:
+    label = np.zeros((24, 32), dtype=np.uint8)
+    for slot, class_id in enumerate(classes):
+        label[4:20, 2 + 15 * slot : 14 + 15 * slot] = class_id
+        label[3, 2 + 15 * slot : 14 + 15 * slot] = 255  # an ignore border above each object
+    return label
+
+
+@pytest.fixture
+def voc(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    rng = np.random.default_rng(0)
+    for name, classes in IMAGES.items():
+        pixels = rng.integers(0, 255, size=(24, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(_label(classes)).save(root / "SegmentationClassAug" / f"{name}.png")
+    splits = tmp_path / "splits"
+    for relative, lines in LISTS.items():
+        path = splits / "hsnet" / "pascal" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{line}\n" for line in lines))
+    return root, splits
+
+
+def _pascal(voc: tuple[Path, Path], split: str, **options: Any) -> PascalDataset:
+    root, splits = voc
+    options.setdefault("episodes", 6)
+    dataset = build_dataset(
+        "pascal", root=root, fold=0, split=split, shots=1, seed=0, splits_dir=splits, **options
+    )
+    assert isinstance(dataset, PascalDataset)
+    return dataset
+
+
+def test_val_episodes_follow_the_list_and_read_the_real_files(voc: tuple[Path, Path]) -> None:
+    dataset = _pascal(voc, "val")
+    for index in range(6):
+        episode = dataset[index]
+        assert episode.query_name == LISTS["val/fold0.txt"][index % 3].split("__")[0]
+        assert episode.class_id == 1
+        assert episode.support_names[0] != episode.query_name
+        assert episode.query_image.shape == (24, 32, 3) and episode.query_image.dtype == np.uint8
+        label = np.asarray(
+            Image.open(voc[0] / "SegmentationClassAug" / f"{episode.query_name}.png")
+        )
+        assert np.array_equal(episode.query_mask == 1, label == 1)
+        assert np.array_equal(episode.query_mask == 255, label == 255)
+
+
+def test_train_episodes_never_have_a_fold_class_as_foreground(voc: tuple[Path, Path]) -> None:
+    dataset = _pascal(voc, "train", episodes=None)
+    assert len(dataset) == 5  # the trn lists of folds 1-3
+    for index in range(len(dataset)):
+        episode = dataset[index]
+        assert episode.class_id in (6, 11)
+        for name, mask in zip(
+            (episode.query_name, *episode.support_names),
+            (episode.query_mask, *episode.support_masks),
+            strict=True,
+        ):
+            label = _label(IMAGES[name])
+            assert not (mask[label == 1] == 1).any()  # class 1 pixels are background here
+            assert np.array_equal(mask == 1, label == episode.class_id)
+
+
+def test_seed_sampling_is_reproducible(voc: tuple[Path, Path]) -> None:
+    first = [_pascal(voc, "train", sampling="seed")[i].support_names for i in range(6)]
+    again = [_pascal(voc, "train", sampling="seed")[i].support_names for i in range(6)]
+    assert first == again
+
+
+def test_wrong_layout_names_the_expected_folders(voc: tuple[Path, Path], tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    with pytest.raises(DatasetError, match=r"lacks JPEGImages/, SegmentationClassAug/; expected"):
+        _pascal((flat, voc[1]), "val")
+    with pytest.raises(DatasetError, match="needs --root"):
+        _pascal((None, voc[1]), "val")  # type: ignore[arg-type]
+
+
+def test_missing_image_file_is_a_dataset_error(voc: tuple[Path, Path]) -> None:
+    (voc[0] / "JPEGImages" / "2008_000001.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"2008_000001\.jpg"):
+        _pascal(voc, "val")[0]
+
+
+def test_list_with_a_foreign_class_is_rejected(voc: tuple[Path, Path]) -> None:
+    (voc[1] / "hsnet" / "pascal" / "val" / "fold0.txt").write_text("2008_000005__06\n")
+    with pytest.raises(DatasetError, match="outside the val classes"):
+        _pascal(voc, "val")
+
+
+def test_packaged_lists_match_their_folds(voc: tuple[Path, Path]) -> None:
+    dataset = PascalDataset(voc[0], fold=0, split="val", shots=1, seed=0)
+    assert len(dataset.entries) == 346 and len(dataset) == 1000
+    assert dataset.plan(0).query_name == "2007_000033"
+    assert dataset.plan(346).query_name == "2007_000033"
+    train = PascalDataset(voc[0], fold=3, split="train", shots=5, seed=0)
+    assert {c for _, c in train.entries} == set(range(1, 16))
+
+
+def test_malformed_list_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("2008_000001_01\n")
+    with pytest.raises(DatasetError, match="malformed line"):
+        read_hsnet_list(path)
