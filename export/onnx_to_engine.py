@@ -46,6 +46,7 @@ __all__ = [
     "ShapeRange",
     "build_profiles",
     "installed_tensorrt_version",
+    "onnx_metadata",
     "onnx_input_shapes",
     "onnx_to_engine",
     "onnx_to_trtexec",
@@ -108,22 +109,22 @@ def parse_workspace(text: str) -> int:
     return size
 
 
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The graph's ``metadata_props`` as a dict (copied into the engine sidecar).
+
+    Raises:
+        ModelFileError: the file is missing or is not an ONNX model.
+    """
+    return {prop.key: prop.value for prop in _load_graph(path).metadata_props}
+
+
 def onnx_input_shapes(path: Path) -> dict[str, tuple[int | str, ...]]:
     """Graph inputs (initializers excluded) and their dims: ints, or names for dynamic axes.
 
     Raises:
         ModelFileError: the file is missing or is not an ONNX model.
     """
-    if not path.is_file():
-        raise ModelFileError(
-            f"ONNX file {path} does not exist (export it with `dpnet-export onnx`)"
-        )
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelFileError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export it"
-        ) from exc
+    model = _load_graph(path)
     initializers = {init.name for init in model.graph.initializer}
     inputs = [info for info in model.graph.input if info.name not in initializers]
     if not inputs:
@@ -135,6 +136,19 @@ def onnx_input_shapes(path: Path) -> dict[str, tuple[int | str, ...]]:
         )
         for info in inputs
     }
+
+
+def _load_graph(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelFileError(
+            f"ONNX file {path} does not exist (export it with `dpnet-export onnx`)"
+        )
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelFileError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export it"
+        ) from exc
 
 
 def build_profiles(
@@ -361,6 +375,7 @@ def onnx_to_engine(
         build_seconds=round(time.perf_counter() - start, 3),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         dpnet_version=__version__,
+        graph_metadata=onnx_metadata(plan.onnx_path),
     )
     side = write_engine(engine_path, engine, sidecar)
     report(f"wrote {engine_path} and {side.name} in {sidecar.build_seconds:.0f} s")

@@ -132,6 +132,8 @@ class EngineSidecar:
         build_seconds: wall time of the build.
         built_at: UTC ISO-8601 time of the build.
         dpnet_version: dpnet version that built it.
+        graph_metadata: the ONNX graph's ``metadata_props`` (input size, mean/std, max shots,
+            ...), so a predictor reads the same contract from an engine as from its graph.
     """
 
     onnx_file: str
@@ -148,6 +150,7 @@ class EngineSidecar:
     build_seconds: float
     built_at: str
     dpnet_version: str
+    graph_metadata: dict[str, str] = field(default_factory=dict)
     format: str = field(default=SIDECAR_FORMAT)
     version: int = field(default=SIDECAR_VERSION)
 
@@ -327,7 +330,9 @@ class TrtRunner(BaseRunner):
             else:
                 outputs[name] = tensor_spec(name, dtype, shape)
         sidecar = asdict(self._require(self._sidecar))
-        properties = {key: str(value) for key, value in sidecar.items() if key != "profiles"}
+        skipped = ("profiles", "graph_metadata")
+        properties = {key: str(value) for key, value in sidecar.items() if key not in skipped}
+        properties.update(sidecar["graph_metadata"])
         properties[contract.META_PRECISION] = str(sidecar["precision"])
         return RunnerMetadata(inputs, outputs, properties)
 

@@ -155,6 +155,7 @@ def _export_dir(folder: Path) -> Path:
     outputs = [helper.make_tensor_value_info(contract.LOGITS, f32, None)]
     nodes = [helper.make_node("Relu", [contract.QUERY_IMAGE], [contract.LOGITS])]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
+    helper.set_model_props(model, {contract.META_INPUT_SIZE: "8", contract.META_MAX_SHOTS: "5"})
     for name in (contract.DPNET_ONNX, contract.fp16_name(contract.DPNET_ONNX)):
         onnx.save(model, folder / name)
     return folder / contract.DPNET_ONNX
@@ -178,6 +179,8 @@ def test_fake_trt_10_builds_fp32_graph_with_fp16_flag(
     assert result.engine_path.read_bytes() == b"fake serialized engine"
     assert read_sidecar(result.sidecar_path) == result.sidecar
     assert (result.sidecar.gpu_name, result.sidecar.precision) == ("Fake GPU", "fp16")
+    # The graph's contract metadata travels with the engine, for the runtime to read.
+    assert result.sidecar.graph_metadata[contract.META_INPUT_SIZE] == "8"
     assert cache_file.read_bytes() == b"+tactics"
     assert onnx_to_engine(options).reused  # engine cache: same key, nothing rebuilt
     rebuilt = onnx_to_engine(dataclasses.replace(options, rebuild=True))
