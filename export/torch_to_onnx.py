@@ -1,0 +1,373 @@
+"""DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract` (DESIGN.md section 5).
+
+:func:`export_onnx` writes ``dpnet.onnx`` (one episode), the split pair ``dpnet_support.onnx`` /
+``dpnet_query.onnx`` and, with ``fp16``, their ``*_fp16.onnx`` mixed-precision copies. Each
+graph is exported with ``torch.onnx.export(dynamo=True)`` at a static image size with batch B
+and shots K as dynamic axes, simplified by the onnxscript optimizer (constant folding, dead
+code), stamped with the ``META_*`` metadata, verified (``onnx.checker`` full check, strict
+shape inference, the op rules below) and only then written: every graph is built in memory
+first and each file lands atomically, so a failure leaves no partial file behind.
+
+Op rules, checked on every graph: the nodes under the scope ``ccm`` use only
+:data:`CCM_ALLOWED_OPS`; no node anywhere is one of :data:`FORBIDDEN_OPS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from dpnet import __version__
+from dpnet.checkpoint import load_model
+from dpnet.model.backbone import COS_CHANNELS
+from dpnet.model.dpnet import DPNet
+from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
+from dpnet_export.wrappers import EpisodeGraph, QueryGraph, SupportGraph
+from dpnet_runtime import contract
+from dpnet_runtime.errors import DpnetError, ExportError, InputError
+from dpnet_runtime.fileio import atomic_path, sha256_file
+
+__all__ = [
+    "CCM_ALLOWED_OPS",
+    "FORBIDDEN_OPS",
+    "ExportOptions",
+    "ExportResult",
+    "check_graph",
+    "export_onnx",
+]
+
+logger = logging.getLogger(__name__)
+
+# DESIGN.md section 5. Gather covers the static [:, :, 0] pick of the one-hot MatMul's result.
+CCM_ALLOWED_OPS: Final = frozenset(
+    {
+        "MatMul", "ArgMax", "Gather", "GatherElements", "ReduceL2", "ReduceSum", "Div",
+        "Equal", "Greater", "And", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze", "Expand",
+    }
+)  # fmt: skip
+FORBIDDEN_OPS: Final = frozenset(
+    {"Loop", "If", "Scan", "NonZero", "Compress", "TopK", "Scatter", "ScatterND", "ScatterElements"}
+)
+_MIN_SIZE: Final = 33  # DPNetConfig's smallest input_size
+_EXAMPLE_BATCH: Final = 2  # torch.export specialises axes whose example size is 0 or 1
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export; ``None`` fields default to the checkpoint's config.
+
+    Args:
+        size: square input side H = W (static in the graph); default ``config.input_size``.
+        max_shots: largest K the graphs accept (K is a dynamic axis over 1..max_shots).
+        fp16: also write the ``*_fp16.onnx`` mixed-precision copies.
+        beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
+        raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
+        opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
+    """
+
+    size: int | None = None
+    max_shots: int = 5
+    fp16: bool = False
+    beta: float | None = None
+    raw_input: bool = False
+    opset: int = 18
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        out_dir: the export directory.
+        files: the written graph files, FP32 first.
+        input_size: H = W of the graphs.
+        beta: the discriminator threshold in the graphs.
+        checkpoint_sha256: hex sha256 of the checkpoint file.
+        seconds: wall time of the whole export.
+    """
+
+    out_dir: Path
+    files: tuple[Path, ...]
+    input_size: int
+    beta: float
+    checkpoint_sha256: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _GraphSpec:
+    name: str
+    kind: str  # META_GRAPH value
+    module: type[nn.Module]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+_GRAPHS: Final = (
+    _GraphSpec(
+        contract.DPNET_ONNX, "episode", EpisodeGraph, contract.EPISODE_INPUTS, contract.OUTPUT_NAMES
+    ),
+    _GraphSpec(
+        contract.SUPPORT_ONNX,
+        "support",
+        SupportGraph,
+        contract.EPISODE_INPUTS[:2],
+        contract.CACHE_NAMES,
+    ),
+    _GraphSpec(
+        contract.QUERY_ONNX,
+        "query",
+        QueryGraph,
+        (contract.QUERY_IMAGE, *contract.CACHE_NAMES),
+        contract.OUTPUT_NAMES,
+    ),
+)
+
+
+def export_onnx(
+    checkpoint: Path,
+    out_dir: Path,
+    options: ExportOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export a checkpoint to the graphs of the artifact contract.
+
+    Args:
+        checkpoint: a ``dpnet-checkpoint`` file (``dpnet-train`` output).
+        out_dir: destination folder, created if missing.
+        options: see :class:`ExportOptions`; ``None`` uses the defaults.
+        progress: called with a short message before each stage.
+
+    Returns:
+        :class:`ExportResult` naming the written files.
+
+    Raises:
+        InputError: invalid options, or ``out_dir`` cannot be created or written.
+        ModelFileError: missing, damaged or foreign checkpoint.
+        ExportError: the exporter, the ONNX checker or the op rules rejected a graph.
+
+    >>> export_onnx(Path("model.pt"), Path("out"), ExportOptions(fp16=True))  # doctest: +SKIP
+    """
+    options = options or ExportOptions()
+    report = progress or (lambda _message: None)
+    start = time.perf_counter()
+    _check_options(options)
+    _check_writable(Path(out_dir))
+    model, loaded = load_model(Path(checkpoint))
+    size = options.size or loaded.config.input_size
+    beta = loaded.config.beta_test if options.beta is None else options.beta
+    digest = sha256_file(checkpoint)
+    metadata = {
+        contract.META_DPNET_VERSION: __version__,
+        contract.META_CONFIG: json.dumps(loaded.config.to_dict(), sort_keys=True),
+        contract.META_CHECKPOINT_SHA256: digest,
+        contract.META_INPUT_SIZE: str(size),
+        contract.META_MEAN: json.dumps(list(contract.IMAGENET_MEAN)),
+        contract.META_STD: json.dumps(list(contract.IMAGENET_STD)),
+        contract.META_BETA: json.dumps(beta),
+        contract.META_OPSET: str(options.opset),
+        contract.META_RAW_INPUT: json.dumps(options.raw_input),
+        contract.META_PRECISION: "fp32",
+        contract.META_MAX_SHOTS: str(options.max_shots),
+    }
+    graphs: dict[str, onnx.ModelProto] = {}
+    for spec in _GRAPHS:
+        report(f"exporting {spec.name}")
+        wrapper = spec.module(model, beta, options.raw_input)
+        proto = _torch_to_proto(wrapper, spec, _example_inputs(spec, model, size, options), options)
+        _set_metadata(proto, {**metadata, **_graph_metadata(spec)})
+        check_graph(proto, spec.name)
+        graphs[spec.name] = proto
+    if options.fp16:
+        for name in list(graphs):
+            report(f"converting {name} to mixed FP16")
+            graphs[contract.fp16_name(name)] = _fp16_copy(graphs[name], name)
+    report(f"writing {len(graphs)} files to {out_dir}")
+    files = _write_all(Path(out_dir), graphs)
+    _remove_stale_fp16(Path(out_dir), options.fp16)
+    seconds = time.perf_counter() - start
+    logger.info("exported %d graphs to %s in %.1f s", len(files), out_dir, seconds)
+    return ExportResult(Path(out_dir), files, size, beta, digest, seconds)
+
+
+def check_graph(proto: onnx.ModelProto, name: str) -> None:
+    """ONNX checker (full), strict shape inference and the op rules of the module docstring.
+
+    Raises:
+        ExportError: naming the graph and what failed.
+    """
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{name} failed the ONNX checker: {_first_line(exc)}", str(exc)) from exc
+    forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS)
+    ccm_ops = {node.op_type for node in nodes_in_scope(proto, CCM_SCOPE)}
+    stray = sorted(ccm_ops - CCM_ALLOWED_OPS)
+    if forbidden or stray:
+        raise ExportError(
+            f"{name} breaks the op rules: forbidden ops {forbidden}, CCM ops outside the allowed "
+            f"list {stray}; the model code must stay static (see dpnet/model/ccm.py)"
+        )
+
+
+def _check_options(options: ExportOptions) -> None:
+    if options.size is not None and options.size < _MIN_SIZE:
+        raise InputError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
+    if not 1 <= options.max_shots <= 64:
+        raise InputError(f"--max-shots must lie in 1..64, got {options.max_shots}")
+    if options.beta is not None and not 0.0 <= options.beta <= 1.0:
+        raise InputError(f"--beta must lie in [0, 1], got {options.beta}")
+    if options.opset < 18:
+        raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
+
+
+def _check_writable(out_dir: Path) -> None:
+    # Fail before the slow export: find the nearest existing ancestor and test it.
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write to {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write to {out_dir}: {existing} is not writable; choose another --out"
+        )
+
+
+def _example_inputs(
+    spec: _GraphSpec, model: DPNet, size: int, options: ExportOptions
+) -> tuple[Tensor, ...]:
+    batch, shots = _EXAMPLE_BATCH, min(2, options.max_shots)
+    side = contract.feature_size(size)
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(batch, shots, size, size, generator=generator) > 0.5).to(torch.float32)
+    if options.raw_input:
+        images = torch.randint(
+            0, 256, (batch, shots, size, size, 3), dtype=torch.uint8, generator=generator
+        )
+        query = images[:, 0]
+        masks = masks.to(torch.uint8)
+    else:
+        images = torch.randn(batch, shots, 3, size, size, generator=generator)
+        query = images[:, 0]
+    cache = (
+        torch.randn(batch, shots, COS_CHANNELS, side, side, generator=generator),
+        masks[:, :, :side, :side].to(torch.float32),
+        torch.randn(batch, shots, model.config.feature_channels, generator=generator),
+    )
+    by_name = dict(
+        zip(
+            (*contract.EPISODE_INPUTS, *contract.CACHE_NAMES),
+            (images, masks, query, *cache),
+            strict=True,
+        )
+    )
+    return tuple(by_name[name] for name in spec.inputs)
+
+
+def _dynamic_shapes(spec: _GraphSpec, max_shots: int) -> dict[str, dict[int, Any]]:
+    batch = torch.export.Dim("batch", min=1)
+    # A one-shot export keeps K static: torch.export cannot make an axis of range 1..1 dynamic.
+    shots = torch.export.Dim("shots", min=1, max=max_shots) if max_shots > 1 else None
+    axes = {0: batch} if shots is None else {0: batch, 1: shots}
+    return {name: ({0: batch} if name == contract.QUERY_IMAGE else axes) for name in spec.inputs}
+
+
+def _torch_to_proto(
+    wrapper: nn.Module, spec: _GraphSpec, inputs: tuple[Tensor, ...], options: ExportOptions
+) -> onnx.ModelProto:
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.onnx notes that equal Dims share one name; that is what we want.
+            warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
+            program = torch.onnx.export(
+                wrapper.eval(),
+                inputs,
+                dynamo=True,
+                opset_version=options.opset,
+                input_names=list(spec.inputs),
+                output_names=list(spec.outputs),
+                dynamic_shapes=_dynamic_shapes(spec, options.max_shots),
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # torch.export and the ONNX translator raise many exception types
+        raise ExportError(
+            f"torch.onnx.export failed for {spec.name}: {_first_line(exc)} (rerun with --debug)",
+            str(exc),
+        ) from exc
+    if program is None:
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
+    proto: onnx.ModelProto = program.model_proto
+    proto.producer_name = "dpnet-export"
+    proto.producer_version = __version__
+    proto.doc_string = f"DPNet {spec.kind} graph, see dpnet_runtime.contract"
+    return proto
+
+
+def _graph_metadata(spec: _GraphSpec) -> dict[str, str]:
+    return {
+        contract.META_GRAPH: spec.kind,
+        contract.META_INPUTS: json.dumps(list(spec.inputs)),
+        contract.META_OUTPUTS: json.dumps(list(spec.outputs)),
+    }
+
+
+def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+    onnx.helper.set_model_props(proto, values)
+
+
+def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    fp16_name = contract.fp16_name(name)
+    converted = float32_to_float16(proto)
+    check_graph(converted, fp16_name)
+    return converted
+
+
+def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
+    written: list[Path] = []
+    try:
+        for name, proto in graphs.items():
+            path = out_dir / name
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(proto.SerializeToString())
+            written.append(path)
+    except (OSError, DpnetError) as exc:
+        # All or nothing: a half-written set would pair graphs of two exports.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise DpnetError(f"cannot write the graphs to {out_dir}: {exc}") from exc
+    return tuple(written)
+
+
+def _remove_stale_fp16(out_dir: Path, fp16: bool) -> None:
+    # FP16 copies of an older export would not match the new FP32 graphs.
+    if fp16:
+        return
+    for spec in _GRAPHS:
+        stale = out_dir / contract.fp16_name(spec.name)
+        if stale.exists():
+            logger.info("removing %s from an earlier export", stale)
+            stale.unlink()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

@@ -1,0 +1,100 @@
+"""Shared session fixtures: tiny checkpoints (random and briefly trained) and their ONNX exports.
+
+Exporting is the slow part (seconds per graph), so each checkpoint is exported once per session,
+with the FP16 copies, and every test that needs graphs reuses the folder (read-only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpnet.checkpoint import make_meta, save_checkpoint
+from dpnet.config import preset
+from dpnet.data import build_dataset
+from dpnet.model.dpnet import DPNet, build_dpnet
+from dpnet.model.losses import dpnet_losses
+from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
+from dpnet_runtime.preprocess import normalize_images
+
+TINY_SIZE = 129  # the tiny preset's input size
+_TRAIN_STEPS = 6
+
+
+def _save(model: DPNet, path: Path, epoch: int) -> Path:
+    save_checkpoint(path, model, make_meta(dataset="synthetic", fold=0, shots=1, epoch=epoch))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny DPNet checkpoint (129 x 129 input)."""
+    torch.manual_seed(0)
+    model = build_dpnet(preset("tiny"), pretrained_backbone=False)
+    return _save(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", epoch=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DPNet with non-trivial trunk BatchNorm statistics and a few SGD steps on synthetic
+    episodes: weights unlike the initialiser's, with a discriminator that is no longer flat."""
+    torch.manual_seed(1)
+    model = build_dpnet(preset("tiny"), pretrained_backbone=False)
+    for name, buffer in model.backbone.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.uniform_(-0.2, 0.2)
+        elif name.endswith("running_var"):
+            buffer.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        for module in model.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    dataset = build_dataset(
+        "synthetic", root=None, fold=0, split="train", shots=1, seed=0,
+        episodes=2 * _TRAIN_STEPS, image_size=TINY_SIZE,
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
+    model.train()
+    for step in range(_TRAIN_STEPS):
+        episodes = [dataset[2 * step + i] for i in range(2)]
+        support_images = torch.from_numpy(
+            normalize_images(np.stack([np.stack(e.support_images) for e in episodes]))
+        )
+        support_masks = torch.from_numpy(
+            np.stack([np.stack(e.support_masks) for e in episodes]).astype(np.float32)
+        )
+        query = torch.from_numpy(normalize_images(np.stack([e.query_image for e in episodes])))
+        query_masks = torch.from_numpy(np.stack([e.query_mask for e in episodes]).astype(np.int64))
+        output = model(support_images, support_masks, query)
+        losses = dpnet_losses(
+            output.logits, output.aux_logits, output.scores, output.confidence, query_masks,
+            aux_weight=1.0, dis_weight=1.0,
+        )  # fmt: skip
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+    return _save(model.eval(), tmp_path_factory.mktemp("ckpt") / "tiny_trained.pt", epoch=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``export_onnx(tiny_checkpoint, fp16=True)``: the FP32 graphs and their FP16 copies."""
+    out_dir = tmp_path_factory.mktemp("export") / "tiny"
+    export_onnx(tiny_checkpoint, out_dir, ExportOptions(fp16=True))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_export_dir(
+    tiny_trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``export_onnx(tiny_trained_checkpoint, fp16=True)``."""
+    out_dir = tmp_path_factory.mktemp("export") / "tiny_trained"
+    export_onnx(tiny_trained_checkpoint, out_dir, ExportOptions(fp16=True))
+    return out_dir

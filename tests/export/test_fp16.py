@@ -1,0 +1,104 @@
+"""The mixed-precision copies: FP32 keep-list in place, and mIoU parity with PyTorch FP32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dpnet.checkpoint import load_model
+from dpnet.data import build_dataset
+from dpnet.metrics import IoUAccumulator
+from dpnet_export.onnx_to_fp16 import CCM_SCOPE, fp32_keep_list, nodes_in_scope
+from dpnet_runtime import contract
+from dpnet_runtime.preprocess import normalize_images
+
+SIZE = 129
+EPISODES = 100
+BATCH = 10
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+@pytest.mark.slow
+def test_keep_list_stays_fp32_and_weights_are_fp16(tiny_export_dir):
+    fp32 = onnx.load(tiny_export_dir / contract.DPNET_ONNX)
+    fp16 = onnx.load(tiny_export_dir / contract.fp16_name(contract.DPNET_ONNX))
+    types = _elem_types(fp16)
+    kept = set(fp32_keep_list(fp32))
+    ccm = nodes_in_scope(fp16, CCM_SCOPE)
+    assert {node.name for node in ccm} <= kept
+    reduce_l2 = [node for node in fp16.graph.node if node.op_type == "ReduceL2"]
+    assert len(reduce_l2) == 2, "support and query L2 normalisation"
+    for node in [n for n in fp16.graph.node if n.op_type in ("MatMul", "ArgMax", "ReduceL2")]:
+        if node.name in kept or node.op_type != "MatMul":
+            assert all(types[name] == onnx.TensorProto.FLOAT for name in node.input[:1]), node.name
+    weights = [t for t in fp16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert sum(np.prod(t.dims) for t in weights) > 0.9 * sum(
+        np.prod(t.dims) for t in fp32.graph.initializer
+    )
+
+
+@torch.no_grad()
+@pytest.mark.slow
+def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_trained_export_dir: Path):
+    model, _ = load_model(tiny_trained_checkpoint)
+    dataset = build_dataset(
+        "synthetic",
+        root=None,
+        fold=0,
+        split="val",
+        shots=1,
+        seed=0,
+        episodes=EPISODES,
+        image_size=SIZE,
+    )
+    session = ort.InferenceSession(
+        str(tiny_trained_export_dir / contract.fp16_name(contract.DPNET_ONNX)),
+        providers=["CPUExecutionProvider"],
+    )
+    torch_acc, fp16_acc = IoUAccumulator(dataset.class_ids), IoUAccumulator(dataset.class_ids)
+    intersection = union = 0
+    for start in range(0, EPISODES, BATCH):
+        episodes = [dataset[i] for i in range(start, start + BATCH)]
+        feed = {
+            contract.SUPPORT_IMAGES: normalize_images(
+                np.stack([np.stack(e.support_images) for e in episodes])
+            ),
+            contract.SUPPORT_MASKS: np.stack([np.stack(e.support_masks) for e in episodes]).astype(
+                np.float32
+            ),
+            contract.QUERY_IMAGE: normalize_images(np.stack([e.query_image for e in episodes])),
+        }
+        cache = model.encode_support(
+            *(torch.from_numpy(feed[k]) for k in contract.EPISODE_INPUTS[:2])
+        )
+        output = model.segment(
+            torch.from_numpy(feed[contract.QUERY_IMAGE]), cache, model.config.beta_test
+        )
+        torch_masks = output.logits.argmax(dim=1).numpy()
+        assert output.selected is not None
+        torch_sets = output.selected.numpy() > 0.5
+        fp16_masks, fp16_sets = session.run([contract.MASK, contract.CONFIDENCE], feed)
+        for episode, ref, got in zip(episodes, torch_masks, fp16_masks, strict=True):
+            torch_acc.update(ref, episode.query_mask, episode.class_id)
+            fp16_acc.update(got, episode.query_mask, episode.class_id)
+        intersection += int(np.count_nonzero(torch_sets & (fp16_sets > 0)))
+        union += int(np.count_nonzero(torch_sets | (fp16_sets > 0)))
+    reference, result = torch_acc.result(), fp16_acc.result()
+    for key in ("miou_canet", "miou_pfenet"):
+        assert abs(result[key] - reference[key]) <= 0.3, (key, result[key], reference[key])
+    # DESIGN.md targets a CCM set IoU >= 0.98 for the real model. This tiny one has a random
+    # trunk whose similarities are full of near-ties, so FP16 rounding of the input and trunk
+    # flips some argmax (0.94 measured, 1.0 in FP32): a floor that still catches a broken keep-list.
+    assert union > 0 and intersection / union >= 0.9, "CCM set IoU"

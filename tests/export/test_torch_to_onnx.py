@@ -1,0 +1,213 @@
+"""export_onnx: ONNX Runtime vs PyTorch parity, the split pair, op rules, metadata, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dpnet.checkpoint import load_model
+from dpnet_export.lint import lint_onnx
+from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
+from dpnet_export.torch_to_onnx import CCM_ALLOWED_OPS, FORBIDDEN_OPS, ExportOptions, export_onnx
+from dpnet_runtime import contract
+from dpnet_runtime.errors import InputError, ModelFileError
+from dpnet_runtime.fileio import sha256_file
+
+SIZE = 129
+GRAPHS = (contract.DPNET_ONNX, contract.SUPPORT_ONNX, contract.QUERY_ONNX)
+CHECKPOINTS = [
+    ("tiny_checkpoint", "tiny_export_dir"),
+    ("tiny_trained_checkpoint", "tiny_trained_export_dir"),
+]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _episode(batch: int, shots: int, seed: int) -> dict[str, np.ndarray]:
+    """Random normalised images with blob-shaped support masks (some 255 ignore)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    centres = rng.uniform(30, 100, size=(batch, shots, 2, 1, 1))
+    radii = rng.uniform(15, 40, size=(batch, shots, 1, 1))
+    masks = ((yy - centres[:, :, 0]) ** 2 + (xx - centres[:, :, 1]) ** 2 < radii**2).astype(
+        np.float32
+    )
+    masks[..., :3, :] = 255.0
+    return {
+        contract.SUPPORT_IMAGES: rng.standard_normal(
+            (batch, shots, 3, SIZE, SIZE), dtype=np.float32
+        ),
+        contract.SUPPORT_MASKS: masks,
+        contract.QUERY_IMAGE: rng.standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32),
+    }
+
+
+@torch.no_grad()
+def _torch_outputs(checkpoint: Path, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    model, _ = load_model(checkpoint)
+    cache = model.encode_support(
+        torch.from_numpy(feed[contract.SUPPORT_IMAGES]),
+        torch.from_numpy(feed[contract.SUPPORT_MASKS]),
+    )
+    output = model.segment(
+        torch.from_numpy(feed[contract.QUERY_IMAGE]), cache, model.config.beta_test
+    )
+    assert output.selected is not None
+    return output.logits.numpy(), output.selected.numpy().astype(np.uint8)
+
+
+def _run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = _session(path)
+    outputs = session.run(None, feed)
+    return dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("checkpoint_fixture", "export_fixture"), CHECKPOINTS)
+def test_episode_graph_and_split_pair_match_torch(checkpoint_fixture, export_fixture, request):
+    checkpoint: Path = request.getfixturevalue(checkpoint_fixture)
+    export_dir: Path = request.getfixturevalue(export_fixture)
+    for batch, shots in [(1, 1), (2, 1), (1, 5), (2, 5)]:
+        feed = _episode(batch, shots, seed=batch * 10 + shots)
+        logits, selected = _torch_outputs(checkpoint, feed)
+        got = _run(export_dir / contract.DPNET_ONNX, feed)
+        where = f"B={batch} K={shots}"
+        assert np.abs(got[contract.LOGITS] - logits).max() <= 1e-3, where
+        np.testing.assert_array_equal(got[contract.CONFIDENCE], selected, err_msg=where)
+        assert selected.any(), f"{where}: empty C' tests nothing"
+        agreement = np.mean(got[contract.MASK] == logits.argmax(axis=1))
+        assert agreement >= 0.999, where
+        np.testing.assert_array_equal(got[contract.PSEUDO_COUNT], selected.sum(axis=(1, 2, 3)))
+        cache = _run(
+            export_dir / contract.SUPPORT_ONNX, {k: feed[k] for k in contract.EPISODE_INPUTS[:2]}
+        )
+        split = _run(
+            export_dir / contract.QUERY_ONNX,
+            {contract.QUERY_IMAGE: feed[contract.QUERY_IMAGE], **cache},
+        )
+        np.testing.assert_allclose(
+            split[contract.LOGITS], got[contract.LOGITS], atol=1e-5, err_msg=where
+        )
+        for name in (contract.MASK, contract.PSEUDO_COUNT, contract.CONFIDENCE):
+            np.testing.assert_array_equal(split[name], got[name], err_msg=f"{where} {name}")
+
+
+@pytest.mark.slow
+def test_graphs_follow_op_rules_and_pass_lint(tiny_export_dir):
+    for name in (*GRAPHS, *map(contract.fp16_name, GRAPHS)):
+        model = onnx.load(tiny_export_dir / name)
+        ops = {node.op_type for node in model.graph.node}
+        assert not ops & FORBIDDEN_OPS, name
+        ccm_ops = {node.op_type for node in nodes_in_scope(model, CCM_SCOPE)}
+        if name.startswith("dpnet_support"):
+            assert not ccm_ops, "the support graph has no CCM"
+        else:
+            assert {"MatMul", "ArgMax", "GatherElements"} <= ccm_ops <= CCM_ALLOWED_OPS, name
+        report = lint_onnx(model)
+        assert report.passed, f"{name}: {[f.message for f in report.errors]}"
+
+
+@pytest.mark.slow
+def test_io_and_metadata_follow_contract(tiny_export_dir, tiny_checkpoint):
+    side = contract.feature_size(SIZE)
+    expected_outputs = {
+        contract.LOGITS: (onnx.TensorProto.FLOAT, ["batch", 2, SIZE, SIZE]),
+        contract.MASK: (onnx.TensorProto.UINT8, ["batch", SIZE, SIZE]),
+        contract.PSEUDO_COUNT: (onnx.TensorProto.INT32, ["batch"]),
+        contract.CONFIDENCE: (onnx.TensorProto.UINT8, ["batch", "shots", side, side]),
+    }
+    model = onnx.load(tiny_export_dir / contract.DPNET_ONNX)
+    inputs = {v.name: _type(v) for v in model.graph.input}
+    assert inputs == {
+        contract.SUPPORT_IMAGES: (onnx.TensorProto.FLOAT, ["batch", "shots", 3, SIZE, SIZE]),
+        contract.SUPPORT_MASKS: (onnx.TensorProto.FLOAT, ["batch", "shots", SIZE, SIZE]),
+        contract.QUERY_IMAGE: (onnx.TensorProto.FLOAT, ["batch", 3, SIZE, SIZE]),
+    }
+    assert {v.name: _type(v) for v in model.graph.output} == expected_outputs
+    _, checkpoint = load_model(tiny_checkpoint)
+    for name, kind in zip(GRAPHS, ("episode", "support", "query"), strict=True):
+        for precision, file in (("fp32", name), ("fp16", contract.fp16_name(name))):
+            model = onnx.load(tiny_export_dir / file)
+            meta = {p.key: p.value for p in model.metadata_props}
+            assert meta[contract.META_GRAPH] == kind
+            assert meta[contract.META_PRECISION] == precision
+            assert json.loads(meta[contract.META_INPUTS]) == [v.name for v in model.graph.input]
+            assert json.loads(meta[contract.META_OUTPUTS]) == [v.name for v in model.graph.output]
+            assert meta[contract.META_CHECKPOINT_SHA256] == sha256_file(tiny_checkpoint)
+            assert json.loads(meta[contract.META_CONFIG]) == checkpoint.config.to_dict()
+            assert int(meta[contract.META_INPUT_SIZE]) == SIZE
+            assert int(meta[contract.META_MAX_SHOTS]) == 5
+            assert float(meta[contract.META_BETA]) == checkpoint.config.beta_test
+            assert json.loads(meta[contract.META_MEAN]) == list(contract.IMAGENET_MEAN)
+            assert json.loads(meta[contract.META_RAW_INPUT]) is False
+            assert int(meta[contract.META_OPSET]) == 18
+            assert meta[contract.META_DPNET_VERSION]
+            assert {v.name: _type(v) for v in model.graph.input}.keys() == set(
+                json.loads(meta[contract.META_INPUTS])
+            )
+            for value in (*model.graph.input, *model.graph.output):  # FP16 copies keep FP32 I/O
+                assert value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16
+
+
+def _type(value: onnx.ValueInfoProto) -> tuple[int, list[int | str]]:
+    tensor = value.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return tensor.elem_type, dims
+
+
+def test_missing_checkpoint_is_model_file_error(tmp_path):
+    out_dir = tmp_path / "out"
+    with pytest.raises(ModelFileError, match="does not exist"):
+        export_onnx(tmp_path / "missing.pt", out_dir)
+    assert not out_dir.exists()
+
+
+def test_non_checkpoint_file_is_model_file_error(tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"not a checkpoint at all")
+    out_dir = tmp_path / "out"
+    with pytest.raises(ModelFileError, match="not a PyTorch file"):
+        export_onnx(bogus, out_dir)
+    assert not out_dir.exists()
+
+
+def test_unwritable_output_is_input_error(tmp_path, tiny_checkpoint):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(InputError, match="not a folder"):
+        export_onnx(tiny_checkpoint, blocker / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (ExportOptions(max_shots=0), "max-shots"),
+        (ExportOptions(beta=1.5), "beta"),
+        (ExportOptions(opset=13), "opset"),
+    ],
+)
+def test_invalid_options_are_input_errors(tmp_path, tiny_checkpoint, options, match):
+    with pytest.raises(InputError, match=match):
+        export_onnx(tiny_checkpoint, tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_failed_write_leaves_no_partial_file(tmp_path, tiny_checkpoint):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / contract.QUERY_ONNX).mkdir()  # the last graph cannot replace a folder
+    with pytest.raises(Exception, match="cannot write"):
+        export_onnx(tiny_checkpoint, out_dir, ExportOptions(max_shots=2))
+    assert [p.name for p in out_dir.iterdir()] == [contract.QUERY_ONNX]
