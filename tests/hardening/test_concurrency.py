@@ -1,0 +1,86 @@
+"""Predictor is documented thread-safe: N threads at once give exactly the serial results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpnet_runtime import Predictor, SegmentResult
+
+pytestmark = pytest.mark.slow
+
+THREADS = 6
+ROUNDS = 4
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_export: Path) -> Iterator[Predictor]:
+    with Predictor.open(tiny_export, intra_op_threads=1) as opened:
+        yield opened
+
+
+def _scenes(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    scenes = []
+    for index in range(count):
+        height, width = 40 + 9 * index, 90 - 5 * index
+        mask = np.zeros((height, width), np.uint8)
+        mask[index : height // 2 + index, 5 : width // 2] = 1
+        scenes.append((rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mask))
+    return scenes
+
+
+def _same(a: SegmentResult, b: SegmentResult) -> bool:
+    return (
+        np.array_equal(a.mask, b.mask)
+        and np.array_equal(a.logits, b.logits)
+        and np.array_equal(a.probability, b.probability)
+        and a.pseudo_count == b.pseudo_count
+    )
+
+
+def _in_threads(work: Callable[[int], SegmentResult]) -> list[SegmentResult]:
+    """Run ``work(i)`` for every thread index, all released at once by a barrier."""
+    barrier = threading.Barrier(THREADS)
+
+    def start(index: int) -> list[SegmentResult]:
+        barrier.wait()
+        return [work(index) for _ in range(ROUNDS)]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        per_thread = list(pool.map(start, range(THREADS)))
+    return [results[-1] for results in per_thread if all(_same(r, results[0]) for r in results)]
+
+
+def test_threads_segmenting_at_once_match_the_serial_results(predictor: Predictor) -> None:
+    scenes = _scenes(THREADS)
+    support = predictor.encode_support([scenes[0][0]], [scenes[0][1]])
+    serial = [predictor.segment(image, support) for image, _ in scenes]
+    threaded = _in_threads(lambda index: predictor.segment(scenes[index][0], support))
+    assert len(threaded) == THREADS, "a thread's repeated results differed"
+    assert all(_same(a, b) for a, b in zip(threaded, serial, strict=True))
+
+
+@pytest.mark.parametrize("path", ["encode_support+segment", "run_episode"])
+def test_threads_encoding_supports_at_once_match_the_serial_results(
+    predictor: Predictor, path: str
+) -> None:
+    scenes = _scenes(THREADS)
+    query = scenes[-1][0]
+
+    def work(index: int) -> SegmentResult:
+        images, masks = [scenes[index][0], scenes[0][0]], [scenes[index][1], scenes[0][1]]
+        if path == "run_episode":
+            return predictor.run_episode(images, masks, query)
+        return predictor.segment(query, predictor.encode_support(images, masks))
+
+    serial = [work(index) for index in range(THREADS)]
+    threaded = _in_threads(work)
+    assert len(threaded) == THREADS, "a thread's repeated results differed"
+    assert all(_same(a, b) for a, b in zip(threaded, serial, strict=True))
+    assert len({result.logits.tobytes() for result in serial}) == THREADS, "supports must differ"
