@@ -27,6 +27,8 @@ from dpnet_runtime.contract import (
     IMAGENET_STD,
     LOGITS,
     MASK,
+    META_BETA,
+    META_CHECKPOINT_SHA256,
     META_GRAPH,
     META_INPUT_SIZE,
     META_MAX_SHOTS,
@@ -103,6 +105,8 @@ class GraphInfo:
         max_shots: the most shots the graph accepts, ``None`` if unbounded.
         mean: RGB mean on 0..1 pixels.
         std: RGB std on 0..1 pixels.
+        export_id: checkpoint sha256 and beta of the export that wrote the graph (empty when
+            the metadata lacks them); graphs of one predictor must share it.
     """
 
     graph: str
@@ -112,6 +116,7 @@ class GraphInfo:
     max_shots: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    export_id: str = ""
 
 
 def resolve_artifacts(
@@ -238,6 +243,9 @@ def read_graph_info(
         max_shots=_max_shots(inputs[_SHOTS_INPUT[graph]], properties, path),
         mean=_floats_property(properties, META_MEAN, path) or IMAGENET_MEAN,
         std=_floats_property(properties, META_STD, path) or IMAGENET_STD,
+        export_id=" ".join(
+            properties.get(key, "") for key in (META_CHECKPOINT_SHA256, META_BETA)
+        ).strip(),
     )
 
 

@@ -362,6 +362,12 @@ def segment_files(
 def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
     first = infos[0]
     for info, path in zip(infos[1:], paths[1:], strict=True):
+        if info.export_id != first.export_id:
+            # A crash between two graph writes of dpnet-export can leave graphs of two exports.
+            raise IncompatibleModelError(
+                f"{path} and {paths[0]} come from different exports (checkpoint or beta differ); "
+                "export the graphs together with dpnet-export onnx"
+            )
         if (info.input_size, info.raw_input) != (first.input_size, first.raw_input):
             raise IncompatibleModelError(
                 f"{path} (size {info.input_size}, raw input {info.raw_input}) does not match "
@@ -377,6 +383,7 @@ def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
         max_shots=min(shots) if shots else None,
         mean=first.mean,
         std=first.std,
+        export_id=first.export_id,
     )
 
 

@@ -116,12 +116,17 @@ def annotations_to_label(
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        with path.open() as stream:
-            return dict(json.load(stream))
+        with path.open(encoding="utf-8") as stream:
+            data = json.load(stream)
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror}; {_LAYOUT}") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc.msg}); re-download it") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); re-download it") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{path} holds a JSON {type(data).__name__}, not a COCO annotation object"
+        )
+    return data
 
 
 class CocoDataset(PooledDataset):
@@ -213,10 +218,12 @@ class CocoDataset(PooledDataset):
         path = splits_dir / "hsnet" / "coco" / ("trn" if split == "train" else "val")
         path = path / f"fold{fold}.json.gz"
         try:
-            with gzip.open(path, "rt") as stream:
+            with gzip.open(path, "rt", encoding="utf-8") as stream:
                 lists = json.load(stream)
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"cannot read COCO split list {path}: {exc}") from exc
+        if not isinstance(lists, dict):
+            raise DatasetError(f"COCO split list {path} is not a JSON object of class lists")
         return {int(key) + 1: tuple(names) for key, names in lists.items()}
 
     def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -57,9 +57,11 @@ def read_hsnet_list(path: Path) -> list[ListEntry]:
         DatasetError: missing file or a malformed line.
     """
     try:
-        lines = path.read_text().split()
+        lines = path.read_text(encoding="utf-8").split()
     except OSError as exc:
         raise DatasetError(f"cannot read split list {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"split list {path} is not a text file ({exc.reason})") from exc
     entries = []
     for line in lines:
         name, sep, class_text = line.rpartition("__")
