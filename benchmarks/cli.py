@@ -1,0 +1,156 @@
+"""``dpnet-bench``: latency of every backend side by side and mIoU parity against PyTorch.
+
+Thin: it parses flags into :class:`~dpnet_bench.suite.BenchOptions`, calls
+:func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
+0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
+dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dpnet_bench.ccm_micro import (
+    CcmOptions,
+    ccm_report_to_dict,
+    render_ccm_markdown,
+    render_ccm_table,
+    run_ccm_micro,
+)
+from dpnet_bench.report import (
+    plot_latency,
+    render_markdown,
+    render_table,
+    render_targets,
+    write_csv,
+    write_json,
+)
+from dpnet_bench.suite import BenchOptions, run_suite
+from dpnet_runtime.console import EXIT_CHECK_FAILED, make_progress, run_app, stdout_console
+from dpnet_runtime.fileio import atomic_write_text
+
+__all__ = ["app", "ccm_app", "ccm_main", "main"]
+
+_DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
+_CCM_DEFAULTS = CcmOptions()
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+ccm_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def bench(
+    ckpt: Annotated[Path, typer.Option(help="dpnet checkpoint: the torch reference")],
+    artifacts: Annotated[
+        Path | None, typer.Option(help="export directory; exported from --ckpt if it has none")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="synthetic, pascal or coco")] = _DEFAULTS.dataset,
+    root: Annotated[Path | None, typer.Option(help="dataset folder (pascal, coco)")] = None,
+    fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
+    shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
+    episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
+    seed: Annotated[int, typer.Option(help="episode seed")] = _DEFAULTS.seed,
+    backends: Annotated[
+        str, typer.Option(help="comma-separated: torch,torch-fp16,ort,ort-fp16,trt")
+    ] = ",".join(_DEFAULTS.backends),
+    warmup: Annotated[float, typer.Option(help="warm-up seconds per path")] = _DEFAULTS.warmup_s,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
+    max_miou_delta: Annotated[
+        float, typer.Option(help="allowed |mIoU delta| in points, FP32")
+    ] = _DEFAULTS.max_miou_delta,
+    max_miou_delta_fp16: Annotated[
+        float, typer.Option(help="allowed |mIoU delta| in points, FP16")
+    ] = _DEFAULTS.max_miou_delta_fp16,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="write one row each")] = None,
+    plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
+) -> None:
+    """Benchmark backends on the same episodes; exit 3 when a parity check fails."""
+    options = BenchOptions(
+        checkpoint=ckpt,
+        artifacts=artifacts,
+        dataset=dataset,
+        root=root,
+        fold=fold,
+        shots=shots,
+        episodes=episodes,
+        seed=seed,
+        backends=tuple(name.strip() for name in backends.split(",") if name.strip()),
+        warmup_s=warmup,
+        threads=threads,
+        max_miou_delta=max_miou_delta,
+        max_miou_delta_fp16=max_miou_delta_fp16,
+    )
+    with make_progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(backend: str, done: int, total: int) -> None:
+            if backend not in tasks:
+                tasks[backend] = progress.add_task(backend, total=total, status="")
+            progress.update(tasks[backend], completed=done)
+
+        report = run_suite(options, advance)
+    stdout_console.print(render_table(report))
+    stdout_console.print(render_targets(report.targets))
+    if json_path is not None:
+        write_json(report, json_path)
+    if csv_path is not None:
+        write_csv(report, csv_path)
+    if plot is not None:
+        plot_latency(report, plot)
+    if markdown is not None:
+        atomic_write_text(markdown, render_markdown(report, _command("dpnet-bench")))
+    if report.parity_failed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@ccm_app.command()
+def ccm(
+    artifacts: Annotated[
+        Path | None, typer.Option(help="export directory whose dpnet.onnx gives the episode time")
+    ] = None,
+    sides: Annotated[str, typer.Option(help="feature sides")] = ",".join(
+        str(side) for side in _CCM_DEFAULTS.sides
+    ),
+    shots: Annotated[int, typer.Option(help="K")] = _CCM_DEFAULTS.shots,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
+    repeats: Annotated[int, typer.Option(help="timed runs per size")] = _CCM_DEFAULTS.repeats,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
+) -> None:
+    """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
+    options = CcmOptions(
+        episode_graph=None if artifacts is None else artifacts / "dpnet.onnx",
+        sides=tuple(int(side) for side in sides.split(",")),
+        shots=shots,
+        threads=threads,
+        repeats=repeats,
+    )
+    report = run_ccm_micro(options)
+    stdout_console.print(render_ccm_table(report))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(ccm_report_to_dict(report), indent=2) + "\n")
+    if markdown is not None:
+        command = _command("python -m dpnet_bench.ccm_micro")
+        atomic_write_text(markdown, render_ccm_markdown(report, command))
+
+
+def _command(program: str) -> str:
+    return f"{program} {shlex.join(sys.argv[1:])}"
+
+
+def main() -> None:
+    """Console entry point of ``dpnet-bench``."""
+    run_app(app)
+
+
+def ccm_main() -> None:
+    """Entry point of ``python -m dpnet_bench.ccm_micro``."""
+    run_app(ccm_app)

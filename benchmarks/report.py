@@ -1,0 +1,315 @@
+"""Render a :class:`~dpnet_bench.suite.BenchReport`: rich tables, JSON, CSV, markdown and a plot.
+
+JSON and CSV share one flat row per backend (:func:`result_row`), keys snake_case with their
+unit (``episode_latency_p50_ms``, ``miou_canet_pct``, ``miou_delta_canet_pt``); JSON adds the
+run's options, environment, targets and every latency sample. Status legend as in
+ultralytics' benchmark table: ✅ passed, ❎ cannot run here (reason given), ❌ failed while
+running, ❗ parity failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from dpnet_bench.suite import BackendResult, BenchReport, TargetCheck
+from dpnet_bench.timing import LatencyStats
+from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "JSON_SCHEMA",
+    "STAGES",
+    "STATUS_ICONS",
+    "plot_latency",
+    "render_markdown",
+    "render_table",
+    "render_targets",
+    "report_to_dict",
+    "result_row",
+    "write_csv",
+    "write_json",
+]
+
+JSON_SCHEMA: Final = "dpnet-bench/1"
+STAGES: Final = ("episode", "support", "query")
+STATUS_ICONS: Final = {
+    "passed": "✅",
+    "unavailable": "❎",
+    "failed": "❌",
+    "parity failed": "❗",
+}
+_STAT_FIELDS: Final = ("mean", "p50", "p90", "p99", "min", "max")
+
+Scalar = str | float | int | None
+
+
+def result_row(result: BackendResult) -> dict[str, Scalar]:
+    """One flat row: the CSV line and the JSON ``results`` entry (without samples)."""
+    row: dict[str, Scalar] = {
+        "backend": result.backend,
+        "precision": result.precision,
+        "device": result.device,
+        "status": result.status,
+        "reason": result.reason,
+        "artifact_mb": result.artifact_mb,
+        "peak_memory_mb": result.peak_memory_mb,
+        "gpu_peak_memory_mb": result.gpu_peak_memory_mb,
+    }
+    for stage in STAGES:
+        stats: LatencyStats | None = getattr(result, stage)
+        row[f"{stage}_count"] = None if stats is None else stats.count
+        for name in _STAT_FIELDS:
+            row[f"{stage}_latency_{name}_ms"] = (
+                None if stats is None else getattr(stats, f"{name}_ms")
+            )
+        row[f"{stage}_per_s"] = None if stats is None else stats.per_second
+    accuracy, parity = result.accuracy, result.parity
+    row["miou_canet_pct"] = None if accuracy is None else accuracy.miou_canet
+    row["miou_pfenet_pct"] = None if accuracy is None else accuracy.miou_pfenet
+    row["fbiou_pct"] = None if accuracy is None else accuracy.fbiou
+    row["miou_delta_canet_pt"] = None if parity is None else parity.miou_delta_canet_pt
+    row["miou_delta_pfenet_pt"] = None if parity is None else parity.miou_delta_pfenet_pt
+    row["fbiou_delta_pt"] = None if parity is None else parity.fbiou_delta_pt
+    row["pixel_agreement_pct"] = None if parity is None else parity.pixel_agreement_pct
+    row["confidence_iou_pct"] = None if parity is None else parity.confidence_iou_pct
+    row["max_miou_delta_pt"] = None if parity is None else parity.max_miou_delta_pt
+    row["split_agreement_pct"] = result.split_agreement_pct
+    return row
+
+
+def report_to_dict(report: BenchReport) -> dict[str, Any]:
+    """The whole report as JSON-ready data (NaN becomes ``null``)."""
+    options = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in dataclasses.asdict(report.options).items()
+    }
+    results = []
+    for result in report.results:
+        samples = {
+            stage: list(stats.samples_ms)
+            for stage in STAGES
+            if (stats := getattr(result, stage)) is not None
+        }
+        results.append({**result_row(result), "latency_samples_ms": samples})
+    data = {
+        "schema": JSON_SCHEMA,
+        "model": report.model,
+        "input_size": report.input_size,
+        "threads": report.threads,
+        "parity_failed": report.parity_failed,
+        "options": options,
+        "environment": report.environment,
+        "results": results,
+        "targets": [dataclasses.asdict(target) for target in report.targets],
+    }
+    return _finite(data)
+
+
+def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:
+    """Write :func:`report_to_dict` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(report_to_dict(report), indent=2) + "\n")
+
+
+def write_csv(report: BenchReport, path: str | os.PathLike[str]) -> None:
+    """Write one :func:`result_row` per backend as CSV (header first), atomically."""
+    rows = [result_row(result) for result in report.results]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def render_table(report: BenchReport) -> Group:
+    """Two rich tables (latency and memory; accuracy and parity) plus one line per problem."""
+    title = (
+        f"{report.model} {report.input_size}x{report.input_size}, {report.options.shots}-shot, "
+        f"{report.options.episodes} episodes, {report.threads} threads"
+    )
+    latency = _table(
+        f"dpnet-bench latency: {title}",
+        ("backend", "status", "size MB", "episode p50 ms", "p90", "p99", "episodes/s",
+         "support p50", "query p50", "query/episode", "peak MB"),
+    )  # fmt: skip
+    accuracy = _table(
+        "accuracy (%) and parity with torch fp32",
+        ("backend", "mIoU canet", "mIoU pfenet", "FB-IoU", "ΔmIoU pt", "pixels agree",
+         "C' IoU", "split = episode"),
+    )  # fmt: skip
+    problems = []
+    for result in report.results:
+        episode, query, parity = result.episode, result.query, result.parity
+        latency.add_row(
+            result.backend,
+            f"{STATUS_ICONS.get(result.status, '?')} {result.status}",
+            _fmt(result.artifact_mb, 1),
+            _fmt(episode and episode.p50_ms),
+            _fmt(episode and episode.p90_ms),
+            _fmt(episode and episode.p99_ms),
+            _fmt(episode and episode.per_second, 2),
+            _fmt(result.support and result.support.p50_ms),
+            _fmt(query and query.p50_ms),
+            _fmt(query.p50_ms / episode.p50_ms if query and episode else None, 2),
+            _fmt(result.peak_memory_mb, 0),
+        )
+        if result.accuracy is not None:
+            accuracy.add_row(
+                result.backend,
+                _fmt(result.accuracy.miou_canet, 2),
+                _fmt(result.accuracy.miou_pfenet, 2),
+                _fmt(result.accuracy.fbiou, 2),
+                _fmt(parity and parity.miou_delta_pt, 3),
+                _fmt(parity and parity.pixel_agreement_pct, 3),
+                _fmt(parity and parity.confidence_iou_pct, 2),
+                _fmt(result.split_agreement_pct, 3),
+            )
+        if result.reason:
+            icon = STATUS_ICONS.get(result.status, "?")
+            problems.append(Text(f"{icon} {result.backend}: {result.reason}"))
+    return Group(latency, accuracy, *problems)
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index < 2 else "right")
+    return table
+
+
+def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
+    """The DESIGN.md targets measured in this run: value, limit, met or not."""
+    table = Table(title="targets")
+    for column in ("target", "measured", "limit", "met", "how"):
+        table.add_column(column)
+    for target in targets:
+        met = "n/a" if target.met is None else ("✅ yes" if target.met else "❌ no")
+        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
+        table.add_row(target.name, _fmt(target.measured, 3), bound, met, target.detail)
+    return table
+
+
+def render_markdown(report: BenchReport, command: str) -> str:
+    """A results file: command, hardware, versions, the backend table and the targets."""
+    env = report.environment
+    lines = [
+        f"# dpnet-bench: {report.model} {report.input_size}x{report.input_size}, "
+        f"{report.options.shots}-shot",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hardware: {env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} usable cores "
+        f"({report.threads} threads used); {env.get('platform', '')}; 1-min load average "
+        f"{env.get('load_average_1m', '?')} when the run ended",
+        "",
+        "Versions: "
+        + ", ".join(
+            f"{key.removesuffix('_version')} {value}"
+            for key, value in env.items()
+            if key.endswith("_version") or key == "python"
+        ),
+        "",
+        "| backend | status | size MB | episode p50 ms | p90 ms | p99 ms | episodes/s "
+        "| support p50 ms | query p50 ms | peak MB | mIoU canet | mIoU pfenet | FB-IoU "
+        "| ΔmIoU pt | pixel agreement % | C' IoU % |",
+        "|---" * 16 + "|",
+    ]
+    for result in report.results:
+        row = result_row(result)
+        status = f"{STATUS_ICONS.get(result.status, '?')} {result.status}"
+        if result.reason:
+            status += f": {result.reason}"
+        parity = result.parity
+        cells = [
+            result.backend,
+            status.replace("|", "/"),
+            _fmt(result.artifact_mb, 1),
+            _fmt(row["episode_latency_p50_ms"]),
+            _fmt(row["episode_latency_p90_ms"]),
+            _fmt(row["episode_latency_p99_ms"]),
+            _fmt(row["episode_per_s"], 2),
+            _fmt(row["support_latency_p50_ms"]),
+            _fmt(row["query_latency_p50_ms"]),
+            _fmt(result.peak_memory_mb, 0),
+            _fmt(row["miou_canet_pct"], 2),
+            _fmt(row["miou_pfenet_pct"], 2),
+            _fmt(row["fbiou_pct"], 2),
+            _fmt(parity and parity.miou_delta_pt, 3),
+            _fmt(row["pixel_agreement_pct"], 3),
+            _fmt(row["confidence_iou_pct"], 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+    for target in report.targets:
+        met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
+        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
+        lines.append(
+            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
+    """Box plots of the latency samples per backend: whole episode, and cached-support query.
+
+    Raises:
+        BackendUnavailableError: matplotlib is not installed (``pip install 'dpnet[train]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        from dpnet_runtime.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "--plot needs matplotlib (pip install 'dpnet[train]')"
+        ) from exc
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    for axis, stage, title in zip(
+        axes[0], ("episode", "query"), ("whole episode", "query on cached support"), strict=True
+    ):
+        measured = [(r.backend, getattr(r, stage)) for r in report.results]
+        present = [(name, stats.samples_ms) for name, stats in measured if stats is not None]
+        if present:
+            axis.boxplot([samples for _, samples in present], whis=(1, 99), showmeans=True)
+            axis.set_xticks(range(1, len(present) + 1), [name for name, _ in present])
+        axis.set_title(title)
+        axis.set_ylabel("latency (ms), whiskers p1-p99")
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(
+        f"{report.model} {report.input_size}x{report.input_size}, {report.options.shots}-shot, "
+        f"{report.threads} threads"
+    )
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _fmt(value: object, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN: an undefined mIoU (no episode of a class) is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

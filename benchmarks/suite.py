@@ -1,0 +1,479 @@
+"""Run every subject on the same episodes and collect latency, memory, accuracy and parity.
+
+The episodes are drawn and pre-processed once, by the runtime's numpy pre-processing
+(:func:`dpnet_runtime.preprocess.prepare_support` / ``prepare_query``), so every subject gets
+bit-identical feeds; masks are brought back to the label's size by the runtime's
+post-processing for every subject alike. Latency is the wall time of the graph calls only
+(the shared pre/post-processing is not any backend's cost):
+
+* ``episode``: the whole-episode graph (``dpnet.onnx``), one call per episode;
+* ``support`` / ``query``: the split pair, the support encoded once, then the query head on
+  the cached support (the cost of each further query against the same support set).
+
+Subjects are opened and warmed up one after the other (peak memory is sampled then, when
+sessions allocate their arenas), then run interleaved: episode i on every subject before
+episode i + 1 on any, so a load change on a shared machine affects every row alike.
+Ratios against targets use the median (p50), robust to the noise of a shared machine. A
+subject that cannot run is a row with its reason, never an exception (ultralytics'
+benchmark table); only parity decides the CLI's exit code.
+
+>>> report = run_suite(BenchOptions(checkpoint=Path("model.pt"), episodes=20))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from dpnet.checkpoint import load_checkpoint
+from dpnet.data import build_dataset
+from dpnet_bench.parity import (
+    AccuracyResult,
+    ParityResult,
+    compare_to_reference,
+    mask_agreement,
+    score_masks,
+)
+from dpnet_bench.subjects import SUBJECTS, Subject, artifacts_dir, open_subject
+from dpnet_bench.timing import (
+    LatencyStats,
+    RssSampler,
+    describe_environment,
+    latency_stats,
+    timed_call,
+    warm_up,
+)
+from dpnet_runtime.contract import CONFIDENCE, LOGITS, QUERY_IMAGE, SUPPORT_IMAGES, SUPPORT_MASKS
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    DpnetError,
+    InputError,
+    ModelFileError,
+)
+from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
+from dpnet_runtime.preprocess import prepare_query, prepare_support
+
+__all__ = [
+    "BackendResult",
+    "BenchOptions",
+    "BenchReport",
+    "TargetCheck",
+    "run_suite",
+]
+
+logger = logging.getLogger(__name__)
+
+REFERENCE: Final = "torch"
+STATUS_PASSED: Final = "passed"
+STATUS_UNAVAILABLE: Final = "unavailable"
+STATUS_FAILED: Final = "failed"
+STATUS_PARITY_FAILED: Final = "parity failed"
+_MIB: Final = float(1 << 20)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark; the CLI's flags are kebab-case twins of these fields.
+
+    Args:
+        checkpoint: the PyTorch checkpoint (the reference, and the source of a missing export).
+        artifacts: export directory; ``None`` exports to a temporary one, a directory without
+            ``dpnet.onnx`` is exported into first.
+        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        root: dataset folder (not for ``synthetic``).
+        fold: test fold 0..3.
+        shots: K support pairs per episode.
+        episodes: number of episodes every subject runs.
+        seed: episode seed.
+        backends: subject names of :data:`~dpnet_bench.subjects.SUBJECTS`.
+        warmup_s: warm-up seconds per subject and path before timing.
+        threads: CPU threads for every subject; ``None``: the cores this process may use.
+        max_miou_delta: allowed |mIoU delta| to torch in points, FP32 subjects.
+        max_miou_delta_fp16: the same for FP16 subjects.
+    """
+
+    checkpoint: Path
+    artifacts: Path | None = None
+    dataset: str = "synthetic"
+    root: Path | None = None
+    fold: int = 0
+    shots: int = 1
+    episodes: int = 20
+    seed: int = 0
+    backends: tuple[str, ...] = ("torch", "ort")
+    warmup_s: float = 1.0
+    threads: int | None = None
+    max_miou_delta: float = 0.1
+    max_miou_delta_fp16: float = 0.3
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    """One row of the bench table.
+
+    Attributes:
+        backend: subject name (``ort-fp16``); precision, device: from the subject table.
+        status: ``passed``, ``unavailable`` (cannot run here), ``failed`` (error while
+            running) or ``parity failed``; ``reason`` says why for all but ``passed``.
+        artifact_mb: size of the loaded files (checkpoint, graphs or engine).
+        episode / support / query: latency of the whole episode, of the support encoding
+            and of the query head on a cached support (``None`` without a split pair).
+        peak_memory_mb: peak RSS above the level before the subject was opened, while it
+            was opened and warmed up.
+        gpu_peak_memory_mb: ``torch.cuda.max_memory_allocated`` for torch on CUDA.
+        accuracy: mIoU and FB-IoU of the episode path's masks.
+        parity: against torch FP32 (``None`` for torch itself or without it).
+        split_agreement_pct: pixel agreement of the split path's masks with the episode path's.
+    """
+
+    backend: str
+    precision: str
+    device: str
+    status: str
+    reason: str = ""
+    artifact_mb: float | None = None
+    episode: LatencyStats | None = None
+    support: LatencyStats | None = None
+    query: LatencyStats | None = None
+    peak_memory_mb: float | None = None
+    gpu_peak_memory_mb: float | None = None
+    accuracy: AccuracyResult | None = None
+    parity: ParityResult | None = None
+    split_agreement_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """A DESIGN.md section 9 target measured in this run.
+
+    Attributes:
+        name: snake_case key with its unit (``ort_vs_torch_episode_ratio``).
+        measured: the value, ``None`` when a needed subject did not run.
+        limit: the target value; ``at_most`` tells the direction.
+        met: whether the target holds (``None`` when not measured).
+        detail: how it was measured.
+    """
+
+    name: str
+    measured: float | None
+    limit: float
+    at_most: bool
+    met: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one ``dpnet-bench`` run measured."""
+
+    options: BenchOptions
+    model: str
+    input_size: int
+    threads: int
+    environment: dict[str, str]
+    results: tuple[BackendResult, ...]
+    targets: tuple[TargetCheck, ...] = field(default=())
+
+    @property
+    def parity_failed(self) -> bool:
+        """True when a subject's mIoU delta exceeds its threshold (the CLI exits 3)."""
+        return any(result.status == STATUS_PARITY_FAILED for result in self.results)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    feed: dict[str, np.ndarray]
+    label: np.ndarray
+    class_id: int
+
+
+@dataclass
+class _Run:
+    """What one subject produced, filled while it runs."""
+
+    episode_ns: list[int] = field(default_factory=list)
+    support_ns: list[int] = field(default_factory=list)
+    query_ns: list[int] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    split_masks: list[np.ndarray] = field(default_factory=list)
+    confidence_sets: list[np.ndarray] = field(default_factory=list)
+    peak_bytes: int = 0
+    gpu_peak_bytes: int | None = None
+
+    @property
+    def sets(self) -> list[np.ndarray] | None:
+        """The C' sets of every episode, ``None`` when the graph has no confidence output."""
+        return self.confidence_sets if len(self.confidence_sets) == len(self.masks) else None
+
+
+def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+    """Benchmark every requested subject on the same episodes.
+
+    Args:
+        options: see :class:`BenchOptions`.
+        progress: called as ``progress(backend, done, total)`` after each episode.
+
+    Returns:
+        The report, one row per requested backend in the order of :data:`SUBJECTS`.
+
+    Raises:
+        InputError: bad options (unknown backend, episodes < 1, negative thresholds).
+        ModelFileError: the checkpoint cannot be read.
+        DatasetError: the dataset cannot be read.
+        ExportError: the graphs had to be exported and the export failed.
+    """
+    _check_options(options)
+    config = load_checkpoint(options.checkpoint).config
+    threads = options.threads or len(os.sched_getaffinity(0))
+    episodes, class_ids = _prepare_episodes(options, config.input_size)
+    names = [name for name in SUBJECTS if name in options.backends]
+    rows: dict[str, BackendResult] = {}
+    active: dict[str, tuple[Subject, _Run]] = {}
+    with contextlib.ExitStack() as stack:
+        # LIFO: the subjects close before a temporary export folder is removed.
+        artifacts, fp16_failure = stack.enter_context(
+            artifacts_dir(options.checkpoint, options.artifacts, names, options.shots)
+        )
+        for name in names:
+            if fp16_failure and name == "ort-fp16":
+                rows[name] = _problem(name, fp16_failure, STATUS_FAILED)
+                continue
+            try:
+                subject, run = _open_and_warm(
+                    name, options, artifacts, threads, config.input_size, episodes[0]
+                )
+            except DpnetError as exc:
+                rows[name] = _problem(name, str(exc), _status_of(exc))
+                continue
+            stack.callback(subject.close)
+            active[name] = (subject, run)
+        # Interleaved: every subject runs episode i before any runs episode i + 1, so a load
+        # change on a shared machine hits all subjects alike instead of biasing one row.
+        for done, episode in enumerate(episodes, start=1):
+            for name, (subject, run) in list(active.items()):
+                try:
+                    _run_episode(subject, episode, run)
+                except DpnetError as exc:
+                    rows[name] = _problem(name, str(exc), STATUS_FAILED)
+                    del active[name]
+                    continue
+                if progress is not None:
+                    progress(name, done, len(episodes))
+        for name, (subject, run) in active.items():
+            rows[name] = _result(name, run, subject.artifact_bytes, episodes, class_ids)
+    runs = {name: run for name, (_, run) in active.items()}
+    results = tuple(_with_parity(rows[name], runs, rows, options) for name in names)
+    return BenchReport(
+        options=options,
+        model=config.name,
+        input_size=config.input_size,
+        threads=threads,
+        environment=describe_environment(),
+        results=results,
+        targets=_targets(results, options.shots),
+    )
+
+
+def _check_options(options: BenchOptions) -> None:
+    unknown = sorted(set(options.backends) - set(SUBJECTS))
+    if unknown or not options.backends:
+        raise InputError(
+            f"unknown backends {unknown}; choose from {', '.join(SUBJECTS)}"
+            if unknown
+            else f"no backend given; choose from {', '.join(SUBJECTS)}"
+        )
+    if options.episodes < 1:
+        raise InputError(f"--episodes must be at least 1, got {options.episodes}")
+    if options.warmup_s < 0 or (options.threads is not None and options.threads < 1):
+        raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
+    if min(options.max_miou_delta, options.max_miou_delta_fp16) < 0:
+        raise InputError("--max-miou-delta and --max-miou-delta-fp16 must be >= 0 points")
+
+
+def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared], tuple[int, ...]]:
+    dataset = build_dataset(
+        options.dataset,
+        root=options.root,
+        fold=options.fold,
+        split="val",
+        shots=options.shots,
+        seed=options.seed,
+        episodes=options.episodes,
+    )
+    prepared = []
+    for episode in (dataset[index] for index in range(len(dataset))):
+        images, masks = prepare_support(
+            episode.support_images, episode.support_masks, size, raw_input=False, max_shots=None
+        )
+        query = prepare_query(episode.query_image, size, raw_input=False)
+        feed = {SUPPORT_IMAGES: images, SUPPORT_MASKS: masks, QUERY_IMAGE: query}
+        prepared.append(_Prepared(feed, episode.query_mask, episode.class_id))
+    return prepared, tuple(dataset.class_ids)
+
+
+def _open_and_warm(
+    name: str,
+    options: BenchOptions,
+    artifacts: Path,
+    threads: int,
+    size: int,
+    first: _Prepared,
+) -> tuple[Subject, _Run]:
+    """Open a subject and warm both paths up, sampling the RSS: its peak memory."""
+    gc.collect()
+    gpu = SUBJECTS[name].backend == "torch" and _torch_cuda_available()
+    if gpu:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    feed = first.feed
+    with RssSampler() as sampler:
+        subject = open_subject(
+            name, options.checkpoint, artifacts, threads=threads, input_size=size
+        )
+        try:
+            warm_up(lambda: subject.run_episode(feed), options.warmup_s)
+            if subject.has_split:
+                warm_up(
+                    lambda: subject.segment(feed[QUERY_IMAGE], subject.encode_support(feed)),
+                    options.warmup_s,
+                )
+        except BaseException:
+            subject.close()
+            raise
+    run = _Run(peak_bytes=sampler.peak_delta_bytes)
+    if gpu:
+        import torch
+
+        run.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())
+    return subject, run
+
+
+def _run_episode(subject: Subject, episode: _Prepared, run: _Run) -> None:
+    """Time one episode on both paths and keep what parity needs."""
+    outputs, elapsed = timed_call(lambda: subject.run_episode(episode.feed))
+    run.episode_ns.append(elapsed)
+    run.masks.append(_mask(outputs, episode.label.shape))
+    if CONFIDENCE in outputs:
+        run.confidence_sets.append(outputs[CONFIDENCE][0])
+    if subject.has_split:
+        cache, elapsed = timed_call(lambda: subject.encode_support(episode.feed))
+        run.support_ns.append(elapsed)
+        query = episode.feed[QUERY_IMAGE]
+        outputs, elapsed = timed_call(lambda: subject.segment(query, cache))
+        run.query_ns.append(elapsed)
+        run.split_masks.append(_mask(outputs, episode.label.shape))
+
+
+def _problem(name: str, reason: str, status: str) -> BackendResult:
+    info = SUBJECTS[name]
+    logger.info("%s: %s: %s", name, status, reason)
+    return BackendResult(name, info.precision, info.device, status, reason)
+
+
+def _mask(outputs: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    probabilities = merge_scales([outputs[LOGITS][0]], shape[0], shape[1])
+    return probabilities_to_mask(probabilities)
+
+
+def _result(
+    name: str,
+    run: _Run,
+    artifact_bytes: int,
+    episodes: Sequence[_Prepared],
+    class_ids: Sequence[int],
+) -> BackendResult:
+    info = SUBJECTS[name]
+    labels = [episode.label for episode in episodes]
+    return BackendResult(
+        backend=name,
+        precision=info.precision,
+        device=info.device,
+        status=STATUS_PASSED,
+        artifact_mb=artifact_bytes / _MIB,
+        episode=latency_stats(run.episode_ns),
+        support=latency_stats(run.support_ns) if run.support_ns else None,
+        query=latency_stats(run.query_ns) if run.query_ns else None,
+        peak_memory_mb=run.peak_bytes / _MIB,
+        gpu_peak_memory_mb=None if run.gpu_peak_bytes is None else run.gpu_peak_bytes / _MIB,
+        accuracy=score_masks(run.masks, labels, [e.class_id for e in episodes], class_ids),
+        split_agreement_pct=mask_agreement(run.masks, run.split_masks) if run.split_masks else None,
+    )
+
+
+def _with_parity(
+    row: BackendResult,
+    runs: dict[str, _Run],
+    rows: dict[str, BackendResult],
+    options: BenchOptions,
+) -> BackendResult:
+    reference = rows.get(REFERENCE)
+    if row.backend == REFERENCE or row.accuracy is None or reference is None:
+        return row
+    if reference.accuracy is None:
+        return row
+    limit = options.max_miou_delta_fp16 if row.precision == "fp16" else options.max_miou_delta
+    ours, theirs = runs[row.backend], runs[REFERENCE]
+    parity = compare_to_reference(
+        reference.accuracy, row.accuracy, theirs.masks, ours.masks, theirs.sets, ours.sets, limit
+    )
+    status = STATUS_PASSED if parity.passed else STATUS_PARITY_FAILED
+    reason = "" if parity.passed else f"mIoU delta {parity.miou_delta_pt:.3f} pt > {limit} pt"
+    return BackendResult(**{**row.__dict__, "parity": parity, "status": status, "reason": reason})
+
+
+def _torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _status_of(exc: DpnetError) -> str:
+    # A missing package, device or artifact is "cannot run here"; anything else is a failure.
+    unavailable = isinstance(exc, BackendUnavailableError | ModelFileError)
+    return STATUS_UNAVAILABLE if unavailable else STATUS_FAILED
+
+
+def _check(
+    name: str, value: float | None, limit: float, detail: str, *, at_most: bool = True
+) -> TargetCheck:
+    met = None if value is None else (value <= limit if at_most else value >= limit)
+    return TargetCheck(name, value, limit, at_most, met, detail)
+
+
+def _p50_ratio(top: LatencyStats | None, bottom: LatencyStats | None) -> float | None:
+    return top.p50_ms / bottom.p50_ms if top is not None and bottom is not None else None
+
+
+def _targets(results: Sequence[BackendResult], shots: int) -> tuple[TargetCheck, ...]:
+    rows = {result.backend: result for result in results}
+    empty = BackendResult("", "", "", "")
+    ort, fp16, reference = (rows.get(name, empty) for name in ("ort", "ort-fp16", REFERENCE))
+    checks = [
+        _check("ort_vs_torch_episode_ratio", _p50_ratio(ort.episode, reference.episode), 0.6,
+               "ort episode p50 / torch episode p50, same episodes and threads"),
+        _check("ort_miou_delta_pt", ort.parity and ort.parity.miou_delta_pt, 0.05,
+               "max |mIoU delta| to torch over both protocols"),
+        _check("ort_pixel_agreement_pct", ort.parity and ort.parity.pixel_agreement_pct, 99.9,
+               "mask pixels equal to torch's", at_most=False),
+        _check("ort_fp16_miou_delta_pt", fp16.parity and fp16.parity.miou_delta_pt, 0.3,
+               "max |mIoU delta| to torch over both protocols"),
+        _check("ort_fp16_confidence_iou_pct", fp16.parity and fp16.parity.confidence_iou_pct,
+               98.0, "pooled IoU of the C' sets vs torch", at_most=False),
+    ]  # fmt: skip
+    query_limit = {1: 0.55, 5: 0.25}.get(shots)
+    if query_limit is not None:
+        ratio = _p50_ratio(ort.query, ort.episode)
+        detail = f"ort cached-support query p50 / full {shots}-shot episode p50"
+        checks.insert(1, _check("ort_query_vs_episode_ratio", ratio, query_limit, detail))
+    return tuple(checks)

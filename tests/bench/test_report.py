@@ -1,0 +1,128 @@
+"""JSON / CSV schema, tables, markdown and plot of a hand-built BenchReport."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from dpnet_bench.parity import AccuracyResult, ParityResult
+from dpnet_bench.report import (
+    JSON_SCHEMA,
+    plot_latency,
+    render_markdown,
+    render_table,
+    report_to_dict,
+    result_row,
+    write_csv,
+    write_json,
+)
+from dpnet_bench.suite import BackendResult, BenchOptions, BenchReport, TargetCheck
+from dpnet_bench.timing import latency_stats
+
+_STAGE_KEYS = [
+    f"{stage}_{suffix}"
+    for stage in ("episode", "support", "query")
+    for suffix in (
+        "count", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+        "latency_min_ms", "latency_max_ms", "per_s",
+    )
+]  # fmt: skip
+EXPECTED_ROW_KEYS = [
+    "backend", "precision", "device", "status", "reason", "artifact_mb", "peak_memory_mb",
+    "gpu_peak_memory_mb", *_STAGE_KEYS, "miou_canet_pct", "miou_pfenet_pct", "fbiou_pct",
+    "miou_delta_canet_pt", "miou_delta_pfenet_pt", "fbiou_delta_pt", "pixel_agreement_pct",
+    "confidence_iou_pct", "max_miou_delta_pt", "split_agreement_pct",
+]  # fmt: skip
+
+
+@pytest.fixture
+def report() -> BenchReport:
+    stats = latency_stats([10_000_000, 12_000_000, 30_000_000])
+    torch_row = BackendResult(
+        "torch", "fp32", "cpu", "passed", artifact_mb=10.0, episode=stats, support=stats,
+        query=stats, peak_memory_mb=50.0, accuracy=AccuracyResult(40.0, float("nan"), 60.0),
+        split_agreement_pct=100.0,
+    )  # fmt: skip
+    ort_row = BackendResult(
+        "ort", "fp32", "cpu", "parity failed", "mIoU delta 0.500 pt > 0.1 pt", artifact_mb=20.0,
+        episode=stats, accuracy=AccuracyResult(40.5, 50.0, 60.0),
+        parity=ParityResult(0.5, 0.0, 0.0, 99.0, 97.5, 0.1, False),
+    )  # fmt: skip
+    trt_row = BackendResult("trt", "fp16", "cuda", "unavailable", "TensorRT is not installed")
+    return BenchReport(
+        options=BenchOptions(checkpoint=Path("model.pt"), backends=("torch", "ort", "trt")),
+        model="tiny",
+        input_size=129,
+        threads=2,
+        environment={"cpu_model": "test cpu", "usable_cpus": "2", "numpy_version": "2"},
+        results=(torch_row, ort_row, trt_row),
+        targets=(TargetCheck("ort_miou_delta_pt", 0.5, 0.05, True, False, "max delta"),),
+    )
+
+
+def test_result_row_keys_are_snake_case_with_units(report: BenchReport) -> None:
+    for result in report.results:
+        assert list(result_row(result)) == EXPECTED_ROW_KEYS
+    row = result_row(report.results[0])
+    assert row["episode_latency_p50_ms"] == pytest.approx(12.0)
+    assert row["query_count"] == 3
+    assert row["miou_delta_canet_pt"] is None  # torch is the reference
+
+
+def test_json_schema_round_trip(report: BenchReport, tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    write_json(report, path)
+    data = json.loads(path.read_text())  # strict JSON: no NaN tokens
+    assert data["schema"] == JSON_SCHEMA
+    assert data["parity_failed"] is True
+    assert data["options"]["checkpoint"] == "model.pt"
+    assert [r["backend"] for r in data["results"]] == ["torch", "ort", "trt"]
+    torch_entry, ort_entry, trt_entry = data["results"]
+    assert list(torch_entry) == [*EXPECTED_ROW_KEYS, "latency_samples_ms"]
+    assert torch_entry["miou_pfenet_pct"] is None  # NaN written as null
+    assert torch_entry["latency_samples_ms"]["episode"] == [10.0, 12.0, 30.0]
+    assert ort_entry["confidence_iou_pct"] == 97.5
+    assert trt_entry["reason"] == "TensorRT is not installed"
+    assert trt_entry["latency_samples_ms"] == {}
+    assert data["targets"][0] == {
+        "name": "ort_miou_delta_pt", "measured": 0.5, "limit": 0.05, "at_most": True,
+        "met": False, "detail": "max delta",
+    }  # fmt: skip
+    assert report_to_dict(report) == data
+
+
+def test_csv_has_one_row_per_backend(report: BenchReport, tmp_path: Path) -> None:
+    path = tmp_path / "bench.csv"
+    write_csv(report, path)
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == EXPECTED_ROW_KEYS
+    assert [row["status"] for row in rows] == ["passed", "parity failed", "unavailable"]
+    assert float(rows[0]["episode_latency_max_ms"]) == pytest.approx(30.0)
+    assert math.isnan(float(rows[0]["miou_pfenet_pct"]))
+    assert rows[2]["episode_latency_p50_ms"] == ""
+
+
+def test_table_and_markdown_show_every_backend_and_reason(report: BenchReport) -> None:
+    console = Console(width=200, record=True)
+    console.print(render_table(report))
+    text = console.export_text()
+    for expected in ("torch", "ort", "trt", "TensorRT is not installed", "❗", "❎", "12.0"):
+        assert expected in text
+    markdown = render_markdown(report, "dpnet-bench --ckpt model.pt")
+    assert "`dpnet-bench --ckpt model.pt`" in markdown
+    assert "test cpu" in markdown
+    assert markdown.count("\n| trt |") == 1
+    assert "**no**" in markdown
+
+
+@pytest.mark.slow
+def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
+    path = tmp_path / "latency.png"
+    plot_latency(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

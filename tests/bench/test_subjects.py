@@ -1,0 +1,66 @@
+"""The bench table and the torch subject behind the runner protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpnet_bench.subjects import SUBJECTS, TorchRunner, open_subject
+from dpnet_bench.suite import BenchOptions, run_suite
+from dpnet_runtime.contract import CONFIDENCE, LOGITS, MASK, PSEUDO_COUNT
+from dpnet_runtime.errors import BackendUnavailableError, InputError
+
+
+def test_table_lists_every_subject_once() -> None:
+    assert list(SUBJECTS) == ["torch", "torch-fp16", "ort", "ort-fp16", "trt"]
+    assert {info.precision for info in SUBJECTS.values()} == {"fp32", "fp16"}
+
+
+def test_unknown_subject_and_bad_options_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown backend 'onnx'"):
+        open_subject("onnx", tmp_path / "m.pt", tmp_path, threads=1, input_size=129)
+    with pytest.raises(InputError, match="unknown backends"):
+        run_suite(BenchOptions(checkpoint=tmp_path / "m.pt", backends=("torch", "tensorflow")))
+    with pytest.raises(InputError, match="episodes"):
+        run_suite(BenchOptions(checkpoint=tmp_path / "m.pt", episodes=0))
+
+
+def test_torch_runner_returns_contract_outputs(tiny_checkpoint: Path) -> None:
+    subject = open_subject("torch", tiny_checkpoint, tiny_checkpoint.parent, threads=1,
+                           input_size=129)  # fmt: skip
+    rng = np.random.default_rng(0)
+    feed = {
+        "support_images": rng.standard_normal((1, 2, 3, 129, 129), dtype=np.float32),
+        "support_masks": np.ones((1, 2, 129, 129), dtype=np.float32),
+        "query_image": rng.standard_normal((1, 3, 129, 129), dtype=np.float32),
+    }
+    try:
+        episode = subject.run_episode(feed)
+        split = subject.segment(feed["query_image"], subject.encode_support(feed))
+    finally:
+        subject.close()
+    assert episode[LOGITS].dtype == np.float32 and episode[LOGITS].shape == (1, 2, 129, 129)
+    assert episode[MASK].dtype == np.uint8 and episode[PSEUDO_COUNT].dtype == np.int32
+    assert episode[CONFIDENCE].shape == (1, 2, 17, 17)
+    np.testing.assert_allclose(split[LOGITS], episode[LOGITS], atol=1e-5)
+    assert subject.artifact_bytes == tiny_checkpoint.stat().st_size
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the reason shows only without CUDA")
+def test_torch_fp16_without_cuda_says_why(tiny_checkpoint: Path) -> None:
+    runner = TorchRunner(tiny_checkpoint, graph="episode", device="cuda", precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        runner.activate()
+    cpu_half = TorchRunner(tiny_checkpoint, graph="episode", device="cpu", precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="torch fp16 needs CUDA"):
+        cpu_half.activate()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
+def test_trt_without_tensorrt_says_why(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        open_subject("trt", tmp_path / "m.pt", tmp_path, threads=1, input_size=129)
