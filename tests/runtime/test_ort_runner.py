@@ -141,3 +141,13 @@ def test_trt_backend_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
     engine.write_bytes(b"engine")
     with pytest.raises(BackendUnavailableError, match=r"dpnet\[trt\]"):
         open_runner("trt", engine)
+
+
+@pytest.mark.parametrize("allow_spinning", [False, True])
+def test_thread_spinning_is_off_unless_asked_for(export_dir: Path, allow_spinning: bool) -> None:
+    runner = OrtRunner(export_dir / contract.DPNET_ONNX, allow_spinning=allow_spinning)
+    options = runner._session_options()
+    expected = "1" if allow_spinning else "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    with runner:  # the session accepts the options
+        assert runner.get_input_metadata()
