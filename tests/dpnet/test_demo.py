@@ -1,0 +1,24 @@
+"""The demo (README's main job), on a small budget: train, compare, export, draw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpnet.demo import DemoOptions, run_demo
+
+
+@pytest.mark.slow
+def test_demo_trains_evaluates_exports_and_draws(tmp_path: Path) -> None:
+    options = DemoOptions(out=tmp_path, minutes=2.0, steps=4, eval_episodes=3, threads=2)
+    result = run_demo(options)
+    assert result.training.steps == 4
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert result.trained.episodes == result.untrained.episodes == 3
+    assert result.onnx_files or result.onnx_note
+    assert all(path.is_file() for path in result.onnx_files)
+    picture = np.asarray(Image.open(result.picture))
+    assert picture.ndim == 3 and picture.shape[1] > 3 * picture.shape[0]
