@@ -50,7 +50,12 @@ def command(
         int, typer.Option(help="Test fold 0..3; training uses the others.")
     ] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K supports per episode.")] = _DEFAULTS.shots,
-    config: Annotated[str, typer.Option(help="Model preset: tiny or paper.")] = _DEFAULTS.config,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="Model preset: tiny or paper (default: paper for pascal/coco, tiny for synthetic)."
+        ),
+    ] = _DEFAULTS.config,
     ablation_variant: Annotated[
         str, typer.Option(help=f"Ablation variant: {', '.join(ABLATION_VARIANTS)} (ccm = DPNet).")
     ] = _DEFAULTS.variant,

@@ -64,6 +64,7 @@ __all__ = [
     "TrainResult",
     "ValidationRecord",
     "train",
+    "train_config",
     "variant_config",
     "weights_sha256",
 ]
@@ -88,8 +89,10 @@ VAL_SEED: Final = 1
 
 @dataclass(frozen=True)
 class DatasetDefaults:
-    """Learning rate, batch size and length of a training run on one dataset."""
+    """Model preset, input size, optimiser and length of a training run on one dataset."""
 
+    config: str
+    input_size: int | None
     optimizer: Optimizer
     lr: float
     batch_size: int
@@ -99,10 +102,14 @@ class DatasetDefaults:
 
 
 DATASET_DEFAULTS: Final[dict[str, DatasetDefaults]] = {
-    "pascal": DatasetDefaults("sgd", 0.0025, batch_size=4, epochs=200, steps=None, val_every=2000),
-    "coco": DatasetDefaults("sgd", 0.005, batch_size=8, epochs=20, steps=None, val_every=5000),
+    "pascal": DatasetDefaults(
+        "paper", 321, "sgd", 0.0025, batch_size=4, epochs=200, steps=None, val_every=2000
+    ),
+    "coco": DatasetDefaults(
+        "paper", 641, "sgd", 0.005, batch_size=8, epochs=20, steps=None, val_every=5000
+    ),
     "synthetic": DatasetDefaults(
-        "adamw", 1e-3, batch_size=4, epochs=None, steps=1500, val_every=250
+        "tiny", None, "adamw", 1e-3, batch_size=4, epochs=None, steps=1500, val_every=250
     ),
 }
 
@@ -117,7 +124,8 @@ class TrainOptions:
         data_root: dataset folder (not needed by ``synthetic``).
         fold: test fold 0..3 (training uses the other folds' classes).
         shots: K supports per training episode.
-        config: preset name, ``tiny`` or ``paper``.
+        config: preset name, ``tiny`` or ``paper``; ``None``: ``paper`` for PASCAL-5i (321 x 321)
+            and COCO-20i (641 x 641), ``tiny`` for the synthetic benchmark.
         variant: ablation variant, a key of :data:`ABLATION_VARIANTS` (``ccm`` = DPNet).
         steps: optimisation steps; overrides ``epochs``.
         epochs: passes over the training episodes (``len(dataset) / (batch * ranks)`` steps).
@@ -143,7 +151,7 @@ class TrainOptions:
     data_root: Path | None = None
     fold: int = 0
     shots: int = 1
-    config: str = "tiny"
+    config: str | None = None
     variant: str = "ccm"
     steps: int | None = None
     epochs: int | None = None
@@ -262,13 +270,26 @@ class TrainResult:
 TrainProgressCallback = Callable[[TrainProgress], None]
 
 
-def variant_config(config: str, variant: str) -> DPNetConfig:
-    """The preset ``config`` with the switches of ablation ``variant`` applied."""
+def variant_config(config: str, variant: str, **overrides: Any) -> DPNetConfig:
+    """The preset ``config`` with the switches of ablation ``variant`` (and ``overrides``)."""
     if variant not in ABLATION_VARIANTS:
         raise InputError(
             f"unknown ablation variant {variant!r}; choose one of {list(ABLATION_VARIANTS)}"
         )
-    return preset(config, **ABLATION_VARIANTS[variant])
+    return preset(config, **ABLATION_VARIANTS[variant], **overrides)
+
+
+def train_config(options: TrainOptions) -> DPNetConfig:
+    """The network a run trains: the chosen (or the dataset's default) preset and variant.
+
+    >>> train_config(TrainOptions(out=Path("run"), dataset="coco")).input_size
+    641
+    """
+    defaults = DATASET_DEFAULTS[options.dataset]
+    # The dataset's input size applies only to its default preset, not to a chosen one.
+    use_defaults = options.config is None and defaults.input_size is not None
+    size = {"input_size": defaults.input_size} if use_defaults else {}
+    return variant_config(options.config or defaults.config, options.variant, **size)
 
 
 def train(options: TrainOptions, progress: TrainProgressCallback | None = None) -> TrainResult:
@@ -312,7 +333,7 @@ class _Trainer:
         self.lr = options.lr if options.lr is not None else defaults.lr
         self.batch_size = options.batch_size or defaults.batch_size
         self.val_every = options.val_every if options.val_every is not None else defaults.val_every
-        self.config = variant_config(options.config, options.variant)
+        self.config = train_config(options)
         self.train_data = self._dataset("train", options.seed, None)
         self.val_data = (
             self._dataset("val", VAL_SEED, options.val_episodes) if options.val_episodes else None

@@ -109,3 +109,19 @@ def test_validation_writes_best_and_last_with_metrics(tmp_path: Path) -> None:
     assert "miou_pfenet" in best.meta["metrics"]
     assert best.train_state is None
     assert load_checkpoint(result.last_checkpoint).meta["metrics"]["step"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("dataset", "config", "expected"),
+    [
+        ("synthetic", None, ("tiny", 129)),
+        ("pascal", None, ("paper", 321)),
+        ("coco", None, ("paper", 641)),
+        ("coco", "tiny", ("tiny", 129)),
+    ],
+)
+def test_default_config_is_paper_for_real_data(dataset, config, expected, tmp_path):
+    from dpnet.train.loop import TrainOptions, train_config
+
+    chosen = train_config(TrainOptions(out=tmp_path, dataset=dataset, config=config))
+    assert (chosen.name, chosen.input_size) == expected
