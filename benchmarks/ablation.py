@@ -28,7 +28,7 @@ from dpnet.checkpoint import load_model
 from dpnet.data import build_dataset
 from dpnet.eval.evaluate import EvalResult, evaluate
 from dpnet.train.loop import ABLATION_VARIANTS, TrainOptions, TrainResult, train
-from dpnet_runtime.console import run_app, stderr_console, stdout_console
+from dpnet_runtime.console import make_app, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
 
@@ -159,11 +159,9 @@ def _mark(flag: bool) -> str:
     return "yes" if flag else "-"
 
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-ablation",
     help="Train and evaluate the paper's ablation variants on the synthetic benchmark.",
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 _DEFAULTS = AblationOptions()
 

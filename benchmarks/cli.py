@@ -32,7 +32,13 @@ from dpnet_bench.report import (
     write_json,
 )
 from dpnet_bench.suite import BenchOptions, run_suite
-from dpnet_runtime.console import EXIT_CHECK_FAILED, make_progress, run_app, stdout_console
+from dpnet_runtime.console import (
+    EXIT_CHECK_FAILED,
+    make_app,
+    make_progress,
+    run_app,
+    stdout_console,
+)
 from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = ["app", "ccm_app", "ccm_main", "main"]
@@ -40,8 +46,8 @@ __all__ = ["app", "ccm_app", "ccm_main", "main"]
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
 _CCM_DEFAULTS = CcmOptions()
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-ccm_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
+ccm_app = make_app()
 
 
 @app.command()

@@ -29,7 +29,7 @@ import onnxruntime
 import typer
 
 from dpnet_runtime import Predictor
-from dpnet_runtime.console import run_app, stdout_console
+from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
 
@@ -244,12 +244,10 @@ def _host() -> dict[str, str]:
     }
 
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-soak",
     help="Soak the runtime: N queries against one cached support set; RSS growth and drift.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
-from dpnet_runtime.fileio import atomic_path
 
 from dpnet import __version__
 from dpnet.config import DPNetConfig, config_from_dict
 from dpnet.model.dpnet import DPNet
+from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
+from dpnet_runtime.fileio import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -31,7 +31,7 @@ from dpnet.data import Episode, build_dataset
 from dpnet.eval.evaluate import EvalResult, evaluate, predict_episode
 from dpnet.model.dpnet import DPNet, build_dpnet
 from dpnet.train.loop import TrainOptions, TrainProgress, TrainResult, train
-from dpnet_runtime.console import make_progress, run_app, stdout_console
+from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.postprocess import overlay_mask, save_png
 
 __all__ = ["DemoOptions", "DemoResult", "app", "main", "run_demo"]
@@ -160,11 +160,9 @@ def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0])))
 
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-demo",
     help="Train a tiny DPNet on the synthetic benchmark, evaluate, export and draw it.",
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 _DEFAULTS = DemoOptions()
 

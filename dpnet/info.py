@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-import typer
 from rich.table import Table
 
 from dpnet.config import PRESETS, preset
 from dpnet.model.dpnet import build_dpnet, count_parameters
-from dpnet_runtime.console import run_app, stdout_console
+from dpnet_runtime.console import make_app, run_app, stdout_console
 
 __all__ = ["PAPER_PARAMETERS", "ParameterCount", "app", "main", "parameter_counts"]
 
@@ -46,11 +45,9 @@ def parameter_counts() -> tuple[ParameterCount, ...]:
     return tuple(counts)
 
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-info",
     help="Parameter counts of the DPNet presets.",
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
 from dpnet_runtime.contract import IGNORE_LABEL
 from dpnet_runtime.errors import InputError
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import onnx
-from dpnet_runtime.errors import ModelFileError
 from onnx import TensorProto
+
+from dpnet_runtime.errors import ModelFileError
 
 __all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
 from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
@@ -46,8 +47,8 @@ __all__ = [
     "ShapeRange",
     "build_profiles",
     "installed_tensorrt_version",
-    "onnx_metadata",
     "onnx_input_shapes",
+    "onnx_metadata",
     "onnx_to_engine",
     "onnx_to_trtexec",
     "parse_shape_range",

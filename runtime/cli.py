@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from dpnet_runtime.console import run_app, stdout_console
+
+from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.predictor import segment_files
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-segment",
     help="Segment a query image with a DPNet export, from a few annotated support images.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
-from dpnet_runtime.errors import DpnetError
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -25,10 +25,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from dpnet_runtime.errors import DpnetError
+
 __all__ = [
     "EXIT_CHECK_FAILED",
     "EXIT_INTERNAL",
     "EXIT_USER_ERROR",
+    "make_app",
     "make_progress",
     "run_app",
     "stderr_console",
@@ -81,6 +84,14 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
         )
         raise SystemExit(EXIT_INTERNAL) from None
     raise SystemExit(0)
+
+
+def make_app(name: str | None = None, help: str | None = None, **options: Any) -> typer.Typer:
+    """A typer app set up for :func:`run_app`: no pretty tracebacks (the boundary reports
+    errors), no shell-completion options; ``options`` go to ``typer.Typer``."""
+    return typer.Typer(
+        name=name, help=help, pretty_exceptions_enable=False, add_completion=False, **options
+    )
 
 
 def make_progress(*, transient: bool = False) -> Progress:

@@ -16,9 +16,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
+
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_bytes
-from PIL import Image
 
 __all__ = [
     "logits_to_probabilities",

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
+
 from dpnet_runtime.artifacts import (
     EPISODE,
     QUERY,

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
 from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from dpnet_runtime.errors import InputError
-from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "check_image",

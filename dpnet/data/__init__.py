@@ -12,9 +12,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from dpnet_runtime.errors import InputError
-
 from dpnet.data.episode import Episode, FewShotDataset
+from dpnet_runtime.errors import InputError
 
 __all__ = ["DATASETS", "Episode", "FewShotDataset", "build_dataset"]
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dpnet_runtime.errors import DatasetError, InputError
 from PIL import Image, ImageDraw
 
 from dpnet.data.episode import PooledDataset, split_class_ids
 from dpnet.data.pascal import check_root, packaged_splits, read_image
+from dpnet_runtime.errors import DatasetError, InputError
 
 __all__ = ["FOLD_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+
 from dpnet_runtime.errors import DatasetError, InputError
 
 __all__ = [

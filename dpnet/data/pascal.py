@@ -20,10 +20,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from dpnet_runtime.errors import DatasetError
 from PIL import Image
 
 from dpnet.data.episode import ListEntry, PooledDataset, group_by_class, split_class_ids
+from dpnet_runtime.errors import DatasetError
 
 __all__ = [
     "PASCAL_CLASSES",

@@ -14,12 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN
-from dpnet_runtime.errors import InputError
-from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
 from PIL import Image
 
 from dpnet.data.episode import Episode
+from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN
+from dpnet_runtime.errors import InputError
+from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
 
 __all__ = ["EpisodeTensors", "collate", "episode_to_tensors", "train_augment"]
 

@@ -10,17 +10,15 @@ import typer
 from rich.table import Table
 
 from dpnet.eval.evaluate import EvalOptions, EvalRequest, EvalResult, evaluate_checkpoint
-from dpnet_runtime.console import make_progress, run_app, stdout_console
+from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-eval",
     help="Evaluate a DPNet checkpoint on fixed few-shot episodes.",
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 # Defaults live once, in EvalRequest / EvalOptions; the CLI reads them from these instances.

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from dpnet_runtime.errors import ModelFileError
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
+
+from dpnet_runtime.errors import ModelFileError
 
 __all__ = [
     "COS_CHANNELS",

@@ -6,8 +6,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from dpnet_runtime.contract import IGNORE_LABEL
 from torch import Tensor
+
+from dpnet_runtime.contract import IGNORE_LABEL
 
 __all__ = ["DPNetLosses", "discriminator_loss", "dpnet_losses", "segmentation_loss"]
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from dpnet_runtime.contract import IGNORE_LABEL
 from dpnet_runtime.errors import InputError
-from torch import Tensor
 
 __all__ = ["validate_episode"]
 

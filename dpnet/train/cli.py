@@ -21,15 +21,13 @@ from dpnet.train.loop import (
     TrainResult,
     train,
 )
-from dpnet_runtime.console import make_progress, run_app, stdout_console
+from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-train",
     help="Train DPNet episodically on the synthetic benchmark, PASCAL-5i or COCO-20i.",
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 

@@ -6,18 +6,15 @@ TensorRT) inside it, so ``dpnet-export --help`` works with none of them installe
 
 from __future__ import annotations
 
-import typer
 from dpnet_export.cli import check_cmd, onnx_cmd, trt_cmd
-from dpnet_runtime.console import run_app
+from dpnet_runtime.console import make_app, run_app
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = make_app(
     name="dpnet-export",
     help="Export a DPNet checkpoint to ONNX, lint ONNX for TensorRT, build TensorRT engines.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 app.command("onnx")(onnx_cmd.command)
 app.command("trt")(trt_cmd.command)

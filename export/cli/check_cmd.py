@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from dpnet_runtime.console import EXIT_CHECK_FAILED, stdout_console
 from rich.markup import escape
 from rich.table import Table
+
+from dpnet_runtime.console import EXIT_CHECK_FAILED, stdout_console
 
 __all__ = ["command"]
 

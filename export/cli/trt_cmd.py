@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from dpnet_runtime.console import stderr_console, stdout_console
 
 __all__ = ["command"]

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import numpy as np
+
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError, ModelFileError
 
 __all__ = [

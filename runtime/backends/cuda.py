@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError
 
 __all__ = [

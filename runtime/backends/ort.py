@@ -8,9 +8,10 @@ from typing import Any, ClassVar, Final
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
 from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, TensorSpec
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 __all__ = ["OrtRunner"]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import numpy as np
+
 from dpnet_runtime import contract
 from dpnet_runtime.backends import cuda
 from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, TensorSpec, check_feed

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 
 from dpnet.checkpoint import load_checkpoint, load_model, make_meta, save_checkpoint
 from dpnet.config import preset
 from dpnet.model import build_dpnet
+from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 
 
 @pytest.fixture(scope="module")

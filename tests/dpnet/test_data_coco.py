@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dpnet_runtime.errors import DatasetError, InputError
 from PIL import Image
 
 from dpnet.data import build_dataset
 from dpnet.data.coco import CocoDataset, rle_to_mask
+from dpnet_runtime.errors import DatasetError, InputError
 
 # The 80 real COCO category ids (1..90 with 10 gaps); contiguous class = position + 1.
 CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

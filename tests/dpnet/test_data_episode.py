@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dpnet_runtime.errors import DatasetError, InputError
 
 from dpnet.data import build_dataset
 from dpnet.data.episode import (
@@ -16,6 +15,7 @@ from dpnet.data.episode import (
     plan_seeded_episode,
     split_class_ids,
 )
+from dpnet_runtime.errors import DatasetError, InputError
 
 ENTRIES = [(f"img{i}", 1 + i % 3) for i in range(12)] + [("img0", 2)]
 

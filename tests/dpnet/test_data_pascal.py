@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dpnet_runtime.errors import DatasetError
 from PIL import Image
 
 from dpnet.data import build_dataset
 from dpnet.data.pascal import PascalDataset, read_hsnet_list
+from dpnet_runtime.errors import DatasetError
 
 # name -> classes painted in its label (class 1 is in test fold 0, 6 and 11 are not).
 IMAGES = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dpnet_runtime.errors import InputError
-from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
 
 from dpnet.data.episode import Episode, episode_rng
 from dpnet.data.transforms import collate, episode_to_tensors, train_augment
+from dpnet_runtime.errors import InputError
+from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
 
 
 def _pair(height: int = 40, width: int = 50) -> tuple[np.ndarray, np.ndarray]:

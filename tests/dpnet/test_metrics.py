@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from dpnet_runtime.errors import InputError
 
 from dpnet.metrics import IoUAccumulator
+from dpnet_runtime.errors import InputError
 
 # pred fg: (0,0) (0,1) (1,1); label fg: (0,0) (1,0) (1,1); ignore: (0,1) (1,2).
 PRED = np.array([[1, 1, 0], [0, 1, 0]], dtype=np.uint8)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dpnet_runtime.errors import InputError
 
 from dpnet.config import preset
 from dpnet.model import DPNet, build_dpnet, count_parameters
 from dpnet.model.losses import dpnet_losses
+from dpnet_runtime.errors import InputError
 
 SIZE = 65  # small input keeps these tests fast; the network is fully convolutional
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from dpnet_export.onnx_to_engine import (
     EngineBuildOptions,
     ShapeRange,
@@ -24,7 +26,6 @@ from dpnet_export.onnx_to_engine import (
 from dpnet_runtime import contract
 from dpnet_runtime.backends.trt import TensorProfile
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
-from onnx import TensorProto, helper
 
 no_tensorrt = pytest.mark.skipif(
     installed_tensorrt_version() is not None, reason="TensorRT is installed here"

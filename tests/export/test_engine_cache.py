@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
 from dpnet_runtime.backends.cuda import GpuInfo
 from dpnet_runtime.backends.trt import EngineSidecar, TensorProfile, read_sidecar, sidecar_path

@@ -16,12 +16,13 @@ from typing import Any
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from dpnet_export.onnx_to_engine import EngineBuildOptions, onnx_to_engine
 from dpnet_runtime import contract
 from dpnet_runtime.backends import cuda
 from dpnet_runtime.backends.trt import read_sidecar
 from dpnet_runtime.errors import ExportError
-from onnx import TensorProto, helper
 
 
 class _Severity(enum.IntEnum):

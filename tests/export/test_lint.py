@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from dpnet_export.lint import lint_onnx, load_operator_table
 from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
 from dpnet_runtime.errors import ModelFileError
-from onnx import TensorProto, helper, numpy_helper
 
 F32 = TensorProto.FLOAT
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from dpnet_runtime import contract
 from onnx import TensorProto, helper, numpy_helper
+
+from dpnet_runtime import contract
 
 OPSET = 18
 _BIG = 2**31 - 1

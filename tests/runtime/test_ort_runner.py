@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dpnet_runtime import contract
 from dpnet_runtime.backends.base import TensorSpec, check_feed, open_runner
 from dpnet_runtime.backends.ort import OrtRunner

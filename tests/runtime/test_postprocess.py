@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.postprocess import (
     logits_to_probabilities,
@@ -15,7 +17,6 @@ from dpnet_runtime.postprocess import (
     resize_logits,
     save_png,
 )
-from PIL import Image
 
 
 def _logits(size: int = 8) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dpnet_runtime import Predictor, contract
 from dpnet_runtime.artifacts import resolve_artifacts
 from dpnet_runtime.errors import IncompatibleModelError, InputError, ModelFileError

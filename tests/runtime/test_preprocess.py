@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from dpnet_runtime.contract import IMAGENET_MEAN, IMAGENET_STD
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.preprocess import (
@@ -19,7 +21,6 @@ from dpnet_runtime.preprocess import (
     resize_image,
     resize_mask,
 )
-from PIL import Image
 
 
 def _image(height: int = 20, width: int = 30) -> np.ndarray:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dpnet_runtime import contract
 from PIL import Image
+
+from dpnet_runtime import contract
 
 
 @pytest.fixture

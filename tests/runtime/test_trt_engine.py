@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from dpnet_runtime import contract
 from onnx import TensorProto, helper, numpy_helper
+
+from dpnet_runtime import contract
 
 pytestmark = [pytest.mark.trt, pytest.mark.gpu, pytest.mark.slow]
 
