@@ -14,12 +14,13 @@ Op rules, checked on every graph: the nodes under the scope ``ccm`` use only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -285,11 +286,23 @@ def _dynamic_shapes(spec: _GraphSpec, max_shots: int) -> dict[str, dict[int, Any
     return {name: ({0: batch} if name == contract.QUERY_IMAGE else axes) for name in spec.inputs}
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    # The optimiser logs a warning for every multi-output node it cannot fold: noise to a user.
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _torch_to_proto(
     wrapper: nn.Module, spec: _GraphSpec, inputs: tuple[Tensor, ...], options: ExportOptions
 ) -> onnx.ModelProto:
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("onnxscript.optimizer"):
             # torch.onnx notes that equal Dims share one name; that is what we want.
             warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
             program = torch.onnx.export(
