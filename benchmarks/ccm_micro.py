@@ -40,6 +40,7 @@ from dpnet_bench.timing import (
     LatencyStats,
     RssSampler,
     describe_environment,
+    environment_lines,
     latency_stats,
     timed_call,
 )
@@ -368,16 +369,7 @@ def render_ccm_markdown(report: CcmReport, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Hardware: {env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} usable cores "
-        f"({report.threads} threads used); 1-min load average "
-        f"{env.get('load_average_1m', '?')} when the run ended",
-        "",
-        "Versions: "
-        + ", ".join(
-            f"{k.removesuffix('_version')} {v}"
-            for k, v in env.items()
-            if k.endswith("_version") or k == "python"
-        ),
+        *environment_lines(env, report.threads),
         "",
         "| side | positions | CCM p50 ms | similarity MatMul p50 ms | similarity GFLOP/s "
         "| peak MB | similarity matrix MB |",

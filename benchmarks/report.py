@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dpnet_bench.suite import BackendResult, BenchReport, TargetCheck
-from dpnet_bench.timing import LatencyStats
+from dpnet_bench.timing import LatencyStats, environment_lines
 from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -207,16 +207,7 @@ def render_markdown(report: BenchReport, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Hardware: {env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} usable cores "
-        f"({report.threads} threads used); {env.get('platform', '')}; 1-min load average "
-        f"{env.get('load_average_1m', '?')} when the run ended",
-        "",
-        "Versions: "
-        + ", ".join(
-            f"{key.removesuffix('_version')} {value}"
-            for key, value in env.items()
-            if key.endswith("_version") or key == "python"
-        ),
+        *environment_lines(env, report.threads),
         "",
         "| backend | status | size MB | episode p50 ms | p90 ms | p99 ms | episodes/s "
         "| support p50 ms | query p50 ms | peak MB | mIoU canet | mIoU pfenet | FB-IoU "

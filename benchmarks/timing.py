@@ -28,6 +28,7 @@ __all__ = [
     "LatencyStats",
     "RssSampler",
     "describe_environment",
+    "environment_lines",
     "latency_stats",
     "rss_bytes",
     "timed_call",
@@ -208,3 +209,19 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def environment_lines(env: dict[str, str], threads: int | None) -> list[str]:
+    """The hardware and versions paragraphs of a markdown results file."""
+    versions = ", ".join(
+        f"{key.removesuffix('_version')} {value}"
+        for key, value in env.items()
+        if key.endswith("_version") or key == "python"
+    )
+    return [
+        f"Hardware: {env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} usable cores "
+        f"({threads} threads used); {env.get('platform', '')}; 1-min load average "
+        f"{env.get('load_average_1m', '?')} when the run ended",
+        "",
+        f"Versions: {versions}",
+    ]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -167,28 +166,22 @@ def test_build_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
         onnx_to_engine(options)
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from dpnet_export.cli import main; main()"
-    env = {**os.environ, "COLUMNS": "300"}
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
 @pytest.mark.slow
 @no_tensorrt
-def test_trt_cli_without_tensorrt(tmp_path: Path) -> None:
+def test_trt_cli_without_tensorrt(
+    tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     model = _episode_onnx(tmp_path / "dpnet.onnx")
     _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    build = _run_cli("trt", "--onnx", str(model), "--fp16")
+    build = export_cli("trt", "--onnx", str(model), "--fp16")
     assert build.returncode == 1
     assert build.stderr.count("\n") == 1 and "TensorRT is not installed" in build.stderr
     assert "pip install 'dpnet[trt]'" in build.stderr
-    printed = _run_cli(
+    printed = export_cli(
         "trt", "--onnx", str(model), "--fp16", "--print-trtexec", "--shots-range", "1:2:3"
     )
     assert printed.returncode == 0, printed.stderr
     assert "dpnet_fp16.onnx" in printed.stdout and "--stronglyTyped" in printed.stdout
     assert "support_images:1x2x3x8x8" in printed.stdout
-    bad_range = _run_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
+    bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
     assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -189,16 +188,10 @@ def test_non_onnx_file_is_a_model_file_error(tmp_path: Path) -> None:
         lint_onnx(tmp_path / "missing.onnx")
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from dpnet_export.cli import main; main()"
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
-    )
-
-
 @pytest.mark.slow
-def test_check_cli_exit_codes(tmp_path: Path) -> None:
+def test_check_cli_exit_codes(
+    tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     clean = tmp_path / "clean.onnx"
     onnx.save(_clean_model(), clean)
     bad = tmp_path / "bad.onnx"
@@ -206,15 +199,15 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx at all")
 
-    ok = _run_cli("check", str(clean), "--json")
+    ok = export_cli("check", str(clean), "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["passed"] is True
 
-    failed = _run_cli("check", str(bad))
+    failed = export_cli("check", str(bad))
     assert failed.returncode == EXIT_CHECK_FAILED, failed.stderr
     assert "NonZero" in failed.stdout and "failed" in failed.stdout
 
-    broken = _run_cli("check", str(junk))
+    broken = export_cli("check", str(junk))
     assert broken.returncode == EXIT_USER_ERROR
     assert broken.stderr.count("\n") == 1 and "junk.onnx" in broken.stderr
 
