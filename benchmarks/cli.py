@@ -57,7 +57,7 @@ def bench(
         Path | None, typer.Option(help="export directory; exported from --ckpt if it has none")
     ] = None,
     dataset: Annotated[str, typer.Option(help="synthetic, pascal or coco")] = _DEFAULTS.dataset,
-    root: Annotated[Path | None, typer.Option(help="dataset folder (pascal, coco)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="dataset folder (pascal, coco)")] = None,
     fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
@@ -83,7 +83,7 @@ def bench(
         checkpoint=ckpt,
         artifacts=artifacts,
         dataset=dataset,
-        root=root,
+        root=data_root,
         fold=fold,
         shots=shots,
         episodes=episodes,
