@@ -1,6 +1,6 @@
 """The paper's ablations (Tables 3 and 4) on the embedded synthetic benchmark.
 
-Every variant of :data:`dpnet.train.loop.ABLATION_VARIANTS` is trained with the same budget,
+Every variant of :data:`dpnet.train.options.ABLATION_VARIANTS` is trained with the same budget,
 seed, data and optimiser, then evaluated on the same held-out episodes; the result is a
 markdown table with the exact command, library versions and hardware::
 
@@ -27,7 +27,8 @@ from dpnet import __version__
 from dpnet.checkpoint import load_model
 from dpnet.data import build_dataset
 from dpnet.eval.evaluate import EvalResult, evaluate
-from dpnet.train.loop import ABLATION_VARIANTS, TrainOptions, TrainResult, train
+from dpnet.train.loop import TrainResult, train
+from dpnet.train.options import ABLATION_VARIANTS, TrainOptions
 from dpnet_runtime.console import make_app, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text

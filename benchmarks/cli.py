@@ -1,6 +1,6 @@
 """``dpnet-bench``: latency of every backend side by side and mIoU parity against PyTorch.
 
-Thin: it parses flags into :class:`~dpnet_bench.suite.BenchOptions`, calls
+Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
 0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
 dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`).
@@ -31,7 +31,8 @@ from dpnet_bench.report import (
     write_csv,
     write_json,
 )
-from dpnet_bench.suite import BenchOptions, run_suite
+from dpnet_bench.schema import BenchOptions
+from dpnet_bench.suite import run_suite
 from dpnet_runtime.console import (
     EXIT_CHECK_FAILED,
     make_app,
@@ -58,6 +59,9 @@ def bench(
     ] = None,
     dataset: Annotated[str, typer.Option(help="synthetic, pascal or coco")] = _DEFAULTS.dataset,
     data_root: Annotated[Path | None, typer.Option(help="dataset folder (pascal, coco)")] = None,
+    coco_split: Annotated[
+        str, typer.Option(help="COCO-20i fold split: interleaved or consecutive")
+    ] = _DEFAULTS.coco_split,
     fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
@@ -84,6 +88,7 @@ def bench(
         artifacts=artifacts,
         dataset=dataset,
         root=data_root,
+        coco_split=coco_split,
         fold=fold,
         shots=shots,
         episodes=episodes,

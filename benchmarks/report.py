@@ -1,4 +1,4 @@
-"""Render a :class:`~dpnet_bench.suite.BenchReport`: rich tables, JSON, CSV, markdown and a plot.
+"""Render a :class:`~dpnet_bench.schema.BenchReport`: rich tables, JSON, CSV, markdown and a plot.
 
 JSON and CSV share one flat row per backend (:func:`result_row`), keys snake_case with their
 unit (``episode_latency_p50_ms``, ``miou_canet_pct``, ``miou_delta_canet_pt``); JSON adds the
@@ -22,7 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from dpnet_bench.suite import BackendResult, BenchReport, TargetCheck
+from dpnet_bench.schema import BackendResult, BenchReport, TargetCheck
 from dpnet_bench.timing import LatencyStats, environment_lines
 from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
 

@@ -30,7 +30,8 @@ from dpnet.checkpoint import load_model
 from dpnet.data import Episode, build_dataset
 from dpnet.eval.evaluate import EvalResult, evaluate, predict_episode
 from dpnet.model.dpnet import DPNet, build_dpnet
-from dpnet.train.loop import TrainOptions, TrainProgress, TrainResult, train
+from dpnet.train.loop import TrainProgress, TrainResult, train
+from dpnet.train.options import TrainOptions
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.postprocess import overlay_mask, save_png
 

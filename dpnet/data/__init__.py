@@ -15,9 +15,19 @@ from typing import Any
 from dpnet.data.episode import Episode, FewShotDataset
 from dpnet_runtime.errors import InputError
 
-__all__ = ["DATASETS", "Episode", "FewShotDataset", "build_dataset"]
+__all__ = [
+    "COCO_SPLITS",
+    "DATASETS",
+    "Episode",
+    "FewShotDataset",
+    "build_dataset",
+    "dataset_options",
+]
 
 DATASETS = ("synthetic", "pascal", "coco")
+
+COCO_SPLITS = ("interleaved", "consecutive")
+"""COCO-20i fold splits: PFENet/HSNet's interleaved classes (default) or 20 consecutive ones."""
 
 
 def build_dataset(
@@ -61,6 +71,26 @@ def build_dataset(
     if name != "synthetic":
         keywords["root"] = root
     return dataset_class(**keywords, **options)
+
+
+def dataset_options(name: str, *, coco_split: str = "interleaved") -> dict[str, Any]:
+    """The keywords of :func:`build_dataset` that the CLIs expose, for dataset ``name``.
+
+    >>> dataset_options("coco", coco_split="consecutive")
+    {'fold_split': 'consecutive'}
+    >>> dataset_options("pascal")
+    {}
+
+    Raises:
+        InputError: an unknown COCO split, or a non-default one for another dataset.
+    """
+    if coco_split not in COCO_SPLITS:
+        raise InputError(f"coco-split must be one of {', '.join(COCO_SPLITS)}, got {coco_split!r}")
+    if name == "coco":
+        return {"fold_split": coco_split}
+    if coco_split != COCO_SPLITS[0]:
+        raise InputError(f"coco-split applies to the coco dataset only, not to {name!r}")
+    return {}
 
 
 def _dataset_class(name: str) -> type[FewShotDataset]:

@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dpnet.data import COCO_SPLITS
 from dpnet.data.episode import PooledDataset, split_class_ids
 from dpnet.data.pascal import check_root, packaged_splits, read_image
 from dpnet_runtime.errors import DatasetError, InputError
 
-__all__ = ["FOLD_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
+__all__ = ["CocoDataset", "annotations_to_label", "rle_to_mask"]
 
-FOLD_SPLITS = ("interleaved", "consecutive")
 NUM_CLASSES = 80
 DEFAULT_VAL_EPISODES = 1000
 DEFAULT_TRAIN_EPISODES = 20_000
@@ -158,8 +158,8 @@ class CocoDataset(PooledDataset):
         split_lists: bool = False,
         splits_dir: Path | None = None,
     ) -> None:
-        if fold_split not in FOLD_SPLITS:
-            raise InputError(f"fold_split must be one of {FOLD_SPLITS}, got {fold_split!r}")
+        if fold_split not in COCO_SPLITS:
+            raise InputError(f"fold_split must be one of {COCO_SPLITS}, got {fold_split!r}")
         if split_lists and fold_split != "interleaved":
             raise InputError("HSNet's COCO split lists exist for the interleaved fold split only")
         self.root = check_root(root, ("train2014", "val2014", "annotations"), _LAYOUT, "COCO-20i")

@@ -94,7 +94,7 @@ def read_label(path: Path, root: Path, layout: str) -> np.ndarray:
 def check_root(root: Path | None, folders: tuple[str, ...], layout: str, dataset: str) -> Path:
     """``root`` as a Path after checking that every folder exists."""
     if root is None:
-        raise DatasetError(f"{dataset} needs --root; {layout}")
+        raise DatasetError(f"{dataset} needs --data-root; {layout}")
     root = Path(root)
     missing = [f"{name}/" for name in folders if not (root / name).is_dir()]
     if missing:

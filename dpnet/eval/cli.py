@@ -35,6 +35,9 @@ def command(
     data_root: Annotated[
         Path | None, typer.Option(help="Dataset folder (pascal, coco).")
     ] = _REQUEST.data_root,
+    coco_split: Annotated[
+        str, typer.Option(help="COCO-20i fold split: interleaved (PFENet/HSNet) or consecutive.")
+    ] = _REQUEST.coco_split,
     fold: Annotated[
         int | None, typer.Option(help="Test fold 0..3 (default: the checkpoint's).")
     ] = _REQUEST.fold,
@@ -59,9 +62,9 @@ def command(
     Example: dpnet-eval --ckpt run/best.pt --dataset synthetic --fold 0 --shots 1 --episodes 1000
     """
     request = EvalRequest(
-        ckpt=ckpt, dataset=dataset, data_root=data_root, fold=fold, shots=shots,
-        episodes=episodes, seed=seed, options=EvalOptions(_parse_scales(scales), beta),
-        device=device,
+        ckpt=ckpt, dataset=dataset, data_root=data_root, coco_split=coco_split, fold=fold,
+        shots=shots, episodes=episodes, seed=seed, device=device,
+        options=EvalOptions(_parse_scales(scales), beta),
     )  # fmt: skip
     with make_progress(transient=True) as progress:
         task = progress.add_task("evaluating", total=episodes, status="")

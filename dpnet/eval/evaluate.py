@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dpnet.checkpoint import load_model
-from dpnet.data import Episode, FewShotDataset, build_dataset
+from dpnet.data import Episode, FewShotDataset, build_dataset, dataset_options
 from dpnet.data.transforms import collate, episode_to_tensors
 from dpnet.metrics import IoUAccumulator
 from dpnet.model.dpnet import DPNet
@@ -109,6 +109,7 @@ class EvalRequest:
         ckpt: a ``dpnet-train`` checkpoint.
         dataset: ``synthetic``, ``pascal`` or ``coco``.
         data_root: dataset folder (not needed by ``synthetic``).
+        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
         fold: test fold; ``None`` takes the checkpoint's.
         shots: K supports per episode.
         episodes: number of test episodes (1000 is the field's protocol).
@@ -120,6 +121,7 @@ class EvalRequest:
     ckpt: Path
     dataset: str = "synthetic"
     data_root: Path | None = None
+    coco_split: str = "interleaved"
     fold: int | None = None
     shots: int = 1
     episodes: int = 1000
@@ -233,5 +235,6 @@ def evaluate_checkpoint(request: EvalRequest, progress: EvalProgress | None = No
         shots=request.shots,
         seed=request.seed,
         episodes=request.episodes,
+        **dataset_options(request.dataset, coco_split=request.coco_split),
     )
     return evaluate(model, dataset, request.options, progress)

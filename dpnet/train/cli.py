@@ -13,14 +13,8 @@ from typing import Annotated, cast
 import typer
 from rich.table import Table
 
-from dpnet.train.loop import (
-    ABLATION_VARIANTS,
-    Optimizer,
-    TrainOptions,
-    TrainProgress,
-    TrainResult,
-    train,
-)
+from dpnet.train.loop import TrainProgress, TrainResult, train
+from dpnet.train.options import ABLATION_VARIANTS, Optimizer, TrainOptions
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 
 __all__ = ["app", "main"]
@@ -44,6 +38,9 @@ def command(
     data_root: Annotated[
         Path | None, typer.Option(help="Dataset folder (pascal, coco).")
     ] = _DEFAULTS.data_root,
+    coco_split: Annotated[
+        str, typer.Option(help="COCO-20i fold split: interleaved (PFENet/HSNet) or consecutive.")
+    ] = _DEFAULTS.coco_split,
     fold: Annotated[
         int, typer.Option(help="Test fold 0..3; training uses the others.")
     ] = _DEFAULTS.fold,
@@ -100,9 +97,10 @@ def command(
     Example: dpnet-train --dataset synthetic --fold 0 --config tiny --steps 1500 --out run/
     """
     options = TrainOptions(
-        out=out, dataset=dataset, data_root=data_root, fold=fold, shots=shots, config=config,
-        variant=ablation_variant, steps=steps, epochs=epochs, batch_size=batch_size,
-        optimizer=cast("Optimizer | None", optimizer), lr=lr,  # checked by TrainOptions
+        out=out, dataset=dataset, data_root=data_root, coco_split=coco_split, fold=fold,
+        shots=shots, config=config, variant=ablation_variant, steps=steps, epochs=epochs,
+        batch_size=batch_size, lr=lr,
+        optimizer=cast("Optimizer | None", optimizer),  # checked by TrainOptions
         backbone_weights=backbone_weights, resume=resume, seed=seed, val_every=val_every,
         val_episodes=val_episodes, device=device, threads=threads,
     )  # fmt: skip

@@ -1,14 +1,7 @@
 """Episodic training of DPNet: optimiser, periodic validation, checkpoints and resume.
 
-Optimiser (paper section 5.1, following CANet): SGD, momentum 0.9, weight decay 5e-4, a fixed
-learning rate; only the reduction, CCM discriminator, PIM, MSF and decoders train (the
-backbone trunk is frozen). Defaults per dataset (:data:`DATASET_DEFAULTS`): PASCAL-5i SGD lr
-0.0025, batch 4, 200 epochs; COCO-20i SGD lr 0.005, batch 8, 20 epochs (the paper). Synthetic:
-AdamW lr 1e-3, batch 4, 1500 steps. Why not SGD there: the tiny config's trunk is random (no
-ImageNet weights exist for it), its features are small (mean |x| about 0.04), and with 5 %
-foreground SGD sits on the all-background solution: measured on this machine, SGD at lr 0.02,
-0.05, 0.2 and 0.5 still predicted no foreground after 200-250 steps (validation mIoU 0), and
-could not even overfit 4 fixed episodes in 150 steps, which AdamW at 1e-3 does in 75.
+Only the reduction, CCM discriminator, PIM, MSF and decoders train (the backbone trunk is
+frozen); the optimiser and its defaults per dataset are in :mod:`dpnet.train.options`.
 
 Determinism: the model is initialised after ``torch.manual_seed(seed)``; step ``s`` of rank
 ``r`` draws its augmentation from ``numpy.random.Generator(PCG64([seed, s, r]))`` and seeds
@@ -29,14 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 
 from dpnet.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from dpnet.config import DPNetConfig, preset
-from dpnet.data import FewShotDataset, build_dataset
+from dpnet.config import DPNetConfig
+from dpnet.data import FewShotDataset, build_dataset, dataset_options
 from dpnet.data.transforms import EpisodeTensors, collate, episode_to_tensors
 from dpnet.eval.evaluate import EvalResult, evaluate
 from dpnet.model.dpnet import SegmentOutput, build_dpnet
@@ -50,149 +43,24 @@ from dpnet.train.distributed import (
     teardown_distributed,
     wrap_model,
 )
+from dpnet.train.options import (
+    DATASET_DEFAULTS,
+    VAL_SEED,
+    DatasetDefaults,
+    Optimizer,
+    TrainOptions,
+    train_config,
+)
 from dpnet_runtime.errors import InputError
 
 __all__ = [
-    "ABLATION_VARIANTS",
-    "DATASET_DEFAULTS",
-    "VAL_SEED",
-    "DatasetDefaults",
     "LossRecord",
-    "Optimizer",
-    "TrainOptions",
     "TrainProgress",
     "TrainResult",
     "ValidationRecord",
     "train",
-    "train_config",
-    "variant_config",
     "weights_sha256",
 ]
-
-ABLATION_VARIANTS: Final[dict[str, dict[str, Any]]] = {
-    # Table 3, step by step: nothing, +PIM, +PIM+MSF (= Table 4's baseline), +CCM.
-    "baseline": {"use_pim": False, "use_msf": False, "pseudo_prototype": "none"},
-    "pim": {"use_pim": True, "use_msf": False, "pseudo_prototype": "none"},
-    "none": {"use_pim": True, "use_msf": True, "pseudo_prototype": "none"},
-    # Table 4: how the pseudo-prototype is made, with PIM and MSF on.
-    "global": {"use_pim": True, "use_msf": True, "pseudo_prototype": "global"},
-    "cosine": {"use_pim": True, "use_msf": True, "pseudo_prototype": "cosine"},
-    "ccm": {"use_pim": True, "use_msf": True, "pseudo_prototype": "ccm"},
-}
-"""Config overrides of the paper's ablation variants; ``ccm`` is DPNet itself."""
-
-Optimizer = Literal["sgd", "adamw"]
-
-VAL_SEED: Final = 1
-"""Episode seed of validation during training (``dpnet-eval`` defaults to seed 0)."""
-
-
-@dataclass(frozen=True)
-class DatasetDefaults:
-    """Model preset, input size, optimiser and length of a training run on one dataset."""
-
-    config: str
-    input_size: int | None
-    optimizer: Optimizer
-    lr: float
-    batch_size: int
-    epochs: int | None
-    steps: int | None
-    val_every: int
-
-
-DATASET_DEFAULTS: Final[dict[str, DatasetDefaults]] = {
-    "pascal": DatasetDefaults(
-        "paper", 321, "sgd", 0.0025, batch_size=4, epochs=200, steps=None, val_every=2000
-    ),
-    "coco": DatasetDefaults(
-        "paper", 641, "sgd", 0.005, batch_size=8, epochs=20, steps=None, val_every=5000
-    ),
-    "synthetic": DatasetDefaults(
-        "tiny", None, "adamw", 1e-3, batch_size=4, epochs=None, steps=1500, val_every=250
-    ),
-}
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything ``dpnet-train`` can set; ``None`` means the dataset's default.
-
-    Args:
-        out: run folder for ``last.pt`` and ``best.pt`` (created if missing).
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
-        data_root: dataset folder (not needed by ``synthetic``).
-        fold: test fold 0..3 (training uses the other folds' classes).
-        shots: K supports per training episode.
-        config: preset name, ``tiny`` or ``paper``; ``None``: ``paper`` for PASCAL-5i (321 x 321)
-            and COCO-20i (641 x 641), ``tiny`` for the synthetic benchmark.
-        variant: ablation variant, a key of :data:`ABLATION_VARIANTS` (``ccm`` = DPNet).
-        steps: optimisation steps; overrides ``epochs``.
-        epochs: passes over the training episodes (``len(dataset) / (batch * ranks)`` steps).
-        batch_size: episodes per step and rank.
-        optimizer: ``sgd`` (the paper's) or ``adamw``.
-        lr: learning rate (fixed, as the paper).
-        momentum: SGD momentum (ignored by AdamW).
-        weight_decay: weight decay (AdamW: decoupled).
-        backbone_weights: torchvision ``resnet50-*.pth`` for the trunk.
-        pretrained_backbone: ``False`` keeps the trunk random without the warning's search.
-        resume: continue from ``out/last.pt``.
-        seed: run seed (model init, augmentation, dropout).
-        val_every: validate (and write ``last.pt``) every this many steps; 0 = only at the end.
-        val_episodes: validation episodes (fold classes, seed :data:`VAL_SEED`); 0 = none.
-        log_every: steps averaged into one :class:`LossRecord`.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: torch intra-op threads for this process (``None`` leaves torch's default).
-        time_limit_s: stop (cleanly, with checkpoints) after this many seconds of training.
-    """
-
-    out: Path
-    dataset: str = "synthetic"
-    data_root: Path | None = None
-    fold: int = 0
-    shots: int = 1
-    config: str | None = None
-    variant: str = "ccm"
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: Optimizer | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    backbone_weights: Path | None = None
-    pretrained_backbone: bool = True
-    resume: bool = False
-    seed: int = 0
-    val_every: int | None = None
-    val_episodes: int = 100
-    log_every: int = 10
-    device: str = "auto"
-    threads: int | None = None
-    time_limit_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASET_DEFAULTS:
-            raise InputError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}"
-            )
-        if self.variant not in ABLATION_VARIANTS:
-            raise InputError(
-                f"unknown ablation variant {self.variant!r}; "
-                f"choose one of {', '.join(ABLATION_VARIANTS)}"
-            )
-        for name in ("steps", "epochs", "batch_size", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.optimizer not in (None, *get_args(Optimizer)):
-            raise InputError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.lr is not None and self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
-        if self.val_episodes < 0 or (self.val_every is not None and self.val_every < 0):
-            raise InputError("val-every and val-episodes must not be negative")
-        if self.log_every < 1:
-            raise InputError(f"log-every must be at least 1, got {self.log_every}")
 
 
 @dataclass(frozen=True)
@@ -270,28 +138,6 @@ class TrainResult:
 TrainProgressCallback = Callable[[TrainProgress], None]
 
 
-def variant_config(config: str, variant: str, **overrides: Any) -> DPNetConfig:
-    """The preset ``config`` with the switches of ablation ``variant`` (and ``overrides``)."""
-    if variant not in ABLATION_VARIANTS:
-        raise InputError(
-            f"unknown ablation variant {variant!r}; choose one of {list(ABLATION_VARIANTS)}"
-        )
-    return preset(config, **ABLATION_VARIANTS[variant], **overrides)
-
-
-def train_config(options: TrainOptions) -> DPNetConfig:
-    """The network a run trains: the chosen (or the dataset's default) preset and variant.
-
-    >>> train_config(TrainOptions(out=Path("run"), dataset="coco")).input_size
-    641
-    """
-    defaults = DATASET_DEFAULTS[options.dataset]
-    # The dataset's input size applies only to its default preset, not to a chosen one.
-    use_defaults = options.config is None and defaults.input_size is not None
-    size = {"input_size": defaults.input_size} if use_defaults else {}
-    return variant_config(options.config or defaults.config, options.variant, **size)
-
-
 def train(options: TrainOptions, progress: TrainProgressCallback | None = None) -> TrainResult:
     """Train DPNet episodically; under torchrun, one DDP rank of the job.
 
@@ -366,7 +212,7 @@ class _Trainer:
         o = self.options
         return build_dataset(
             o.dataset, root=o.data_root, fold=o.fold, split=split, shots=o.shots, seed=seed,
-            episodes=episodes,
+            episodes=episodes, **dataset_options(o.dataset, coco_split=o.coco_split),
         )  # fmt: skip
 
     def _total_steps(self, defaults: DatasetDefaults) -> int:

@@ -21,7 +21,7 @@ from dpnet_bench.report import (
     write_csv,
     write_json,
 )
-from dpnet_bench.suite import BackendResult, BenchOptions, BenchReport, TargetCheck
+from dpnet_bench.schema import BackendResult, BenchOptions, BenchReport, TargetCheck
 from dpnet_bench.timing import latency_stats
 
 _STAGE_KEYS = [

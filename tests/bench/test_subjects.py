@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from dpnet_bench.schema import BenchOptions
 from dpnet_bench.subjects import SUBJECTS, TorchRunner, open_subject
-from dpnet_bench.suite import BenchOptions, run_suite
+from dpnet_bench.suite import run_suite
 from dpnet_runtime.contract import CONFIDENCE, LOGITS, MASK, PSEUDO_COUNT
 from dpnet_runtime.errors import BackendUnavailableError, InputError
 

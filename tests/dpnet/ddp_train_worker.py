@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dpnet.train.loop import TrainOptions, train
+from dpnet.train.loop import train
+from dpnet.train.options import TrainOptions
 from dpnet_runtime.fileio import atomic_write_text
 
 

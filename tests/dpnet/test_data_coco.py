@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpnet.data import build_dataset
+from dpnet.data import build_dataset, dataset_options
 from dpnet.data.coco import CocoDataset, rle_to_mask
 from dpnet_runtime.errors import DatasetError, InputError
 
@@ -176,3 +176,37 @@ def test_compressed_and_uncompressed_rle_decode_alike() -> None:
     counts = np.diff(np.concatenate([[0], change])).tolist()
     assert np.array_equal(rle_to_mask({"size": [7, 9], "counts": counts}), mask)
     assert np.array_equal(rle_to_mask({"size": [7, 9], "counts": _rle_string(counts)}), mask)
+
+
+def test_dataset_options_route_the_coco_split_and_refuse_it_elsewhere() -> None:
+    assert dataset_options("coco", coco_split="consecutive") == {"fold_split": "consecutive"}
+    assert dataset_options("synthetic") == {}
+    with pytest.raises(InputError, match="coco dataset only"):
+        dataset_options("pascal", coco_split="consecutive")
+    with pytest.raises(InputError, match="interleaved, consecutive"):
+        dataset_options("coco", coco_split="alphabetical")
+
+
+@pytest.mark.slow
+def test_evaluation_uses_the_chosen_coco_split(tmp_path: Path) -> None:
+    from dpnet.checkpoint import make_meta, save_checkpoint
+    from dpnet.config import preset
+    from dpnet.eval.evaluate import EvalRequest, evaluate_checkpoint
+    from dpnet.model.dpnet import build_dpnet
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    # Classes 1 and 2, two images each: fold 0 holds class 1 only when interleaved, both when
+    # consecutive (classes 1..20).
+    images = {i + 1: [(1 + i % 2, _square(2 + i, 2, 6))] for i in range(4)}
+    _write_split(root, "val2014", images)
+    _write_split(root, "train2014", {})
+    ckpt = tmp_path / "tiny.pt"
+    model = build_dpnet(preset("tiny"), pretrained_backbone=False)
+    save_checkpoint(ckpt, model, make_meta(dataset="coco", fold=0, shots=1, epoch=0))
+    seen = {}
+    for split in ("interleaved", "consecutive"):
+        request = EvalRequest(ckpt=ckpt, dataset="coco", data_root=root, coco_split=split,
+                              fold=0, episodes=8, device="cpu")  # fmt: skip
+        seen[split] = {item.class_id for item in evaluate_checkpoint(request).per_class}
+    assert seen == {"interleaved": {1}, "consecutive": {1, 2}}

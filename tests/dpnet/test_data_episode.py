@@ -80,5 +80,5 @@ def test_build_dataset_rejects_unknown_names_and_options() -> None:
         build_dataset(
             "synthetic", root=None, fold=0, split="val", shots=1, seed=0, episodes=1, colour=1
         )
-    with pytest.raises(DatasetError, match="needs --root"):
+    with pytest.raises(DatasetError, match="needs --data-root"):
         build_dataset("pascal", root=None, fold=0, split="val", shots=1, seed=0, episodes=1)

@@ -110,7 +110,7 @@ def test_wrong_layout_names_the_expected_folders(voc: tuple[Path, Path], tmp_pat
     flat.mkdir()
     with pytest.raises(DatasetError, match=r"lacks JPEGImages/, SegmentationClassAug/; expected"):
         _pascal((flat, voc[1]), "val")
-    with pytest.raises(DatasetError, match="needs --root"):
+    with pytest.raises(DatasetError, match="needs --data-root"):
         _pascal((None, voc[1]), "val")  # type: ignore[arg-type]
 
 

@@ -11,14 +11,8 @@ from dpnet.checkpoint import load_checkpoint, load_model
 from dpnet.data import build_dataset
 from dpnet.eval.evaluate import evaluate
 from dpnet.model.dpnet import build_dpnet
-from dpnet.train.loop import (
-    ABLATION_VARIANTS,
-    TrainOptions,
-    TrainResult,
-    train,
-    variant_config,
-    weights_sha256,
-)
+from dpnet.train.loop import TrainResult, train, weights_sha256
+from dpnet.train.options import ABLATION_VARIANTS, TrainOptions, variant_config
 from dpnet_runtime.errors import InputError, ModelFileError
 
 
@@ -121,7 +115,7 @@ def test_validation_writes_best_and_last_with_metrics(tmp_path: Path) -> None:
     ],
 )
 def test_default_config_is_paper_for_real_data(dataset, config, expected, tmp_path):
-    from dpnet.train.loop import TrainOptions, train_config
+    from dpnet.train.options import train_config
 
     chosen = train_config(TrainOptions(out=tmp_path, dataset=dataset, config=config))
     assert (chosen.name, chosen.input_size) == expected

@@ -17,7 +17,9 @@ TRAIN = [sys.executable, "-m", "dpnet.train"]
 def test_help_lists_the_options() -> None:
     completed = subprocess.run([*TRAIN, "--help"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0
-    for flag in ("--dataset", "--fold", "--shots", "--steps", "--resume", "--ablation-variant"):
+    flags = ("--dataset", "--fold", "--shots", "--steps", "--resume", "--ablation-variant",
+             "--coco-split")  # fmt: skip
+    for flag in flags:
         assert flag in completed.stdout
 
 
@@ -36,3 +38,15 @@ def test_tiny_run_writes_checkpoints_and_refuses_to_overwrite(tmp_path: Path) ->
     again = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 1
     assert "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+def test_a_coco_split_for_another_dataset_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--dataset", "synthetic", "--coco-split", "consecutive"]
+    completed = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        "error: coco-split applies to the coco dataset only, not to 'synthetic'"
+    ]
+    assert not out.exists()

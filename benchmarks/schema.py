@@ -1,0 +1,143 @@
+"""What ``dpnet-bench`` is asked and what it reports: the options, rows, targets and report.
+
+These dataclasses are the JSON and CSV schema of :mod:`dpnet_bench.report`;
+:func:`dpnet_bench.suite.run_suite` fills them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from dpnet_bench.parity import AccuracyResult, ParityResult
+from dpnet_bench.timing import LatencyStats
+
+__all__ = [
+    "REFERENCE",
+    "STATUS_FAILED",
+    "STATUS_PARITY_FAILED",
+    "STATUS_PASSED",
+    "STATUS_UNAVAILABLE",
+    "BackendResult",
+    "BenchOptions",
+    "BenchReport",
+    "TargetCheck",
+]
+
+REFERENCE: Final = "torch"
+STATUS_PASSED: Final = "passed"
+STATUS_UNAVAILABLE: Final = "unavailable"
+STATUS_FAILED: Final = "failed"
+STATUS_PARITY_FAILED: Final = "parity failed"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark; the CLI's flags are kebab-case twins of these fields.
+
+    Args:
+        checkpoint: the PyTorch checkpoint (the reference, and the source of a missing export).
+        artifacts: export directory; ``None`` exports to a temporary one, a directory without
+            ``dpnet.onnx`` is exported into first.
+        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        root: dataset folder (not for ``synthetic``).
+        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
+        fold: test fold 0..3.
+        shots: K support pairs per episode.
+        episodes: number of episodes every subject runs.
+        seed: episode seed.
+        backends: subject names of :data:`~dpnet_bench.subjects.SUBJECTS`.
+        warmup_s: warm-up seconds per subject and path before timing.
+        threads: CPU threads for every subject; ``None``: the cores this process may use.
+        max_miou_delta: allowed |mIoU delta| to torch in points, FP32 subjects.
+        max_miou_delta_fp16: the same for FP16 subjects.
+    """
+
+    checkpoint: Path
+    artifacts: Path | None = None
+    dataset: str = "synthetic"
+    root: Path | None = None
+    coco_split: str = "interleaved"
+    fold: int = 0
+    shots: int = 1
+    episodes: int = 20
+    seed: int = 0
+    backends: tuple[str, ...] = ("torch", "ort")
+    warmup_s: float = 1.0
+    threads: int | None = None
+    max_miou_delta: float = 0.1
+    max_miou_delta_fp16: float = 0.3
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    """One row of the bench table.
+
+    Attributes:
+        backend: subject name (``ort-fp16``); precision, device: from the subject table.
+        status: ``passed``, ``unavailable`` (cannot run here), ``failed`` (error while
+            running) or ``parity failed``; ``reason`` says why for all but ``passed``.
+        artifact_mb: size of the loaded files (checkpoint, graphs or engine).
+        episode / support / query: latency of the whole episode, of the support encoding
+            and of the query head on a cached support (``None`` without a split pair).
+        peak_memory_mb: peak RSS above the level before the subject was opened, while it
+            was opened and warmed up.
+        gpu_peak_memory_mb: ``torch.cuda.max_memory_allocated`` for torch on CUDA.
+        accuracy: mIoU and FB-IoU of the episode path's masks.
+        parity: against torch FP32 (``None`` for torch itself or without it).
+        split_agreement_pct: pixel agreement of the split path's masks with the episode path's.
+    """
+
+    backend: str
+    precision: str
+    device: str
+    status: str
+    reason: str = ""
+    artifact_mb: float | None = None
+    episode: LatencyStats | None = None
+    support: LatencyStats | None = None
+    query: LatencyStats | None = None
+    peak_memory_mb: float | None = None
+    gpu_peak_memory_mb: float | None = None
+    accuracy: AccuracyResult | None = None
+    parity: ParityResult | None = None
+    split_agreement_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """A DESIGN.md section 9 target measured in this run.
+
+    Attributes:
+        name: snake_case key with its unit (``ort_vs_torch_episode_ratio``).
+        measured: the value, ``None`` when a needed subject did not run.
+        limit: the target value; ``at_most`` tells the direction.
+        met: whether the target holds (``None`` when not measured).
+        detail: how it was measured.
+    """
+
+    name: str
+    measured: float | None
+    limit: float
+    at_most: bool
+    met: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one ``dpnet-bench`` run measured."""
+
+    options: BenchOptions
+    model: str
+    input_size: int
+    threads: int
+    environment: dict[str, str]
+    results: tuple[BackendResult, ...]
+    targets: tuple[TargetCheck, ...] = field(default=())
+
+    @property
+    def parity_failed(self) -> bool:
+        """True when a subject's mIoU delta exceeds its threshold (the CLI exits 3)."""
+        return any(result.status == STATUS_PARITY_FAILED for result in self.results)
