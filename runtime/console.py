@@ -45,8 +45,9 @@ EXIT_INTERNAL: Final = 70
 
 T = TypeVar("T")
 
-stdout_console = Console()
-stderr_console = Console(stderr=True)
+# Soft wrap: a message holds paths a user copies; rich would break them at 80 columns in a pipe.
+stdout_console = Console(soft_wrap=True)
+stderr_console = Console(stderr=True, soft_wrap=True)
 
 
 def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
@@ -66,9 +67,7 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
     except DpnetError as exc:
         if debug:
             raise
-        stderr_console.print(
-            f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True
-        )
+        stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         stderr_console.print("interrupted")
@@ -80,7 +79,6 @@ def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
             f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(exc)} "
             "(a bug in dpnet; rerun with --debug for the traceback and report it)",
             highlight=False,
-            soft_wrap=True,
         )
         raise SystemExit(EXIT_INTERNAL) from None
     raise SystemExit(0)

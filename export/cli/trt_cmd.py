@@ -61,9 +61,7 @@ def command(
                 f"TensorRT is not installed: command for TensorRT {_DEFAULT_TARGET_TENSORRT}"
             )
         target = version or _DEFAULT_TARGET_TENSORRT
-        stdout_console.print(
-            onnx_to_trtexec(options, tensorrt_version=target), markup=False, soft_wrap=True
-        )
+        stdout_console.print(onnx_to_trtexec(options, tensorrt_version=target), markup=False)
         return
     result = onnx_to_engine(options, progress=stderr_console.print)
     verb = "reused" if result.reused else "built"

@@ -39,15 +39,16 @@ def _segment(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_cli_writes_mask_and_overlay(
     export_dir: Path, files: dict[str, Path], tmp_path: Path
 ) -> None:
-    out, overlay = tmp_path / "out" / "mask.png", tmp_path / "out" / "overlay.png"
-    out.parent.mkdir()
+    folder = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns-" * 2)
+    out, overlay = folder / "mask.png", folder / "overlay.png"
+    folder.mkdir()
     completed = _segment(
         "--model", export_dir, "--support", f"{files['support']}:{files['mask']}",
         "--support", f"{files['support']}:{files['mask']}",
         "--query", files["query"], "--out", out, "--overlay", overlay, "--threads", "1",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    assert f"wrote {out}" in completed.stdout
+    assert completed.stdout.startswith(f"wrote {out} (")  # one unbroken line, path and all
     mask = np.asarray(Image.open(out))
     truth = np.asarray(Image.open(files["truth"]))
     assert mask.shape == (50, 60) and set(np.unique(mask)) <= {0, 255}
