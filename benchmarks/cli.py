@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
 from dpnet_bench.ccm_micro import (
     CcmOptions,
     ccm_report_to_dict,
@@ -57,11 +58,9 @@ def bench(
     artifacts: Annotated[
         Path | None, typer.Option(help="export directory; exported from --ckpt if it has none")
     ] = None,
-    dataset: Annotated[str, typer.Option(help="synthetic, pascal or coco")] = _DEFAULTS.dataset,
-    data_root: Annotated[Path | None, typer.Option(help="dataset folder (pascal, coco)")] = None,
-    coco_split: Annotated[
-        str, typer.Option(help="COCO-20i fold split: interleaved or consecutive")
-    ] = _DEFAULTS.coco_split,
+    dataset: DatasetOption = _DEFAULTS.dataset,
+    data_root: DataRootOption = _DEFAULTS.root,
+    coco_split: CocoSplitOption = _DEFAULTS.coco_split,
     fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,

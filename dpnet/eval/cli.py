@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
 from dpnet.eval.evaluate import EvalOptions, EvalRequest, EvalResult, evaluate_checkpoint
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.errors import InputError
@@ -29,15 +30,9 @@ _OPTIONS = EvalOptions()
 @app.command()
 def command(
     ckpt: Annotated[Path, typer.Option(help="Checkpoint written by dpnet-train.")],
-    dataset: Annotated[
-        str, typer.Option(help="synthetic (embedded), pascal or coco.")
-    ] = _REQUEST.dataset,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Dataset folder (pascal, coco).")
-    ] = _REQUEST.data_root,
-    coco_split: Annotated[
-        str, typer.Option(help="COCO-20i fold split: interleaved (PFENet/HSNet) or consecutive.")
-    ] = _REQUEST.coco_split,
+    dataset: DatasetOption = _REQUEST.dataset,
+    data_root: DataRootOption = _REQUEST.data_root,
+    coco_split: CocoSplitOption = _REQUEST.coco_split,
     fold: Annotated[
         int | None, typer.Option(help="Test fold 0..3 (default: the checkpoint's).")
     ] = _REQUEST.fold,

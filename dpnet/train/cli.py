@@ -13,6 +13,7 @@ from typing import Annotated, cast
 import typer
 from rich.table import Table
 
+from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
 from dpnet.train.loop import TrainProgress, TrainResult, train
 from dpnet.train.options import ABLATION_VARIANTS, Optimizer, TrainOptions
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
@@ -32,15 +33,9 @@ _DEFAULTS = TrainOptions(out=Path("run"))
 @app.command()
 def command(
     out: Annotated[Path, typer.Option(help="Run folder for last.pt and best.pt.")],
-    dataset: Annotated[
-        str, typer.Option(help="synthetic (embedded), pascal or coco.")
-    ] = _DEFAULTS.dataset,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Dataset folder (pascal, coco).")
-    ] = _DEFAULTS.data_root,
-    coco_split: Annotated[
-        str, typer.Option(help="COCO-20i fold split: interleaved (PFENet/HSNet) or consecutive.")
-    ] = _DEFAULTS.coco_split,
+    dataset: DatasetOption = _DEFAULTS.dataset,
+    data_root: DataRootOption = _DEFAULTS.data_root,
+    coco_split: CocoSplitOption = _DEFAULTS.coco_split,
     fold: Annotated[
         int, typer.Option(help="Test fold 0..3; training uses the others.")
     ] = _DEFAULTS.fold,
