@@ -38,6 +38,13 @@ def command(
         Path | None, typer.Option(help="Also write the query with the object tinted red.")
     ] = None,
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = "ort",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="fp32, fp16 or int8: which graphs of the export to run "
+            "(default: ort fp32, trt dpnet.engine)."
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads per operator (ort backend).", min=1)
     ] = None,
@@ -51,6 +58,7 @@ def command(
         out,
         overlay=overlay,
         backend=backend,
+        precision=precision,
         **options,
     )
     stdout_console.print(

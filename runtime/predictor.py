@@ -159,8 +159,9 @@ class Predictor:
         Args:
             path: a ``dpnet-export onnx --out`` directory or a graph/engine file.
             backend: ``ort`` (ONNX Runtime, default) or ``trt`` (TensorRT engine).
-            precision: the format's precision (``fp32``, ``fp16``: the ``*_fp16.onnx`` copies);
-                ``None`` is the backend's first row of ``contract.FORMATS``.
+            precision: the format's precision (``fp32``; ``fp16``: the ``*_fp16.onnx`` copies;
+                ``int8``: the calibrated ``*_int8.onnx`` copies, or ``dpnet_int8.engine`` on
+                ``trt``); ``None`` is the backend's first row of ``contract.FORMATS``.
             multi_scale: inference scales (see the class docstring).
             **runner_options: the runner's keywords, e.g. ``intra_op_threads=2``.
 
@@ -390,6 +391,7 @@ def segment_files(
     *,
     overlay: Path | None = None,
     backend: str = "ort",
+    precision: str | None = None,
     **runner_options: Any,
 ) -> SegmentResult:
     """Segment one query image file from support image/mask files; write the mask PNG.
@@ -401,6 +403,7 @@ def segment_files(
         out: the mask PNG to write (0 / 255), atomically.
         overlay: where to write the query with the object tinted red, or ``None``.
         backend: runtime backend name.
+        precision: the format's precision (see :meth:`Predictor.open`).
         **runner_options: runner keywords (``intra_op_threads``...).
 
     Raises:
@@ -409,7 +412,7 @@ def segment_files(
     images = [load_image(image) for image, _ in supports]
     masks = [load_mask(mask) for _, mask in supports]
     query_image = load_image(query)
-    with Predictor.open(model, backend, **runner_options) as predictor:
+    with Predictor.open(model, backend, precision=precision, **runner_options) as predictor:
         result = predictor.run_episode(images, masks, query_image)
     save_png(out, result.mask)
     if overlay is not None:
