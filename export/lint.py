@@ -14,6 +14,9 @@ the table cannot express:
   UINT8 only at the boundary);
 - an input that must be known at build time (Reduce* and Squeeze/Unsqueeze axes, CumSum axis,
   OneHot depth) and is computed instead of taken from an initializer or Constant is an error;
+- a QuantizeLinear/DequantizeLinear that TensorRT's explicit quantization refuses (asymmetric,
+  UINT8 or INT32, computed scales, per-channel off a weight's output-channel axis) is an error
+  (:mod:`dpnet_export.lint_qdq`);
 - any other table restriction is a warning (one per op type), a tensor type outside the op's
   type list is a warning, and the importer-code notes are info.
 """
@@ -32,6 +35,7 @@ from typing import Any, Literal
 import onnx
 from onnx import TensorProto
 
+from dpnet_export.lint_qdq import QDQ_OPS, qdq_problems
 from dpnet_runtime.errors import ModelFileError
 
 __all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
@@ -58,7 +62,7 @@ _BUILD_TIME_INPUTS: Mapping[str, tuple[int, str]] = {
     "OneHot": (1, "depth"),
 }
 # Restrictions the lint verifies itself: no generic warning for them.
-_VERIFIED_RESTRICTION_OPS = frozenset(_BUILD_TIME_INPUTS)
+_VERIFIED_RESTRICTION_OPS = frozenset(_BUILD_TIME_INPUTS) | QDQ_OPS
 _IO_FORBIDDEN_TYPES = {TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL"}
 _TABLE_TYPE_NAMES: Mapping[int, str] = {
     TensorProto.FLOAT: "FP32",
@@ -171,6 +175,7 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
         *_io_findings(graph),
         *_node_findings(nodes, table, _constant_names(graph)),
         *_uint8_findings(graph, nodes, types),
+        *(LintFinding("error", *problem) for problem in qdq_problems(graph, types)),
         *_restriction_findings(nodes, table),
         *_type_findings(nodes, table, types),
         *_code_note_findings(nodes, table),
