@@ -5,6 +5,9 @@ Precision, the version branch (:func:`plan_precision`): TensorRT 11 removed weak
 built as a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, accepted
 and always on in 11). TensorRT 10 builds the FP32 graph with ``BuilderFlag.FP16``, letting the
 builder pick FP16 kernels; given an ``*_fp16.onnx`` file, 10.x also builds it strongly typed.
+INT8 is explicit quantization on 10 and 11 alike: the TensorRT-flavoured QDQ graph
+(``*_int8_trt.onnx``, the ``trt-int8`` row's source) built strongly typed, no builder flag:
+the Q/DQ scales say where INT8 runs and every other layer keeps its FP32 type.
 
 The optimisation profile covers B (batch) and K (shots) on every input that has them
 (:func:`build_profiles`); the build reuses a timing cache file and an engine cache
@@ -194,8 +197,9 @@ class PrecisionPlan:
     """How the installed TensorRT gets the requested precision.
 
     Attributes:
-        onnx_path: the graph to parse (the ``*_fp16.onnx`` copy for strongly typed FP16).
-        precision: ``"fp16"`` or ``"fp32"``.
+        onnx_path: the graph to parse (the ``*_fp16.onnx`` copy for strongly typed FP16, the
+            ``*_int8_trt.onnx`` QDQ graph for INT8).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         strongly_typed: create the network with ``STRONGLY_TYPED``.
         fp16_flag: set ``BuilderFlag.FP16`` (TensorRT 10 only).
     """
@@ -206,23 +210,33 @@ class PrecisionPlan:
     fp16_flag: bool
 
 
-def plan_precision(onnx_path: Path, *, fp16: bool, tensorrt_version: str) -> PrecisionPlan:
+def plan_precision(onnx_path: Path, *, precision: str, tensorrt_version: str) -> PrecisionPlan:
     """The version branch: strongly typed FP16 ONNX on TensorRT >= 11, ``BuilderFlag.FP16`` on 10.x.
 
     Args:
-        onnx_path: the graph given on the command line (``dpnet.onnx`` or ``dpnet_fp16.onnx``).
-        fp16: an FP16 engine is wanted.
+        onnx_path: the graph given on the command line (``dpnet.onnx``, ``dpnet_fp16.onnx`` or
+            ``dpnet_int8_trt.onnx``).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         tensorrt_version: the installed (or targeted) TensorRT version.
 
     Raises:
-        InputError: TensorRT older than 10, FP32 asked of an FP16 graph, or the FP16 copy that
-            TensorRT 11 needs is missing.
+        InputError: TensorRT older than 10, an unknown precision, FP32 asked of an FP16 graph,
+            a low-precision graph given for another precision, or the FP16 copy that
+            TensorRT 11 needs (the INT8 graph) is missing.
     """
     major = tensorrt_major(tensorrt_version)
     if major < _MIN_TENSORRT_MAJOR:
         raise InputError(
             f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
         )
+    if precision not in contract.PRECISIONS:
+        raise InputError(
+            f"precision must be one of {', '.join(contract.PRECISIONS)}, got {precision!r}"
+        )
+    int8_tag = contract.find_format("trt", "int8").source_tag
+    if precision == "int8" or onnx_path.stem.endswith(int8_tag):
+        return _int8_plan(onnx_path, precision, int8_tag)
+    fp16 = precision == "fp16"
     fp16_tag = contract.FORMATS["ort-fp16"].tag
     is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
     if is_fp16_graph and not fp16:
@@ -244,14 +258,30 @@ def plan_precision(onnx_path: Path, *, fp16: bool, tensorrt_version: str) -> Pre
     return PrecisionPlan(fp16_path, "fp16", True, False)
 
 
+def _int8_plan(onnx_path: Path, precision: str, int8_tag: str) -> PrecisionPlan:
+    # Explicit quantization: the QDQ graph, strongly typed, on TensorRT 10 and 11 alike.
+    if precision != "int8":
+        raise InputError(f"{onnx_path} is the INT8 QDQ graph: add --int8, or pass dpnet.onnx")
+    source = onnx_path
+    if not onnx_path.stem.endswith(int8_tag):
+        source = onnx_path.with_name(f"{onnx_path.stem}{int8_tag}.onnx")
+    if not source.is_file():
+        raise InputError(
+            f"INT8 engines are built from the TensorRT-flavoured QDQ graph {source}, which is "
+            "missing: run `dpnet-export onnx --int8` first"
+        )
+    return PrecisionPlan(source, "int8", True, False)
+
+
 @dataclass(frozen=True)
 class EngineBuildOptions:
     """Everything ``dpnet-export trt`` needs; the CLI flags are its kebab-case twins.
 
     Attributes:
-        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` copy.
-        out_path: engine file; ``None`` means ``dpnet.engine`` beside the ONNX file.
-        fp16: build an FP16 engine (see :func:`plan_precision`).
+        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` / ``_int8_trt`` copy.
+        out_path: engine file; ``None`` means the format's engine beside the ONNX file
+            (``dpnet.engine``, ``dpnet_int8.engine`` for INT8).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see :func:`plan_precision`).
         batch: B range of the profile.
         shots: K range of the profile.
         workspace_bytes: builder workspace pool limit.
@@ -262,7 +292,7 @@ class EngineBuildOptions:
 
     onnx_path: Path
     out_path: Path | None = None
-    fp16: bool = False
+    precision: str = "fp32"
     batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 4))
     shots: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 5))
     workspace_bytes: int = 4 << 30
@@ -273,8 +303,10 @@ class EngineBuildOptions:
     @property
     def engine_path(self) -> Path:
         """Where the engine goes."""
-        engine_file = contract.FORMATS["trt"].file_name(contract.EPISODE)
-        return self.out_path or self.onnx_path.with_name(engine_file)
+        rows = [row for row in contract.FORMATS.values() if row.backend == "trt"]
+        # FP32 has no row of its own: its engine is the first row's dpnet.engine.
+        fmt = next((row for row in rows if row.precision == self.precision), rows[0])
+        return self.out_path or self.onnx_path.with_name(fmt.file_name(contract.EPISODE))
 
 
 @dataclass(frozen=True)
@@ -304,7 +336,9 @@ def installed_tensorrt_version() -> str | None:
 
 def onnx_to_trtexec(options: EngineBuildOptions, *, tensorrt_version: str) -> str:
     """The trtexec command equivalent to ``onnx_to_engine(options)`` on that TensorRT version."""
-    plan = plan_precision(options.onnx_path, fp16=options.fp16, tensorrt_version=tensorrt_version)
+    plan = plan_precision(
+        options.onnx_path, precision=options.precision, tensorrt_version=tensorrt_version
+    )
     shapes = onnx_input_shapes(plan.onnx_path)
     return trtexec_command(
         onnx_path=plan.onnx_path,
@@ -337,7 +371,9 @@ def onnx_to_engine(
     """
     report = progress or _LOG.info
     trt = import_tensorrt()
-    plan = plan_precision(options.onnx_path, fp16=options.fp16, tensorrt_version=trt.__version__)
+    plan = plan_precision(
+        options.onnx_path, precision=options.precision, tensorrt_version=trt.__version__
+    )
     profiles = build_profiles(
         onnx_input_shapes(plan.onnx_path), batch=options.batch, shots=options.shots
     )

@@ -1,4 +1,4 @@
-"""``dpnet-export trt``: build an FP16/FP32 TensorRT engine (or print the trtexec command)."""
+"""``dpnet-export trt``: build an FP32/FP16/INT8 TensorRT engine (or print the trtexec command)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dpnet_runtime.console import stderr_console, stdout_console
+from dpnet_runtime.errors import InputError
 
 __all__ = ["command"]
 
@@ -18,6 +19,14 @@ _DEFAULT_TARGET_TENSORRT = "11"
 def command(
     onnx: Annotated[Path, typer.Option("--onnx", help="The exported graph, DIR/dpnet.onnx.")],
     fp16: Annotated[bool, typer.Option("--fp16", help="Build an FP16 engine.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Build an INT8 engine (explicit quantization) from DIR/dpnet_int8_trt.onnx "
+            "(dpnet-export onnx --int8); writes DIR/dpnet_int8.engine.",
+        ),
+    ] = False,
     shots_range: Annotated[str, typer.Option(help="K profile min:opt:max.")] = "1:1:5",
     batch_range: Annotated[str, typer.Option(help="B profile min:opt:max.")] = "1:1:4",
     workspace: Annotated[str, typer.Option(help="Builder workspace limit (4G, 512M).")] = "4G",
@@ -25,7 +34,8 @@ def command(
         Path | None, typer.Option(help="Timing-cache file, read and updated.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Engine file [default: DIR/dpnet.engine].")
+        Path | None,
+        typer.Option(help="Engine file [default: DIR/dpnet.engine, DIR/dpnet_int8.engine]."),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Ignore a cached engine.")] = False,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
@@ -43,10 +53,12 @@ def command(
         parse_workspace,
     )
 
+    if fp16 and int8:
+        raise InputError("--fp16 and --int8 exclude each other: build one engine per precision")
     options = EngineBuildOptions(
         onnx_path=onnx,
         out_path=out,
-        fp16=fp16,
+        precision="int8" if int8 else "fp16" if fp16 else "fp32",
         batch=parse_shape_range(batch_range),
         shots=parse_shape_range(shots_range),
         workspace_bytes=parse_workspace(workspace),

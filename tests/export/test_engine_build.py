@@ -117,26 +117,46 @@ def test_version_branch(
 ) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
     _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    plan = plan_precision(fp32, fp16=fp16, tensorrt_version=version)
+    plan = plan_precision(fp32, precision="fp16" if fp16 else "fp32", tensorrt_version=version)
     assert (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.fp16_flag) == expected
 
 
 def test_version_branch_fp16_graph_is_strongly_typed_on_10(tmp_path: Path) -> None:
     fp16 = _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    plan = plan_precision(fp16, fp16=True, tensorrt_version="10.15.1")
+    plan = plan_precision(fp16, precision="fp16", tensorrt_version="10.15.1")
     assert (plan.onnx_path, plan.strongly_typed, plan.fp16_flag) == (fp16, True, False)
     with pytest.raises(InputError, match="--fp16"):
-        plan_precision(fp16, fp16=False, tensorrt_version="10.15.1")
+        plan_precision(fp16, precision="fp32", tensorrt_version="10.15.1")
 
 
 def test_version_branch_errors(tmp_path: Path) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
     with pytest.raises(InputError, match="dpnet-export onnx --fp16"):
-        plan_precision(fp32, fp16=True, tensorrt_version="11.0.0")
+        plan_precision(fp32, precision="fp16", tensorrt_version="11.0.0")
     with pytest.raises(InputError, match="TensorRT 10 or newer"):
-        plan_precision(fp32, fp16=True, tensorrt_version="8.6.1")
+        plan_precision(fp32, precision="fp16", tensorrt_version="8.6.1")
     with pytest.raises(InputError, match="not a TensorRT version"):
-        plan_precision(fp32, fp16=True, tensorrt_version="latest")
+        plan_precision(fp32, precision="fp16", tensorrt_version="latest")
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_int8_plan_is_the_qdq_graph_strongly_typed(tmp_path: Path, version: str) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    with pytest.raises(InputError, match="dpnet-export onnx --int8"):
+        plan_precision(fp32, precision="int8", tensorrt_version=version)
+    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    for given in (fp32, qdq):
+        plan = plan_precision(given, precision="int8", tensorrt_version=version)
+        assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.fp16_flag) == (
+            qdq,
+            "int8",
+            True,
+            False,
+        )
+    with pytest.raises(InputError, match="add --int8"):
+        plan_precision(qdq, precision="fp16", tensorrt_version=version)
+    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8"):
+        plan_precision(fp32, precision="int4", tensorrt_version=version)
 
 
 def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
@@ -150,7 +170,7 @@ def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_trtexec_for_options(tmp_path: Path) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    options = EngineBuildOptions(fp32, fp16=True, workspace_bytes=parse_workspace("2G"))
+    options = EngineBuildOptions(fp32, precision="fp16", workspace_bytes=parse_workspace("2G"))
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
     assert f"--onnx={fp32}" in command and "--fp16" in command
     assert f"--saveEngine={tmp_path / 'dpnet.engine'}" in command
@@ -161,7 +181,7 @@ def test_trtexec_for_options(tmp_path: Path) -> None:
 
 @no_tensorrt
 def test_build_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
-    options = EngineBuildOptions(_episode_onnx(tmp_path / "dpnet.onnx"), fp16=True)
+    options = EngineBuildOptions(_episode_onnx(tmp_path / "dpnet.onnx"), precision="fp16")
     with pytest.raises(BackendUnavailableError, match=r"pip install 'dpnet\[trt\]'"):
         onnx_to_engine(options)
 
@@ -185,3 +205,28 @@ def test_trt_cli_without_tensorrt(
     assert "support_images:1x2x3x8x8" in printed.stdout
     bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
     assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr
+
+
+def test_trtexec_for_int8_is_the_strongly_typed_qdq_build(tmp_path: Path) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    options = EngineBuildOptions(fp32, precision="int8")
+    command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
+    assert f"--onnx={qdq}" in command and "--stronglyTyped" in command
+    assert f"--saveEngine={tmp_path / 'dpnet_int8.engine'}" in command
+    assert "--int8" not in command and "--fp16" not in command
+
+
+@pytest.mark.slow
+def test_trt_cli_int8_flags(
+    tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    model = _episode_onnx(tmp_path / "dpnet.onnx")
+    both = export_cli("trt", "--onnx", str(model), "--fp16", "--int8", "--print-trtexec")
+    assert both.returncode == 1 and "--fp16 and --int8 exclude each other" in both.stderr
+    missing = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
+    assert missing.returncode == 1 and "run `dpnet-export onnx --int8` first" in missing.stderr
+    _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    printed = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
+    assert printed.returncode == 0, printed.stderr
+    assert "dpnet_int8_trt.onnx" in printed.stdout and "dpnet_int8.engine" in printed.stdout

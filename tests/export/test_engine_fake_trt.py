@@ -147,7 +147,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, module: Any) -> Any:
     return module.calls
 
 
-def _export_dir(folder: Path) -> Path:
+def _export_dir(folder: Path, names: tuple[str, ...] = ("dpnet.onnx", "dpnet_fp16.onnx")) -> Path:
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info(contract.SUPPORT_IMAGES, f32, ["B", "K", 3, 8, 8]),
@@ -157,7 +157,7 @@ def _export_dir(folder: Path) -> Path:
     nodes = [helper.make_node("Relu", [contract.QUERY_IMAGE], [contract.LOGITS])]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
     helper.set_model_props(model, {contract.META_INPUT_SIZE: "8", contract.META_MAX_SHOTS: "5"})
-    for name in ("dpnet.onnx", "dpnet_fp16.onnx"):
+    for name in names:
         onnx.save(model, folder / name)
     return folder / "dpnet.onnx"
 
@@ -168,7 +168,7 @@ def test_fake_trt_10_builds_fp32_graph_with_fp16_flag(
 ) -> None:
     calls = _use(monkeypatch, _fake_tensorrt("10.15.1.29"))
     cache_file = tmp_path / "timing.cache"
-    options = EngineBuildOptions(_export_dir(tmp_path), fp16=True, timing_cache=cache_file)
+    options = EngineBuildOptions(_export_dir(tmp_path), precision="fp16", timing_cache=cache_file)
     result = onnx_to_engine(options)
     assert (calls["parsed"], calls["network_flags"], calls["flags"]) == ("dpnet.onnx", 0, ["fp16"])
     assert calls["workspace"] == ("workspace", 4 << 30)
@@ -186,7 +186,7 @@ def test_fake_trt_10_builds_fp32_graph_with_fp16_flag(
     assert onnx_to_engine(options).reused  # engine cache: same key, nothing rebuilt
     rebuilt = onnx_to_engine(dataclasses.replace(options, rebuild=True))
     assert not rebuilt.reused and calls["timing_cache_in"] == b"+tactics"
-    assert onnx_to_engine(EngineBuildOptions(options.onnx_path, fp16=False)).reused is False
+    assert onnx_to_engine(EngineBuildOptions(options.onnx_path, precision="fp32")).reused is False
 
 
 @pytest.mark.usefixtures("fake_gpu")
@@ -194,7 +194,7 @@ def test_fake_trt_11_builds_fp16_onnx_strongly_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _use(monkeypatch, _fake_tensorrt("11.0.0.1"))
-    result = onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path), fp16=True))
+    result = onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path), precision="fp16"))
     assert (calls["parsed"], calls["network_flags"], calls["flags"]) == (
         "dpnet_fp16.onnx",
         1 << 5,
@@ -224,4 +224,30 @@ def test_fake_trt_failed_build_carries_the_log(
     with pytest.raises(ExportError, match="out of memory") as info:
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
     assert "[ERROR] out of memory while building" in info.value.log
+    assert not (tmp_path / "dpnet.engine").exists()
+
+
+@pytest.mark.usefixtures("fake_gpu")
+@pytest.mark.parametrize("version", ["10.15.1.29", "11.0.0.1"])
+def test_fake_trt_int8_builds_the_qdq_graph_strongly_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    calls = _use(monkeypatch, _fake_tensorrt(version))
+    onnx_path = _export_dir(tmp_path, ("dpnet.onnx", "dpnet_int8_trt.onnx"))
+    result = onnx_to_engine(EngineBuildOptions(onnx_path, precision="int8"))
+    # Explicit quantization: the Q/DQ scales decide; no INT8 (or FP16) builder flag.
+    assert (calls["parsed"], calls["network_flags"], calls["flags"]) == (
+        "dpnet_int8_trt.onnx",
+        1 << 5,
+        [],
+    )
+    assert calls["profile"][contract.SUPPORT_IMAGES] == (
+        (1, 1, 3, 8, 8),
+        (1, 1, 3, 8, 8),
+        (4, 5, 3, 8, 8),
+    )
+    assert calls["profile"][contract.QUERY_IMAGE] == ((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))
+    assert result.engine_path == tmp_path / "dpnet_int8.engine"
+    assert (result.sidecar.precision, result.sidecar.onnx_file) == ("int8", "dpnet_int8_trt.onnx")
+    assert result.sidecar.strongly_typed
     assert not (tmp_path / "dpnet.engine").exists()
