@@ -3,7 +3,8 @@
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
 0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
-dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`).
+dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`), ``python -m
+dpnet_bench.localize`` the low-precision divergence finder (:func:`localize_main`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from dpnet_bench.ccm_micro import (
     render_ccm_table,
     run_ccm_micro,
 )
+from dpnet_bench.localize import (
+    LocalizeOptions,
+    localize_report_to_dict,
+    render_localize,
+)
+from dpnet_bench.localize import localize as run_localize
 from dpnet_bench.report import (
     plot_latency,
     render_markdown,
@@ -41,15 +48,18 @@ from dpnet_runtime.console import (
     run_app,
     stdout_console,
 )
+from dpnet_runtime.contract import FORMATS
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["app", "ccm_app", "ccm_main", "main"]
+__all__ = ["app", "ccm_app", "ccm_main", "localize_app", "localize_main", "main"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
 _CCM_DEFAULTS = CcmOptions()
+_LOCALIZE = LocalizeOptions(artifacts=Path("out"))
 
 app = make_app()
 ccm_app = make_app()
+localize_app = make_app()
 
 
 @app.command()
@@ -65,9 +75,9 @@ def bench(
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
     seed: Annotated[int, typer.Option(help="episode seed")] = _DEFAULTS.seed,
-    backends: Annotated[
-        str, typer.Option(help="comma-separated: torch,torch-fp16,ort,ort-fp16,trt")
-    ] = ",".join(_DEFAULTS.backends),
+    backends: Annotated[str, typer.Option(help=f"comma-separated: {','.join(FORMATS)}")] = ",".join(
+        _DEFAULTS.backends
+    ),
     warmup: Annotated[float, typer.Option(help="warm-up seconds per path")] = _DEFAULTS.warmup_s,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
     max_miou_delta: Annotated[
@@ -76,6 +86,9 @@ def bench(
     max_miou_delta_fp16: Annotated[
         float, typer.Option(help="allowed |mIoU delta| in points, FP16")
     ] = _DEFAULTS.max_miou_delta_fp16,
+    max_miou_delta_int8: Annotated[
+        float, typer.Option(help="allowed |mIoU delta| in points, INT8")
+    ] = _DEFAULTS.max_miou_delta_int8,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="write one row each")] = None,
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
@@ -97,6 +110,7 @@ def bench(
         threads=threads,
         max_miou_delta=max_miou_delta,
         max_miou_delta_fp16=max_miou_delta_fp16,
+        max_miou_delta_int8=max_miou_delta_int8,
     )
     with make_progress() as progress:
         tasks: dict[str, int] = {}
@@ -152,6 +166,46 @@ def ccm(
         atomic_write_text(markdown, render_ccm_markdown(report, command))
 
 
+@localize_app.command()
+def localize(
+    artifacts: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
+    precision: Annotated[str, typer.Option(help="int8 or fp16")] = _LOCALIZE.precision,
+    graph: Annotated[str, typer.Option(help="episode, support or query")] = _LOCALIZE.graph,
+    dataset: DatasetOption = _LOCALIZE.dataset,
+    data_root: DataRootOption = _LOCALIZE.root,
+    coco_split: CocoSplitOption = _LOCALIZE.coco_split,
+    fold: Annotated[int, typer.Option(help="fold 0..3 (val split)")] = _LOCALIZE.fold,
+    episodes: Annotated[int, typer.Option(help="episodes to compare on")] = _LOCALIZE.episodes,
+    seed: Annotated[int, typer.Option(help="episode seed")] = _LOCALIZE.seed,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="divergence to report (default: int8 0.1, fp16 0.01)"),
+    ] = None,
+    first: Annotated[int, typer.Option(help="how many of the first diverging nodes")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write every tensor")] = None,
+) -> None:
+    """Where a low-precision graph leaves its FP32 graph, node by node (all outputs marked)."""
+    options = LocalizeOptions(
+        artifacts=artifacts,
+        precision=precision,
+        graph=graph,
+        dataset=dataset,
+        root=data_root,
+        coco_split=coco_split,
+        fold=fold,
+        episodes=episodes,
+        seed=seed,
+        tolerance=tolerance,
+    )
+    with make_progress() as progress:
+        task = progress.add_task("episodes", total=episodes, status="")
+        report = run_localize(options, lambda done, _: progress.update(task, completed=done))
+    for table in render_localize(report, first):
+        stdout_console.print(table)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(localize_report_to_dict(report), indent=2) + "\n")
+
+
 def _command(program: str) -> str:
     return f"{program} {shlex.join(sys.argv[1:])}"
 
@@ -164,3 +218,8 @@ def main() -> None:
 def ccm_main() -> None:
     """Entry point of ``python -m dpnet_bench.ccm_micro``."""
     run_app(ccm_app)
+
+
+def localize_main() -> None:
+    """Entry point of ``python -m dpnet_bench.localize``."""
+    run_app(localize_app)
