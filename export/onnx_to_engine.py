@@ -29,7 +29,6 @@ from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
 from dpnet_runtime.backends.trt import (
-    K_AXIS_INPUTS,
     EngineSidecar,
     TensorProfile,
     capture_logger,
@@ -172,11 +171,12 @@ def build_profiles(
     for name, dims in input_shapes.items():
         points: list[list[int]] = [[], [], []]
         for axis, dim in enumerate(dims):
+            symbol = contract.symbolic_axis(name, axis)
             if isinstance(dim, int) and dim > 0:
                 values: tuple[int, int, int] = (dim, dim, dim)
-            elif axis == 0:
+            elif symbol == contract.BATCH_AXIS:
                 values = (batch.min, batch.opt, batch.max)
-            elif axis == 1 and name in K_AXIS_INPUTS:
+            elif symbol == contract.SHOTS_AXIS:
                 values = (shots.min, shots.opt, shots.max)
             else:
                 raise ModelFileError(
@@ -223,7 +223,8 @@ def plan_precision(onnx_path: Path, *, fp16: bool, tensorrt_version: str) -> Pre
         raise InputError(
             f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
         )
-    is_fp16_graph = onnx_path.name.endswith(f"{contract.FP16_SUFFIX}.onnx")
+    fp16_tag = contract.FORMATS["ort-fp16"].tag
+    is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
     if is_fp16_graph and not fp16:
         raise InputError(
             f"{onnx_path} is the mixed-precision graph: add --fp16, or pass the FP32 graph"
@@ -234,7 +235,7 @@ def plan_precision(onnx_path: Path, *, fp16: bool, tensorrt_version: str) -> Pre
         return PrecisionPlan(onnx_path, "fp16", True, False)
     if major == _MIN_TENSORRT_MAJOR:
         return PrecisionPlan(onnx_path, "fp16", False, True)
-    fp16_path = onnx_path.with_name(contract.fp16_name(onnx_path.name))
+    fp16_path = onnx_path.with_name(f"{onnx_path.stem}{fp16_tag}.onnx")
     if not fp16_path.is_file():
         raise InputError(
             f"TensorRT {tensorrt_version} builds FP16 only from the mixed-precision graph "
@@ -272,7 +273,8 @@ class EngineBuildOptions:
     @property
     def engine_path(self) -> Path:
         """Where the engine goes."""
-        return self.out_path or self.onnx_path.with_name(contract.ENGINE_FILE)
+        engine_file = contract.FORMATS["trt"].file_name(contract.EPISODE)
+        return self.out_path or self.onnx_path.with_name(engine_file)
 
 
 @dataclass(frozen=True)

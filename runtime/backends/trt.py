@@ -22,7 +22,8 @@ import numpy as np
 
 from dpnet_runtime import contract
 from dpnet_runtime.backends import cuda
-from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, TensorSpec, check_feed
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, check_feed
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     DpnetError,
@@ -33,7 +34,6 @@ from dpnet_runtime.errors import (
 from dpnet_runtime.fileio import sha256_bytes
 
 __all__ = [
-    "K_AXIS_INPUTS",
     "SIDECAR_FORMAT",
     "SIDECAR_VERSION",
     "DeviceTensor",
@@ -52,10 +52,6 @@ __all__ = [
 
 SIDECAR_FORMAT: Final = "dpnet-engine"
 SIDECAR_VERSION: Final = 1
-# Inputs whose axis 1 is K (shots): the support inputs and the support cache (contract.py).
-K_AXIS_INPUTS: Final = frozenset(
-    {contract.SUPPORT_IMAGES, contract.SUPPORT_MASKS, *contract.CACHE_NAMES}
-)
 
 
 def import_tensorrt() -> Any:
@@ -429,20 +425,20 @@ def tensor_spec(
 ) -> TensorSpec:
     """TensorSpec of an engine tensor: TensorRT's ``-1`` axes become named dynamic axes.
 
-    Axis 0 is ``B`` and, for the support inputs and cache, axis 1 is ``K``, so the shared
-    input check also enforces that every input agrees on B and K.
+    Dynamic axes take the contract's symbolic names (``contract.symbolic_axis``: ``B`` and, for
+    the support inputs and cache, ``K``), so the shared input check also enforces that every
+    input agrees on B and K.
 
     >>> tensor_spec("support_masks", "float32", (-1, -1, 321, 321)).shape
     ('B', 'K', 321, 321)
     """
     named: list[int | str] = []
     for axis, dim in enumerate(shape):
+        symbol = contract.symbolic_axis(name, axis)
         if dim >= 0:
             named.append(dim)
-        elif axis == 0:
-            named.append("B")
-        elif axis == 1 and name in K_AXIS_INPUTS:
-            named.append("K")
+        elif symbol in (contract.BATCH_AXIS, contract.SHOTS_AXIS):
+            named.append(symbol)
         else:
             named.append(f"{name}.{axis}")
     return TensorSpec(name, dtype, tuple(named), min_shape, max_shape)

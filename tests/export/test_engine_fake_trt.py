@@ -157,9 +157,9 @@ def _export_dir(folder: Path) -> Path:
     nodes = [helper.make_node("Relu", [contract.QUERY_IMAGE], [contract.LOGITS])]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
     helper.set_model_props(model, {contract.META_INPUT_SIZE: "8", contract.META_MAX_SHOTS: "5"})
-    for name in (contract.DPNET_ONNX, contract.fp16_name(contract.DPNET_ONNX)):
+    for name in ("dpnet.onnx", "dpnet_fp16.onnx"):
         onnx.save(model, folder / name)
-    return folder / contract.DPNET_ONNX
+    return folder / "dpnet.onnx"
 
 
 @pytest.mark.usefixtures("fake_gpu")
@@ -213,7 +213,7 @@ def test_fake_trt_parser_errors_name_the_node(
     ) as info:
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
     assert "NonZero" in info.value.log
-    assert not (tmp_path / contract.ENGINE_FILE).exists()
+    assert not (tmp_path / "dpnet.engine").exists()
 
 
 @pytest.mark.usefixtures("fake_gpu")
@@ -224,4 +224,4 @@ def test_fake_trt_failed_build_carries_the_log(
     with pytest.raises(ExportError, match="out of memory") as info:
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
     assert "[ERROR] out of memory while building" in info.value.log
-    assert not (tmp_path / contract.ENGINE_FILE).exists()
+    assert not (tmp_path / "dpnet.engine").exists()
