@@ -3,16 +3,19 @@
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
 0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
-dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`).
+dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`). ``dpnet-bench serve``
+load-tests a running dpnet-serve (:func:`serve`; exit 3 when a request failed, a mask was
+wrong or the support graph re-ran).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
@@ -33,6 +36,12 @@ from dpnet_bench.report import (
     write_json,
 )
 from dpnet_bench.schema import BenchOptions
+from dpnet_bench.serve_load import ServeBenchOptions, run_serve_bench
+from dpnet_bench.serve_report import (
+    render_serve_markdown,
+    render_serve_table,
+    write_serve_json,
+)
 from dpnet_bench.suite import run_suite
 from dpnet_runtime.console import (
     EXIT_CHECK_FAILED,
@@ -43,13 +52,16 @@ from dpnet_runtime.console import (
 )
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["app", "ccm_app", "ccm_main", "main"]
+__all__ = ["app", "ccm_app", "ccm_main", "main", "serve_app"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
 _CCM_DEFAULTS = CcmOptions()
+_SERVE_DEFAULTS = ServeBenchOptions(artifacts=Path("out"))
+_SERVE_COMMAND: Final = "serve"
 
 app = make_app()
 ccm_app = make_app()
+serve_app = make_app(name="dpnet-bench serve")
 
 
 @app.command()
@@ -81,7 +93,10 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
-    """Benchmark backends on the same episodes; exit 3 when a parity check fails."""
+    """Benchmark backends on the same episodes; exit 3 when a parity check fails.
+
+    `dpnet-bench serve --help`: load-test a running dpnet-serve instead.
+    """
     options = BenchOptions(
         checkpoint=ckpt,
         artifacts=artifacts,
@@ -152,12 +167,69 @@ def ccm(
         atomic_write_text(markdown, render_ccm_markdown(report, command))
 
 
-def _command(program: str) -> str:
-    return f"{program} {shlex.join(sys.argv[1:])}"
+@serve_app.command()
+def serve(
+    artifacts: Annotated[
+        Path, typer.Option(help="the export directory the server runs (in-process row)")
+    ],
+    url: Annotated[str, typer.Option(help="the server's URL")] = _SERVE_DEFAULTS.url,
+    requests: Annotated[
+        int, typer.Option(help="timed requests per level")
+    ] = _SERVE_DEFAULTS.requests,
+    concurrency: Annotated[str, typer.Option(help="client threads per level")] = ",".join(
+        str(level) for level in _SERVE_DEFAULTS.concurrency
+    ),
+    shots: Annotated[int, typer.Option(help="K support pairs")] = _SERVE_DEFAULTS.shots,
+    warmup: Annotated[int, typer.Option(help="untimed requests first")] = _SERVE_DEFAULTS.warmup,
+    threads: Annotated[
+        int | None, typer.Option(help="in-process CPU threads (default: all)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="episode seed")] = _SERVE_DEFAULTS.seed,
+    wait_s: Annotated[
+        float, typer.Option(help="wait this long for the server to be ready")
+    ] = _SERVE_DEFAULTS.wait_s,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
+) -> None:
+    """Load a running dpnet-serve at concurrency 1, 4, 16 next to an in-process Predictor."""
+    options = ServeBenchOptions(
+        artifacts=artifacts,
+        url=url,
+        requests=requests,
+        concurrency=tuple(int(level) for level in concurrency.split(",")),
+        shots=shots,
+        warmup=warmup,
+        threads=threads,
+        seed=seed,
+        wait_s=wait_s,
+    )
+    with make_progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total, status="")
+            progress.update(tasks[name], completed=done)
+
+        report = run_serve_bench(options, advance)
+    stdout_console.print(render_serve_table(report))
+    if json_path is not None:
+        write_serve_json(report, json_path)
+    if markdown is not None:
+        command = _command(f"dpnet-bench {_SERVE_COMMAND}", sys.argv[2:])
+        atomic_write_text(markdown, render_serve_markdown(report, command))
+    if report.check_failed:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _command(program: str, args: list[str] | None = None) -> str:
+    return f"{program} {shlex.join(sys.argv[1:] if args is None else args)}"
 
 
 def main() -> None:
-    """Console entry point of ``dpnet-bench``."""
+    """Console entry point of ``dpnet-bench`` (``dpnet-bench serve ...`` runs :func:`serve`)."""
+    if sys.argv[1:2] == [_SERVE_COMMAND]:
+        run_app(functools.partial(serve_app, prog_name="dpnet-bench serve"), sys.argv[2:])
     run_app(app)
 
 

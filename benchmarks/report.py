@@ -30,6 +30,7 @@ __all__ = [
     "JSON_SCHEMA",
     "STAGES",
     "STATUS_ICONS",
+    "markdown_targets",
     "plot_latency",
     "render_markdown",
     "render_table",
@@ -239,14 +240,20 @@ def render_markdown(report: BenchReport, command: str) -> str:
             _fmt(row["confidence_iou_pct"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
-    for target in report.targets:
+    lines += ["", *markdown_targets(report.targets)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
+    """The targets as markdown table lines: name (how), measured, limit, met."""
+    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    for target in targets:
         met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
         bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
         lines.append(
             f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:

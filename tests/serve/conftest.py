@@ -33,9 +33,12 @@ from dpnet.data import build_dataset
 from dpnet.data.episode import Episode
 from dpnet.model.dpnet import build_dpnet
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
+from dpnet_runtime import Predictor
 from dpnet_runtime.preprocess import normalize_images
 
 TINY_SIZE = 129
+MAX_SHOTS = 3  # of the session's server
+MAX_PIXELS = 200 * 200
 START_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 90.0
 _URL_LINE = re.compile(r"dpnet-serve: serving (http://\S+)")
@@ -194,3 +197,23 @@ def stopped_servers() -> Iterator[list[Server]]:
     for server in servers:
         if server.process.poll() is None:
             stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(balanced_export_dir: Path) -> Iterator[Server]:
+    """One dpnet-serve for the session: two query-head replicas of one thread, batches of up
+    to 4, at most MAX_SHOTS shots and MAX_PIXELS pixels per image."""
+    running = start_server(
+        balanced_export_dir,
+        "--replicas", "2", "--threads", "1", "--max-batch", "4", "--batch-wait-ms", "5",
+        "--max-shots", str(MAX_SHOTS), "--max-image-pixels", str(MAX_PIXELS),
+    )  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def predictor(balanced_export_dir: Path) -> Iterator[Predictor]:
+    """The in-process Predictor on the server's export (the expected masks)."""
+    with Predictor.open(balanced_export_dir, intra_op_threads=1) as opened:
+        yield opened

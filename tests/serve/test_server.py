@@ -1,7 +1,8 @@
-"""dpnet-serve end to end: a real local Ray Serve on 127.0.0.1 with the tiny trained export.
+"""dpnet-serve end to end: a real local Ray Serve on 127.0.0.1 with a tiny balanced export.
 
-One server (two query-head replicas) serves the whole module; the replica-kill test runs last.
-Expected masks come from an in-process Predictor on the same export and inputs.
+One server (two query-head replicas, the session's ``server`` fixture) serves every test; the
+replica-kill test runs last. Expected masks come from an in-process Predictor on the same
+export and inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,29 +27,9 @@ from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DpnetError, InputError
 from dpnet_serve import Client
 
-from .conftest import Server, start_server, stop_server, support_masks
+from .conftest import MAX_SHOTS, Server, support_masks
 
 pytestmark = pytest.mark.slow
-
-MAX_SHOTS = 3
-MAX_PIXELS = 200 * 200
-
-
-@pytest.fixture(scope="module")
-def server(balanced_export_dir: Path) -> Iterator[Server]:
-    running = start_server(
-        balanced_export_dir,
-        "--replicas", "2", "--threads", "1", "--max-batch", "4", "--batch-wait-ms", "5",
-        "--max-shots", str(MAX_SHOTS), "--max-image-pixels", str(MAX_PIXELS),
-    )  # fmt: skip
-    yield running
-    stop_server(running)
-
-
-@pytest.fixture(scope="module")
-def predictor(balanced_export_dir: Path) -> Iterator[Predictor]:
-    with Predictor.open(balanced_export_dir, intra_op_threads=1) as opened:
-        yield opened
 
 
 @pytest.fixture
