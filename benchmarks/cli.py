@@ -188,6 +188,9 @@ def serve(
     wait_s: Annotated[
         float, typer.Option(help="wait this long for the server to be ready")
     ] = _SERVE_DEFAULTS.wait_s,
+    server: Annotated[
+        str, typer.Option(help="how the server was started (recorded in the report)")
+    ] = _SERVE_DEFAULTS.server_command,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
@@ -202,6 +205,7 @@ def serve(
         threads=threads,
         seed=seed,
         wait_s=wait_s,
+        server_command=server,
     )
     with make_progress() as progress:
         tasks: dict[str, int] = {}

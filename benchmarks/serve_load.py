@@ -66,6 +66,7 @@ class ServeBenchOptions:
         wait_s: how long to wait for the server to be ready.
         timeout_s: the most one request may take.
         class_name: the name the benchmark registers (replacing one of that name).
+        server_command: how the server was started, recorded in the report.
     """
 
     artifacts: Path
@@ -79,6 +80,7 @@ class ServeBenchOptions:
     wait_s: float = 0.0
     timeout_s: float = 120.0
     class_name: str = "dpnet-bench"
+    server_command: str = ""
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0 or self.shots < 1:

@@ -119,8 +119,10 @@ def render_serve_markdown(report: ServeBenchReport, command: str) -> str:
         "",
         *environment_lines(report.environment, report.threads),
         "",
-        f"Server: {options.url}; in-process row: `Predictor.segment` on the same images with "
-        f"{report.threads} threads. Every mask was compared with the in-process mask.",
+        f"Server: {options.url}"
+        + (f", started as `{options.server_command}`" if options.server_command else "")
+        + f". In-process row: `Predictor.segment` on the same images with {report.threads} "
+        "threads. Every mask was compared with the in-process mask of the same image.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|---" * len(_COLUMNS) + "|",
