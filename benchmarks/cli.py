@@ -14,10 +14,12 @@ import functools
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Final
 
 import typer
+from rich.progress import Progress, TaskID
 
 from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
 from dpnet_bench.ccm_micro import (
@@ -114,14 +116,7 @@ def bench(
         max_miou_delta_fp16=max_miou_delta_fp16,
     )
     with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(backend: str, done: int, total: int) -> None:
-            if backend not in tasks:
-                tasks[backend] = progress.add_task(backend, total=total, status="")
-            progress.update(tasks[backend], completed=done)
-
-        report = run_suite(options, advance)
+        report = run_suite(options, _advance(progress))
     stdout_console.print(render_table(report))
     stdout_console.print(render_targets(report.targets))
     if json_path is not None:
@@ -208,14 +203,7 @@ def serve(
         server_command=server,
     )
     with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total, status="")
-            progress.update(tasks[name], completed=done)
-
-        report = run_serve_bench(options, advance)
+        report = run_serve_bench(options, _advance(progress))
     stdout_console.print(render_serve_table(report))
     if json_path is not None:
         write_serve_json(report, json_path)
@@ -224,6 +212,18 @@ def serve(
         atomic_write_text(markdown, render_serve_markdown(report, command))
     if report.check_failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _advance(progress: Progress) -> Callable[[str, int, int], None]:
+    # One bar per row name (backend, or serve level), created on its first report.
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, status="")
+        progress.update(tasks[name], completed=done)
+
+    return advance
 
 
 def _command(program: str, args: list[str] | None = None) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "STAGES",
     "STATUS_ICONS",
     "markdown_targets",
+    "options_to_dict",
     "plot_latency",
     "render_markdown",
     "render_table",
@@ -90,10 +91,7 @@ def result_row(result: BackendResult) -> dict[str, Scalar]:
 
 def report_to_dict(report: BenchReport) -> dict[str, Any]:
     """The whole report as JSON-ready data (NaN becomes ``null``)."""
-    options = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(report.options).items()
-    }
+    options = options_to_dict(report.options)
     results = []
     for result in report.results:
         samples = {
@@ -114,6 +112,14 @@ def report_to_dict(report: BenchReport) -> dict[str, Any]:
         "targets": [dataclasses.asdict(target) for target in report.targets],
     }
     return _finite(data)
+
+
+def options_to_dict(options: Any) -> dict[str, Any]:
+    """A frozen options dataclass as JSON-ready data (paths as strings)."""
+    return {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in dataclasses.asdict(options).items()
+    }
 
 
 def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:

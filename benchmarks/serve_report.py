@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Group
 from rich.table import Table
 
-from dpnet_bench.report import markdown_targets, render_targets
+from dpnet_bench.report import markdown_targets, options_to_dict, render_targets
 from dpnet_bench.serve_load import LoadResult, ServeBenchReport
 from dpnet_bench.timing import environment_lines
 from dpnet_runtime.fileio import atomic_write_text
@@ -61,10 +60,6 @@ def serve_row(result: LoadResult) -> dict[str, Scalar]:
 
 def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
     """The whole report as JSON-ready data."""
-    options = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(report.options).items()
-    }
     results = [
         {
             **serve_row(result),
@@ -78,7 +73,7 @@ def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
         "input_size": report.input_size,
         "threads": report.threads,
         "check_failed": report.check_failed,
-        "options": options,
+        "options": options_to_dict(report.options),
         "environment": report.environment,
         "results": results,
         "targets": [dataclasses.asdict(target) for target in report.targets],

@@ -109,6 +109,15 @@ def test_register_list_segment_delete_match_the_in_process_predictor(
     assert stats["support_graph_runs"] - before["support_graph_runs"] == 1
     assert stats["queries"] - before["queries"] == segmented
     assert stats["episodes"] - before["episodes"] == 1
+    # Registering again under the same name serves the new support set from then on.
+    other = episodes[2]
+    replaced = client.register(
+        "cat", list(other.support_images), support_masks(other), replace=True
+    )
+    assert replaced.key != info.key
+    want_other = _expected(predictor, other, queries[:1])[0]
+    assert not np.array_equal(want_other, expected[0])  # the check below can tell them apart
+    np.testing.assert_array_equal(client.segment("cat", queries[0]), want_other)
     client.delete("cat")
     assert client.classes() == []
     with pytest.raises(InputError, match="HTTP 404: no class 'cat' is registered"):
