@@ -64,19 +64,21 @@ def open_predictor(options: ServeOptions) -> Predictor:
 
 
 class _Reporter:
-    """Sends counter increments to the registry in the background, never delaying an answer."""
+    """Sends counter increments to the registry: now, or in the background for queries."""
 
     def __init__(self, registry: DeploymentHandle) -> None:
         self._registry = registry
         self._pending: set[asyncio.Task[None]] = set()
 
+    async def send(self, **increments: int) -> None:
+        """Count before answering (registrations: the counters are exact when they return)."""
+        await self._registry.count.remote(**increments)
+
     def count(self, **increments: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(increments))
+        """Count in the background, never delaying a query's answer."""
+        task = asyncio.get_running_loop().create_task(self.send(**increments))
         self._pending.add(task)
         task.add_done_callback(self._done)
-
-    async def _send(self, increments: dict[str, int]) -> None:
-        await self._registry.count.remote(**increments)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
@@ -157,7 +159,7 @@ class SupportEncoder:
         support = await asyncio.to_thread(self._predictor.encode_support, images, masks)
         encode_ms = (time.perf_counter() - start) * 1e3
         if self._predictor.has_split:
-            self._reporter.count(support_graph_runs=len(support.feeds))
+            await self._reporter.send(support_graph_runs=len(support.feeds))
         return support, encode_ms
 
     async def episode(

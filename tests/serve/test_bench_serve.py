@@ -59,15 +59,17 @@ def test_levels_in_process_row_and_reports(
 
 
 def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
-    server: Server, tiny_export_dir: Path
+    server: Server, tiny_export_dir: Path, tmp_path: Path
 ) -> None:
-    # The in-process row runs another export than the server: every mask differs.
+    # The in-process row runs another export than the server: its masks differ.
     done = _bench(
         "--artifacts", str(tiny_export_dir), "--url", server.url, "--requests", "3",
-        "--concurrency", "2", "--warmup", "0", "--threads", "1",
+        "--concurrency", "2", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert done.returncode == 3, done.stdout + done.stderr
-    assert "serve_mask_mismatches" in done.stdout
+    level = json.loads((tmp_path / "r.json").read_text())["results"][1]
+    assert level["mask_mismatches"] > 0
+    assert (level["errors"], level["support_graph_runs"]) == (0, 0)  # exit 3 for the masks
 
 
 def test_no_server_is_a_one_line_error(balanced_export_dir: Path) -> None:
