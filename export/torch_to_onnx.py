@@ -31,12 +31,13 @@ from torch import Tensor, nn
 
 from dpnet import __version__
 from dpnet.checkpoint import load_model
+from dpnet.config import check_beta
 from dpnet.model.dpnet import DPNet
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
 from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec
-from dpnet_runtime.errors import DpnetError, ExportError, InputError
+from dpnet_runtime.errors import DpnetError, ExportError, InputError, one_line
 from dpnet_runtime.fileio import atomic_path, sha256_file
 
 __all__ = [
@@ -187,7 +188,8 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"{name} failed the ONNX checker: {_first_line(exc)}", str(exc)) from exc
+        message = f"{name} failed the ONNX checker: {one_line(exc, limit=200)}"
+        raise ExportError(message, str(exc)) from exc
     forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS)
     ccm_ops = {node.op_type for node in nodes_in_scope(proto, CCM_SCOPE)}
     stray = sorted(ccm_ops - CCM_ALLOWED_OPS)
@@ -203,8 +205,8 @@ def _check_options(options: ExportOptions) -> None:
         raise InputError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
     if not 1 <= options.max_shots <= 64:
         raise InputError(f"--max-shots must lie in 1..64, got {options.max_shots}")
-    if options.beta is not None and not 0.0 <= options.beta <= 1.0:
-        raise InputError(f"--beta must lie in [0, 1], got {options.beta}")
+    if options.beta is not None:
+        check_beta(options.beta, "--beta")
     if options.opset < 18:
         raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
 
@@ -293,7 +295,7 @@ def _torch_to_proto(
             )
     except Exception as exc:  # torch.export and the ONNX translator raise many exception types
         raise ExportError(
-            f"torch.onnx.export failed for {name}: {_first_line(exc)} (rerun with --debug)",
+            f"torch.onnx.export failed for {name}: {one_line(exc, limit=200)} (rerun with --debug)",
             str(exc),
         ) from exc
     if program is None:
@@ -351,8 +353,3 @@ def _remove_stale_copies(out_dir: Path, written: tuple[Path, ...]) -> None:
             if stale not in written and stale.exists():
                 logger.info("removing %s from an earlier export", stale)
                 stale.unlink()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from dpnet_runtime.errors import DpnetError
+from dpnet_runtime.errors import DpnetError, one_line
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -118,4 +118,4 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 def _one_line(exc: BaseException) -> str:
     # Escaped: messages such as "pip install 'dpnet[trt]'" must not be read as rich markup.
-    return escape(" ".join(str(exc).split()) or type(exc).__name__)
+    return escape(one_line(exc))

@@ -30,6 +30,7 @@ __all__ = [
     "prepare_support",
     "resize_image",
     "resize_mask",
+    "scale_sides",
 ]
 
 
@@ -62,6 +63,30 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if labels.shape == (size, size):
         return labels
     return np.asarray(Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST))
+
+
+def scale_sides(size: int, scales: Sequence[float], name: str = "multi_scale") -> tuple[int, ...]:
+    """The image side of each inference scale: ``round(size * scale)``, at least 1 pixel.
+
+    PyTorch evaluation and every runtime backend run scale ``s`` at this side, so multi-scale
+    results agree across them.
+
+    Args:
+        size: the model's input side S.
+        scales: inference scales of S, such as (0.7, 1.0, 1.3).
+        name: the caller's name for ``scales``, quoted in the error.
+
+    Raises:
+        InputError: no scales, or one that is not a positive number.
+
+    >>> scale_sides(321, (0.7, 1.0, 1.3))
+    (225, 321, 417)
+    """
+    if not scales or not all(scale > 0 for scale in scales):
+        raise InputError(
+            f"{name} must be positive scales such as (0.7, 1.0, 1.3), got {tuple(scales)}"
+        )
+    return tuple(max(1, round(size * scale)) for scale in scales)
 
 
 def normalize_images(

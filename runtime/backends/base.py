@@ -26,7 +26,13 @@ from typing import Any, ClassVar, Final, NamedTuple, Self
 import numpy as np
 
 from dpnet_runtime.contract import TensorSpec, find_format
-from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    DpnetError,
+    InputError,
+    ModelFileError,
+    one_line,
+)
 
 __all__ = [
     "BaseRunner",
@@ -147,7 +153,7 @@ class BaseRunner(abc.ABC):
             self._safe_deactivate()
             raise ModelFileError(
                 f"{self.path}: cannot be loaded by the {self.backend} backend "
-                f"({_first_line(exc)}); re-export or rebuild it"
+                f"({one_line(exc, limit=300)}); re-export or rebuild it"
             ) from exc
         except BaseException:
             self._safe_deactivate()
@@ -209,7 +215,7 @@ class BaseRunner(abc.ABC):
             outputs = self._infer(feed)
         except self.backend_errors as exc:
             raise DpnetError(
-                f"{self.path}: {self.backend} inference failed ({_first_line(exc)}); "
+                f"{self.path}: {self.backend} inference failed ({one_line(exc, limit=300)}); "
                 "check the inputs against get_input_metadata()"
             ) from exc
         self.last_inference_ns = time.perf_counter_ns() - start
@@ -286,8 +292,3 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
     runner: BaseRunner = runner_class(path, **options)
     runner.activate()
     return runner
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
