@@ -12,7 +12,10 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from dpnet.data.coco import COCO_SPLITS, CocoDataset
 from dpnet.data.episode import Episode, FewShotDataset
+from dpnet.data.pascal import PascalDataset
+from dpnet.data.synthetic import SyntheticDataset
 from dpnet_runtime.errors import InputError
 
 __all__ = [
@@ -24,10 +27,12 @@ __all__ = [
     "dataset_options",
 ]
 
-DATASETS = ("synthetic", "pascal", "coco")
-
-COCO_SPLITS = ("interleaved", "consecutive")
-"""COCO-20i fold splits: PFENet/HSNet's interleaved classes (default) or 20 consecutive ones."""
+_DATASET_CLASSES: dict[str, type[FewShotDataset]] = {
+    "synthetic": SyntheticDataset,
+    "pascal": PascalDataset,
+    "coco": CocoDataset,
+}
+DATASETS = tuple(_DATASET_CLASSES)
 
 
 def build_dataset(
@@ -60,7 +65,7 @@ def build_dataset(
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    dataset_class = _dataset_class(name)
+    dataset_class = _DATASET_CLASSES[name]
     keywords: dict[str, Any] = {
         "fold": fold, "split": split, "shots": shots, "seed": seed, "episodes": episodes,
     }  # fmt: skip
@@ -91,18 +96,3 @@ def dataset_options(name: str, *, coco_split: str = "interleaved") -> dict[str, 
     if coco_split != COCO_SPLITS[0]:
         raise InputError(f"coco-split applies to the coco dataset only, not to {name!r}")
     return {}
-
-
-def _dataset_class(name: str) -> type[FewShotDataset]:
-    # Imported on demand: a PASCAL user never pays for the others' imports.
-    if name == "pascal":
-        from dpnet.data.pascal import PascalDataset
-
-        return PascalDataset
-    if name == "coco":
-        from dpnet.data.coco import CocoDataset
-
-        return CocoDataset
-    from dpnet.data.synthetic import SyntheticDataset
-
-    return SyntheticDataset
