@@ -1,8 +1,8 @@
 """Numpy pre-processing: input validation, the canonical resize, normalisation, graph feeds.
 
 The resize here is the one evaluation resize of the project: the PyTorch eval path calls
-:func:`resize_image` and :func:`resize_mask` too, so every backend and PyTorch see the same
-pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
+:func:`resize_image` and :func:`resize_label_nearest` too, so every backend and PyTorch see the
+same pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
 
 Caller images are ``uint8 [H, W, 3]`` RGB; masks are ``[H, W]`` bool, or integers/floats with
 values in {0, 1} plus 255 (ignore), which counts as background for a support mask.
@@ -29,7 +29,7 @@ __all__ = [
     "prepare_query",
     "prepare_support",
     "resize_image",
-    "resize_mask",
+    "resize_label_nearest",
     "scale_sides",
 ]
 
@@ -49,7 +49,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def resize_label_nearest(mask: np.ndarray, size: int) -> np.ndarray:
     """Resize a label mask to ``size x size`` with nearest neighbour (labels never blend).
 
     Args:
@@ -220,7 +220,7 @@ def prepare_support(
     for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
         checked = check_image(image, f"support image {shot}")
         binary = check_mask(mask, f"support mask {shot}", checked.shape)
-        small = resize_mask(binary, size)
+        small = resize_label_nearest(binary, size)
         if not small.any():
             raise InputError(
                 f"support mask {shot}: the object vanishes when resized to {size}x{size}; "

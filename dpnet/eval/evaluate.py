@@ -2,7 +2,7 @@
 
 Every episode goes through the same numpy path as :mod:`dpnet_runtime`: images and masks are
 resized to the model side with the runtime's canonical :func:`~dpnet_runtime.preprocess.
-resize_image` / :func:`~dpnet_runtime.preprocess.resize_mask` (inside
+resize_image` / :func:`~dpnet_runtime.preprocess.resize_label_nearest` (inside
 :func:`dpnet.data.transforms.episode_to_tensors`), the logits of every inference scale are
 resized back to the query's original size with :func:`~dpnet_runtime.postprocess.merge_scales`
 (bilinear, softmax averaged) and arg-maxed with
