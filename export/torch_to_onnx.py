@@ -6,7 +6,8 @@ graph is exported with ``torch.onnx.export(dynamo=True)`` at a static image size
 and shots K as dynamic axes, simplified by the onnxscript optimizer (constant folding, dead
 code), stamped with the ``META_*`` metadata, verified (``onnx.checker`` full check, strict
 shape inference, the op rules below) and only then written: every graph is built in memory
-first and each file lands atomically, so a failure leaves no partial file behind.
+first, and the files are swapped in as one set (:func:`dpnet_runtime.fileio.atomic_write_files`),
+so a failure leaves the earlier export in the folder exactly as it was.
 
 Op rules, checked on every graph: the nodes under the scope ``ccm`` use only
 :data:`CCM_ALLOWED_OPS`; no node anywhere is one of :data:`FORBIDDEN_OPS`.
@@ -37,8 +38,8 @@ from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_sc
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
 from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec
-from dpnet_runtime.errors import DpnetError, ExportError, InputError, one_line
-from dpnet_runtime.fileio import atomic_path, sha256_file
+from dpnet_runtime.errors import ExportError, InputError, one_line
+from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
 __all__ = [
     "CCM_ALLOWED_OPS",
@@ -172,7 +173,6 @@ def export_onnx(
             graphs[name] = _fp16_copy(graphs[fp32.file_name(role)], name)
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
-    _remove_stale_copies(Path(out_dir), files)
     seconds = time.perf_counter() - start
     logger.info("exported %d graphs to %s in %.1f s", len(files), out_dir, seconds)
     return ExportResult(Path(out_dir), files, size, beta, digest, seconds)
@@ -326,30 +326,24 @@ def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
+    """Swap the new graphs in as one set: all of them, or the earlier export untouched.
+
+    Graphs of an earlier export that this one does not write (its FP16 copies) go in the same
+    swap: they would not match the new FP32 graphs.
+    """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
-    written: list[Path] = []
-    try:
-        for name, proto in graphs.items():
-            path = out_dir / name
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(proto.SerializeToString())
-            written.append(path)
-    except (OSError, DpnetError) as exc:
-        # All or nothing: a half-written set would pair graphs of two exports.
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise DpnetError(f"cannot write the graphs to {out_dir}: {exc}") from exc
-    return tuple(written)
-
-
-def _remove_stale_copies(out_dir: Path, written: tuple[Path, ...]) -> None:
-    # Low-precision copies of an older export would not match the new FP32 graphs.
-    for fmt in FORMATS.values():
-        for role in fmt.roles if fmt.artifact == "onnx" else ():
-            stale = out_dir / fmt.file_name(role)
-            if stale not in written and stale.exists():
-                logger.info("removing %s from an earlier export", stale)
-                stale.unlink()
+    files = {out_dir / name: proto.SerializeToString() for name, proto in graphs.items()}
+    graph_files = {
+        out_dir / fmt.file_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact == "onnx"
+        for role in fmt.roles
+    }
+    stale = sorted(path for path in graph_files - files.keys() if path.exists())
+    for path in stale:
+        logger.info("removing %s from an earlier export", path)
+    atomic_write_files(files, remove=stale)
+    return tuple(files)
