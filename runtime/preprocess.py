@@ -10,7 +10,9 @@ values in {0, 1} plus 255 (ignore), which counts as background for a support mas
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import DpnetError, InputError
 
 __all__ = [
     "check_image",
@@ -26,6 +28,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "normalize_images",
+    "open_image_file",
     "prepare_query",
     "prepare_support",
     "resize_image",
@@ -259,7 +262,8 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped).
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: missing or unreadable file, or one over the pixel limit
+            (:func:`open_image_file`).
     """
     with _open_image(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -272,7 +276,8 @@ def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
     grey, RGB) marks it with pixels above 127. Colour masks are converted to grey first.
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: missing or unreadable file, or one over the pixel limit
+            (:func:`open_image_file`).
     """
     with _open_image(path) as image:
         values = np.asarray(
@@ -286,12 +291,46 @@ def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return (values > threshold).astype(np.uint8)
 
 
+def open_image_file(
+    path: str | os.PathLike[str], error: type[DpnetError] = InputError
+) -> Image.Image:
+    """Open an image file (header only, lazily) if its size is within PIL's pixel limit.
+
+    PIL refuses (``DecompressionBombError``) or warns about images of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485 by default, about 9459 x 9459): so large
+    an image is a mistake or a decompression bomb, not a photo to segment, and decoding it
+    would take gigabytes. Every image and mask reader of dpnet opens files here and refuses
+    all of them in one line; a caller who raises PIL's limit raises dpnet's with it.
+
+    Args:
+        path: the image file.
+        error: the error to raise: ``InputError`` for caller files, ``DatasetError`` for a
+            dataset's.
+
+    Raises:
+        error: the image has more pixels than the limit.
+        OSError, UnidentifiedImageError: as ``PIL.Image.open``.
+    """
+    with warnings.catch_warnings():
+        # PIL warns between 1x and 2x its limit and raises above; both mean the same here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            limit = Image.MAX_IMAGE_PIXELS or 0
+            raise error(
+                f"image {path} is too large: dpnet reads images of at most {limit:,} pixels "
+                f"(about {math.isqrt(limit)} x {math.isqrt(limit)}, PIL's "
+                "Image.MAX_IMAGE_PIXELS); downscale it first"
+            ) from exc
+
+
 def _open_image(path: str | os.PathLike[str]) -> Image.Image:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"image file {file} does not exist")
     try:
-        image = Image.open(file)
+        image = open_image_file(file)
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"cannot read image {file}: {exc}") from exc
