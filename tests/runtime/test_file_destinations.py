@@ -51,7 +51,7 @@ def test_a_fifo_gets_the_bytes_and_stays_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
     payload = bytes(range(256)) * 1000  # larger than a pipe buffer
     with atomic_path(fifo) as tmp:  # the file-name writer path (torch.save, onnx.save)
