@@ -7,7 +7,9 @@ with the FP16 copies, and every test that needs graphs reuses the folder (read-o
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import stat
 import struct
 import subprocess
 import zlib
@@ -150,3 +152,18 @@ def immutable() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
     """``with immutable(path):`` the file can be neither replaced nor removed, by root either
     (``chattr +i``): a real obstacle for a rename. Skips the test where chattr cannot do it."""
     return _immutable
+
+
+def _char_device(path: Path, number: int) -> Path:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, number)
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    return path
+
+
+@pytest.fixture
+def char_device() -> Callable[[Path, int], Path]:
+    """``make(path, os.makedev(major, minor))``: a real character device node at ``path``
+    (``os.makedev(1, 3)`` is ``/dev/null``, ``(1, 7)`` ``/dev/full``). Skips without root."""
+    return _char_device

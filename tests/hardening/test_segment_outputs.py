@@ -1,9 +1,10 @@
 """dpnet-segment (a subprocess, a real tiny export) against what stands at --out and --query.
 
 A device node stays a device node (written through, or a one-line error when it is full), a
-link to a file keeps pointing at the file it points at, now holding the mask, /dev/stdout in a
-pipe gets the PNG, a folder in the way and a query over PIL's pixel limit are one-line errors.
-Device nodes need root (skipped, saying so, without it).
+link to a file keeps pointing at the file it points at, now holding the mask, a link to
+``/proc/self/fd/1`` (what ``/dev/stdout`` is; the host's own is never used) in a pipe gets the
+PNG, a folder in the way and a query over PIL's pixel limit are one-line errors. Device nodes
+need root (skipped, saying so, without it).
 """
 
 from __future__ import annotations
@@ -55,41 +56,39 @@ def _one_error_line(completed: subprocess.CompletedProcess[bytes]) -> str:
     return stderr
 
 
-def _device(path: Path, number: int) -> Path:
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, number)
-    except PermissionError:
-        pytest.skip("making a device node needs root (CAP_MKNOD)")
-    return path
-
-
 def _is_mask_png(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as image:
         return image.size == (56, 48) and set(np.unique(np.asarray(image))) <= {0, 255}
 
 
 def test_a_full_device_stays_a_device_and_the_error_is_one_line(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path
+    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
 ) -> None:
-    node = _device(tmp_path / "full", _FULL)
+    node = char_device(tmp_path / "full", _FULL)
     stderr = _one_error_line(_segment(tiny_export, inputs, node))
     assert f"cannot write {node}: No space left on device" in stderr
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _FULL
 
 
 def test_a_null_device_is_written_through(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path
+    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
 ) -> None:
-    node = _device(tmp_path / "null", _NULL)
+    node = char_device(tmp_path / "null", _NULL)
     completed = _segment(tiny_export, inputs, node)
     assert completed.returncode == 0, completed.stderr.decode()
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _NULL
 
 
-def test_dev_stdout_in_a_pipe_gets_the_png(tiny_export: Path, inputs: dict[str, Path]) -> None:
-    completed = _segment(tiny_export, inputs, "/dev/stdout")
+def test_a_link_to_stdout_in_a_pipe_gets_the_png(
+    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    # What /dev/stdout is, made in tmp_path: a regression must not replace the host's own link.
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    completed = _segment(tiny_export, inputs, stdout)
     assert completed.returncode == 0, completed.stderr.decode()
     assert completed.stdout.startswith(b"\x89PNG\r\n\x1a\n") and _is_mask_png(completed.stdout)
+    assert stdout.is_symlink()
 
 
 def test_a_link_to_a_file_keeps_the_link_and_replaces_the_file(

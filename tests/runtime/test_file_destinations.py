@@ -21,27 +21,19 @@ _NULL = os.makedev(1, 3)  # Linux's /dev/null and /dev/full device numbers
 _FULL = os.makedev(1, 7)
 
 
-def _device(path: Path, number: int) -> Path:
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, number)
-    except PermissionError:
-        pytest.skip("making a device node needs root (CAP_MKNOD)")
-    return path
-
-
 def _entries(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir())
 
 
-def test_a_null_device_is_written_through_and_stays_a_device(tmp_path: Path) -> None:
-    node = _device(tmp_path / "null", _NULL)
+def test_a_null_device_is_written_through_and_stays_a_device(tmp_path: Path, char_device) -> None:
+    node = char_device(tmp_path / "null", _NULL)
     atomic_write_bytes(node, b"\x89PNG result")
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _NULL
     assert _entries(tmp_path) == ["null"]
 
 
-def test_a_full_device_is_a_one_line_error_and_stays_a_device(tmp_path: Path) -> None:
-    node = _device(tmp_path / "full", _FULL)
+def test_a_full_device_is_a_one_line_error_and_stays_a_device(tmp_path: Path, char_device) -> None:
+    node = char_device(tmp_path / "full", _FULL)
     with pytest.raises(DpnetError, match=r"cannot write .*full: No space left on device"):
         atomic_write_bytes(node, b"\x89PNG result")
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _FULL
