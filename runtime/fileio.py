@@ -76,7 +76,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     destination = _destination(path)
     # A stream's bytes wait in the temp folder: its own folder (/dev) is seldom writable.
-    tmp = _temp_in(None if destination.stream else destination.target)
+    tmp = _temp_file(destination.target, beside=not destination.stream)
     try:
         yield tmp
         if destination.stream:
@@ -129,7 +129,7 @@ def atomic_write_files(files: Mapping[PathLike, bytes], remove: Iterable[PathLik
                 raise InputError(
                     f"cannot write {path} with the files it belongs with: it is not a regular file"
                 )
-            tmp = _temp_in(destination.target)
+            tmp = _temp_file(destination.target, beside=True)
             staged.append((tmp, destination.target))
             tmp.write_bytes(data)
             _seal(tmp, destination.mode)
@@ -181,13 +181,13 @@ def _destination(path: PathLike) -> _Destination:
     raise InputError(f"cannot write {given}: it is {kind}; give a file name")
 
 
-def _temp_in(target: Path | None) -> Path:
-    folder = None if target is None else target.parent
+def _temp_file(target: Path, beside: bool) -> Path:
+    """An empty temporary file for ``target``'s bytes: beside it, or in the system temp folder."""
+    folder = target.parent if beside else None
     if folder is not None and not folder.is_dir():
         raise DpnetError(f"cannot write {target}: folder {folder} does not exist")
-    name = "dpnet" if target is None else target.name
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise DpnetError(
             f"cannot write {target}: {exc.strerror} (check the folder's permissions)"
