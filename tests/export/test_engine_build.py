@@ -23,7 +23,7 @@ from dpnet_export.onnx_to_engine import (
     plan_precision,
 )
 from dpnet_runtime import contract
-from dpnet_runtime.backends.trt import TensorProfile
+from dpnet_runtime.backends.trt_sidecar import TensorProfile
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 
 no_tensorrt = pytest.mark.skipif(
