@@ -12,7 +12,7 @@ They also *check* what a runner must get right and a real GPU would punish silen
 
 - device memory is real host memory at 256-byte aligned addresses; every read or write of the
   fake engine must fall inside one allocation made on the device current *in the calling
-  thread* (an out-of-bounds or wrong-device access raises :class:`FakeGpuFault`);
+  thread* (an out-of-bounds or wrong-device access raises :class:`FakeGpuFaultError`);
 - a stream passed to TensorRT must be an int (``get_cuda_native_handle``), not the
   ``cudaStream_t`` object;
 - the engine computes a small known function of its inputs, so results prove that the bytes
@@ -31,7 +31,6 @@ import json
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import onnx
 ALIGNMENT = 256
 
 
-class FakeGpuFault(AssertionError):
+class FakeGpuFaultError(AssertionError):
     """What would be an illegal memory access (or silent corruption) on a real GPU."""
 
 
@@ -94,12 +93,12 @@ class FakeCuda:
         for start, (size, device, _) in self.allocations.items():
             if start <= ptr and ptr + nbytes <= start + size:
                 return device
-        raise FakeGpuFault(f"access of {nbytes} bytes at {ptr:#x} is outside every allocation")
+        raise FakeGpuFaultError(f"access of {nbytes} bytes at {ptr:#x} is outside every allocation")
 
     def check_device(self, ptr: int, nbytes: int, what: str) -> None:
         device = self.region(ptr, nbytes)
         if device != self.current:
-            raise FakeGpuFault(
+            raise FakeGpuFaultError(
                 f"{what}: memory of device {device} used while device {self.current} is current"
             )
 
@@ -271,6 +270,7 @@ class FakeEngineTensor:
 class FakeExecutionContext:
     def __init__(self, engine: FakeCudaEngine) -> None:
         self.engine = engine
+        self.device = engine.cuda.current  # a context lives on the device current at creation
         self.profile: int | None = None
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
@@ -279,7 +279,9 @@ class FakeExecutionContext:
     def set_optimization_profile_async(self, index: int, stream_handle: int) -> bool:
         _require_int_stream(stream_handle, "set_optimization_profile_async")
         self.calls.append(("set_optimization_profile_async", index))
-        if not 0 <= index < self.engine.num_optimization_profiles:
+        if self.engine.fake.fail_profile_select or not (
+            0 <= index < self.engine.num_optimization_profiles
+        ):
             raise RuntimeError("Error in set optimization profile async.")
         self.profile = index
         return True
@@ -308,7 +310,8 @@ class FakeExecutionContext:
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self.calls.append(("set_tensor_address", (name, memory)))
-        if self.engine.tensor(name) is None or memory % ALIGNMENT:
+        refused = name == self.engine.fake.refuse_address
+        if refused or self.engine.tensor(name) is None or memory % ALIGNMENT:
             return False
         self.addresses[name] = memory
         return True
@@ -317,6 +320,10 @@ class FakeExecutionContext:
         _require_int_stream(stream_handle, "execute_async_v3")
         self.calls.append(("execute_async_v3", stream_handle))
         cuda = self.engine.cuda
+        if cuda.current != self.device:
+            raise FakeGpuFaultError(
+                f"a context of device {self.device} enqueued while device {cuda.current} is current"
+            )
         names = [t.name for t in self.engine.tensors]
         if set(self.addresses) != set(names) or len(self.shapes) != len(self.engine.inputs()):
             return False
@@ -331,7 +338,7 @@ class FakeExecutionContext:
         for tensor in self.engine.outputs():
             value = np.ascontiguousarray(results[tensor.name], tensor.dtype)
             if value.shape != self.get_tensor_shape(tensor.name):
-                raise FakeGpuFault(f"{tensor.name}: computed {value.shape}")
+                raise FakeGpuFaultError(f"{tensor.name}: computed {value.shape}")
             cuda.check_device(self.addresses[tensor.name], value.nbytes, f"write {tensor.name}")
             ctypes.memmove(self.addresses[tensor.name], value.ctypes.data, value.nbytes)
         return True
@@ -343,9 +350,10 @@ def _require_int_stream(handle: object, call: str) -> None:
 
 
 class FakeCudaEngine:
-    def __init__(self, tensors: list[FakeEngineTensor], cuda: FakeCuda | None) -> None:
+    def __init__(self, tensors: list[FakeEngineTensor], fake: FakeTensorRT) -> None:
         self.tensors = tensors
-        self.cuda = cuda or FakeCuda()
+        self.fake = fake
+        self.cuda = fake.cuda or FakeCuda()
         self.calls: list[tuple[str, Any]] = []
         self.contexts: list[FakeExecutionContext] = []
 
@@ -432,6 +440,8 @@ class FakeTensorRT:
     profile_ok: bool = True
     set_cache_ok: bool = True
     get_cache_ok: bool = True
+    fail_profile_select: bool = False
+    refuse_address: str | None = None
     corrupt_marker: bytes = b"corrupt"
     calls: dict[str, Any] = field(default_factory=lambda: {"profile": {}, "flags": []})
     engines: list[FakeCudaEngine] = field(default_factory=list)
@@ -468,7 +478,7 @@ class FakeTensorRT:
                 except (ValueError, KeyError, TypeError):
                     self.logger.log(Severity.ERROR, "Serialization assertion failed: magic tag")
                     return None
-                engine = FakeCudaEngine([FakeEngineTensor(**t) for t in described], fake.cuda)
+                engine = FakeCudaEngine([FakeEngineTensor(**t) for t in described], fake)
                 fake.engines.append(engine)
                 return engine
 
@@ -611,8 +621,6 @@ def install_fake_tensorrt(monkeypatch: Any, fake: FakeTensorRT) -> types.ModuleT
     return module
 
 
-def iter_calls(calls: list[tuple[str, Any]], name: str) -> Iterator[Any]:
-    return (args for call, args in calls if call == name)
-
-
-Callback = Callable[[str], None]
+def calls_named(calls: list[tuple[str, Any]], name: str) -> list[Any]:
+    """The arguments of every recorded call ``name``, in order."""
+    return [args for call, args in calls if call == name]

@@ -59,9 +59,9 @@ def test_torch_runner_failure_on_an_unchecked_feed_stays_a_bug(tiny_checkpoint: 
         "support_masks": np.zeros((1, 1, 129, 129), np.float32),
         "query_image": np.zeros((1, 4, 129, 129), np.float32),
     }
-    with TorchRunner(tiny_checkpoint, graph="episode") as runner:
-        with pytest.raises(RuntimeError) as info:
-            runner.infer(feed, check_inputs=False)
+    runner = TorchRunner(tiny_checkpoint, graph="episode")
+    with runner, pytest.raises(RuntimeError) as info:
+        runner.infer(feed, check_inputs=False)
     assert not isinstance(info.value, DpnetError)
 
 
