@@ -1,12 +1,11 @@
-"""The bench table: every subject (torch, torch-fp16, ort, ort-fp16, trt) behind one protocol.
+"""Bench subjects: one :class:`~dpnet_runtime.predictor.Predictor` per row of ``contract.FORMATS``.
 
-Like ultralytics' ``export_formats()`` table, :data:`SUBJECTS` is the single source of truth for
-the names the CLI accepts, the order of the report's rows and what each subject needs. Every
-subject is a set of :class:`~dpnet_runtime.backends.base.BaseRunner` objects, one per graph
-role (``episode``, ``support``, ``query``): the ONNX Runtime and TensorRT runners of the
-runtime, and :class:`TorchRunner` here, which runs the checkpoint in PyTorch through the very
-export wrappers the graphs were traced from, so all subjects take the same pre-processed
-feeds and return the same contract outputs.
+``contract.FORMATS`` (like Ultralytics' ``export_formats()``) is the single source of truth for
+the names the CLI accepts, the order of the report's rows and what each row needs. Every
+subject is a Predictor over one runner per graph role (``episode``, ``support``, ``query``):
+the ONNX Runtime and TensorRT runners of the runtime, or :class:`TorchRunner` here, which runs
+the checkpoint in PyTorch through the very export wrappers the graphs were traced from, so all
+subjects take the same pre-processed feeds and return the same contract outputs.
 
 Design choice, ``torch-fp16``: ``model.half()`` on CUDA only. On CPU PyTorch runs half
 precision convolutions without vector kernels (orders of magnitude slower than FP32), which
@@ -24,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,27 +32,15 @@ from torch import nn
 from dpnet.checkpoint import load_model
 from dpnet.model.dpnet import DPNet
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
-from dpnet_export.wrappers import EpisodeGraph, QueryGraph, SupportGraph
-from dpnet_runtime.artifacts import EPISODE, QUERY, SUPPORT, resolve_artifacts
-from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, TensorSpec, open_runner
+from dpnet_export.wrappers import GRAPH_MODULES
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata
 from dpnet_runtime.contract import (
-    CACHE_NAMES,
-    CONFIDENCE,
-    DPNET_ONNX,
-    EPISODE_INPUTS,
-    LOGITS,
-    MASK,
+    EPISODE,
+    FORMATS,
+    GRAPHS,
     META_BETA,
     META_INPUT_SIZE,
-    OUTPUT_NAMES,
-    PROTOTYPES,
-    PSEUDO_COUNT,
-    QUERY_IMAGE,
-    SUPPORT_COS_FEATS,
-    SUPPORT_FG,
-    SUPPORT_IMAGES,
-    SUPPORT_MASKS,
-    feature_size,
+    Format,
 )
 from dpnet_runtime.errors import (
     BackendUnavailableError,
@@ -61,75 +48,11 @@ from dpnet_runtime.errors import (
     IncompatibleModelError,
     InputError,
 )
+from dpnet_runtime.predictor import Predictor
 
-__all__ = [
-    "SUBJECTS",
-    "Subject",
-    "SubjectInfo",
-    "TorchRunner",
-    "artifacts_dir",
-    "open_subject",
-]
+__all__ = ["Subject", "TorchRunner", "artifacts_dir", "open_subject"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SubjectInfo:
-    """One row of the bench table.
-
-    Attributes:
-        name: the subject string of the CLI and JSON (``ort-fp16``).
-        backend: ``torch``, ``ort`` or ``trt``.
-        precision: ``fp32`` or ``fp16``.
-        device: ``cpu`` or ``cuda``.
-    """
-
-    name: str
-    backend: str
-    precision: str
-    device: str
-
-
-SUBJECTS: Final[dict[str, SubjectInfo]] = {
-    info.name: info
-    for info in (
-        SubjectInfo("torch", "torch", "fp32", "cpu"),
-        SubjectInfo("torch-fp16", "torch", "fp16", "cuda"),
-        SubjectInfo("ort", "ort", "fp32", "cpu"),
-        SubjectInfo("ort-fp16", "ort", "fp16", "cpu"),
-        SubjectInfo("trt", "trt", "fp16", "cuda"),
-    )
-}
-
-_WRAPPERS: Final[dict[str, type[nn.Module]]] = {
-    EPISODE: EpisodeGraph,
-    SUPPORT: SupportGraph,
-    QUERY: QueryGraph,
-}
-_ROLE_INPUTS: Final = {
-    EPISODE: EPISODE_INPUTS,
-    SUPPORT: (SUPPORT_IMAGES, SUPPORT_MASKS),
-    QUERY: (QUERY_IMAGE, *CACHE_NAMES),
-}
-_ROLE_OUTPUTS: Final = {EPISODE: OUTPUT_NAMES, SUPPORT: CACHE_NAMES, QUERY: OUTPUT_NAMES}
-
-
-def _tensor_specs(size: int, channels: int) -> dict[str, TensorSpec]:
-    side = feature_size(size)
-    shapes: dict[str, tuple[tuple[int | str, ...], str]] = {
-        SUPPORT_IMAGES: (("B", "K", 3, size, size), "float32"),
-        SUPPORT_MASKS: (("B", "K", size, size), "float32"),
-        QUERY_IMAGE: (("B", 3, size, size), "float32"),
-        SUPPORT_COS_FEATS: (("B", "K", 1024, side, side), "float32"),
-        SUPPORT_FG: (("B", "K", side, side), "float32"),
-        PROTOTYPES: (("B", "K", channels), "float32"),
-        LOGITS: (("B", 2, size, size), "float32"),
-        MASK: (("B", size, size), "uint8"),
-        PSEUDO_COUNT: (("B",), "int32"),
-        CONFIDENCE: (("B", "K", side, side), "uint8"),
-    }
-    return {name: TensorSpec(name, dtype, shape) for name, (shape, dtype) in shapes.items()}
 
 
 class TorchRunner(BaseRunner):
@@ -161,8 +84,8 @@ class TorchRunner(BaseRunner):
         model: DPNet | None = None,
     ) -> None:
         super().__init__(path)
-        if graph not in _WRAPPERS:
-            raise InputError(f"graph must be one of {sorted(_WRAPPERS)}, got {graph!r}")
+        if graph not in GRAPH_MODULES:
+            raise InputError(f"graph must be one of {sorted(GRAPH_MODULES)}, got {graph!r}")
         if precision not in ("fp32", "fp16"):
             raise InputError(f"precision must be fp32 or fp16, got {precision!r}")
         self.graph = graph
@@ -180,14 +103,16 @@ class TorchRunner(BaseRunner):
             raise BackendUnavailableError("torch fp16 needs CUDA (CPU half kernels are emulated)")
         model = self._model if self._model is not None else load_model(self.path)[0]
         model = model.to(device=self.device, dtype=self.dtype).eval()
-        self._module = _WRAPPERS[self.graph](model, model.config.beta_test, False).eval()
+        self._module = GRAPH_MODULES[self.graph](model, model.config.beta_test, False).eval()
 
     def _metadata(self) -> RunnerMetadata:
         config = self._live_module().model.config
-        specs = _tensor_specs(config.input_size, config.feature_channels)
+        inputs, outputs = GRAPHS[self.graph].bind(
+            size=config.input_size, channels=config.feature_channels
+        )
         return RunnerMetadata(
-            inputs={name: specs[name] for name in _ROLE_INPUTS[self.graph]},
-            outputs={name: specs[name] for name in _ROLE_OUTPUTS[self.graph]},
+            inputs=inputs,
+            outputs=outputs,
             properties={
                 META_INPUT_SIZE: str(config.input_size),
                 META_BETA: str(config.beta_test),
@@ -196,13 +121,13 @@ class TorchRunner(BaseRunner):
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         module = self._live_module()
-        arguments = [self._tensor(feed[name]) for name in _ROLE_INPUTS[self.graph]]
+        spec = GRAPHS[self.graph]
+        arguments = [self._tensor(feed[name]) for name in spec.input_names]
         with torch.inference_mode():
             outputs = module(*arguments)
         # .cpu() waits for the GPU, so the runner's timing covers the whole computation.
         return {
-            name: _to_numpy(value)
-            for name, value in zip(_ROLE_OUTPUTS[self.graph], outputs, strict=True)
+            name: _to_numpy(value) for name, value in zip(spec.output_names, outputs, strict=True)
         }
 
     def _deactivate(self) -> None:
@@ -223,119 +148,84 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(value.cpu().numpy())
 
 
+@dataclass
 class Subject:
-    """One bench row's active runners: the episode graph and, when present, the split pair.
+    """One bench row: a format's :class:`Predictor`.
 
-    Args:
-        info: the table row.
-        runners: graph role -> active runner (the subject owns them; ``close`` releases them).
-        files: the artifact files the runners loaded (for the size column).
+    The bench feeds pre-processed episodes through the predictor's raw-feed API
+    (``infer_episode``, ``infer_support``, ``infer_query``), so every row runs exactly what
+    the runtime runs.
+
+    Attributes:
+        format: the row of ``contract.FORMATS``.
+        predictor: owns the active runners (``close`` releases them).
     """
 
-    def __init__(
-        self, info: SubjectInfo, runners: Mapping[str, BaseRunner], files: tuple[Path, ...]
-    ) -> None:
-        self.info = info
-        self.runners = dict(runners)
-        self.files = files
-
-    @property
-    def has_split(self) -> bool:
-        """True when the support encoder and query head can run separately."""
-        return SUPPORT in self.runners and QUERY in self.runners
+    format: Format
+    predictor: Predictor
 
     @property
     def artifact_bytes(self) -> int:
-        """Total size of the loaded artifact files."""
-        return sum(file.stat().st_size for file in self.files)
-
-    def run_episode(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One whole episode: ``support_images``, ``support_masks``, ``query_image`` -> outputs."""
-        if EPISODE not in self.runners:
-            cache = self.encode_support(feed)
-            return self.segment(feed[QUERY_IMAGE], cache)
-        return self.runners[EPISODE].infer(feed)
-
-    def encode_support(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The support cache of ``support_images`` / ``support_masks`` (split path)."""
-        support = {name: feed[name] for name in (SUPPORT_IMAGES, SUPPORT_MASKS)}
-        return self.runners[SUPPORT].infer(support)
-
-    def segment(
-        self, query_image: np.ndarray, cache: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """The query head on a cached support set (split path)."""
-        return self.runners[QUERY].infer({QUERY_IMAGE: query_image, **cache})
+        """Total size of the loaded artifact files (the checkpoint for PyTorch)."""
+        return sum(file.stat().st_size for file in set(self.predictor.files))
 
     def close(self) -> None:
         """Release every runner."""
-        for runner in self.runners.values():
-            runner.deactivate()
+        self.predictor.close()
 
 
 def open_subject(
     name: str, checkpoint: Path, artifacts: Path, *, threads: int, input_size: int
 ) -> Subject:
-    """Open the runners of subject ``name``.
+    """Open format ``name`` as a :class:`Predictor`.
 
     Args:
-        name: a key of :data:`SUBJECTS`.
-        checkpoint: the PyTorch checkpoint (torch subjects).
-        artifacts: the export directory (``ort`` graphs, ``trt`` engine).
+        name: a key of ``contract.FORMATS``.
+        checkpoint: the PyTorch checkpoint (torch formats).
+        artifacts: the export directory (ONNX graphs, TensorRT engine).
         threads: CPU threads for PyTorch (``torch.set_num_threads``) and ONNX Runtime
             (intra-op; inter-op is 1 since DPNet's graph is one chain).
         input_size: the model side S every feed has; a graph for another size is refused.
 
     Raises:
-        InputError: unknown subject.
-        BackendUnavailableError: a package or device the subject needs is absent.
+        InputError: unknown format.
+        BackendUnavailableError: a package or device the format needs is absent.
         ModelFileError: an artifact is missing or damaged (message says how to make it).
         IncompatibleModelError: a graph made for another input size.
     """
-    info = SUBJECTS.get(name)
-    if info is None:
-        raise InputError(f"unknown backend {name!r}; choose from {', '.join(SUBJECTS)}")
-    if info.backend == "torch":
+    fmt = FORMATS.get(name)
+    if fmt is None:
+        raise InputError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
+    if fmt.backend == "torch":
         torch.set_num_threads(threads)
-        return _open_torch(info, checkpoint)
-    if info.backend == "trt" and importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError("TensorRT is not installed (pip install 'dpnet[trt]')")
-    kind = "engine" if info.backend == "trt" else "onnx"
-    files = resolve_artifacts(artifacts, artifact=kind, precision=info.precision).files
-    options: dict[str, Any] = (
-        {"intra_op_threads": threads, "inter_op_threads": 1} if info.backend == "ort" else {}
-    )
-    runners: dict[str, BaseRunner] = {}
-    try:
-        for role, file in files.items():
-            runners[role] = open_runner(info.backend, file, **options)
-            _check_size(runners[role], input_size)
-    except BaseException:
-        for runner in runners.values():
-            runner.deactivate()
-        raise
-    return Subject(info, runners, tuple(files.values()))
+        predictor = Predictor(_torch_runners(fmt, checkpoint))
+    else:
+        if fmt.backend == "trt" and importlib.util.find_spec("tensorrt") is None:
+            raise BackendUnavailableError("TensorRT is not installed (pip install 'dpnet[trt]')")
+        options: dict[str, Any] = (
+            {"intra_op_threads": threads, "inter_op_threads": 1} if fmt.backend == "ort" else {}
+        )
+        predictor = Predictor.open(artifacts, fmt.backend, precision=fmt.precision, **options)
+    if predictor.info.input_size != input_size:
+        predictor.close()
+        size = predictor.info.input_size
+        raise IncompatibleModelError(
+            f"{artifacts} holds graphs exported for {size}x{size} inputs but the checkpoint's "
+            f"size is {input_size}; export the graphs from this checkpoint"
+        )
+    return Subject(fmt, predictor)
 
 
-def _open_torch(info: SubjectInfo, checkpoint: Path) -> Subject:
+def _torch_runners(fmt: Format, checkpoint: Path) -> dict[str, BaseRunner]:
     model = load_model(checkpoint)[0]
     runners: dict[str, BaseRunner] = {}
-    for role in _WRAPPERS:
+    for role in GRAPHS:
         runner = TorchRunner(
-            checkpoint, graph=role, device=info.device, precision=info.precision, model=model
+            checkpoint, graph=role, device=fmt.device, precision=fmt.precision, model=model
         )
         runner.activate()
         runners[role] = runner
-    return Subject(info, runners, (checkpoint,))
-
-
-def _check_size(runner: BaseRunner, input_size: int) -> None:
-    size = runner.get_properties().get(META_INPUT_SIZE)
-    if size is not None and int(size) != input_size:
-        raise IncompatibleModelError(
-            f"{runner.path} was exported for {size}x{size} inputs but the checkpoint's size is "
-            f"{input_size}; export the graphs from this checkpoint"
-        )
+    return runners
 
 
 @contextlib.contextmanager
@@ -349,7 +239,7 @@ def artifacts_dir(
         artifacts: the user's folder: used as is when it holds ``dpnet.onnx`` (or no subject
             needs graphs), exported into when it does not; ``None``: a temporary folder,
             removed on exit.
-        names: the subjects that will run (FP16 copies are exported only for ``ort-fp16``).
+        names: the formats that will run (FP16 copies are exported only for ``ort-fp16``).
         shots: the episodes' K (the graphs accept at least that many shots).
 
     Yields:
@@ -358,8 +248,9 @@ def artifacts_dir(
     Raises:
         ExportError: the FP32 export failed.
     """
-    needs_graphs = any(SUBJECTS[name].backend != "torch" for name in names)
-    if artifacts is not None and (not needs_graphs or (artifacts / DPNET_ONNX).is_file()):
+    needs_graphs = any(FORMATS[name].backend != "torch" for name in names)
+    episode_graph = FORMATS["ort"].file_name(EPISODE)
+    if artifacts is not None and (not needs_graphs or (artifacts / episode_graph).is_file()):
         yield artifacts, ""
         return
     with contextlib.ExitStack() as stack:

@@ -51,7 +51,7 @@ from dpnet_bench.schema import (
     BenchReport,
     TargetCheck,
 )
-from dpnet_bench.subjects import SUBJECTS, Subject, artifacts_dir, open_subject
+from dpnet_bench.subjects import Subject, artifacts_dir, open_subject
 from dpnet_bench.timing import (
     LatencyStats,
     RssSampler,
@@ -60,7 +60,14 @@ from dpnet_bench.timing import (
     timed_call,
     warm_up,
 )
-from dpnet_runtime.contract import CONFIDENCE, LOGITS, QUERY_IMAGE, SUPPORT_IMAGES, SUPPORT_MASKS
+from dpnet_runtime.contract import (
+    CONFIDENCE,
+    FORMATS,
+    LOGITS,
+    QUERY_IMAGE,
+    SUPPORT_IMAGES,
+    SUPPORT_MASKS,
+)
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     DpnetError,
@@ -81,9 +88,15 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class _Prepared:
-    feed: dict[str, np.ndarray]
+    support: dict[str, np.ndarray]  # the support graph's inputs
+    query: np.ndarray  # query_image [1, 3, S, S]
     label: np.ndarray
     class_id: int
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        """The episode graph's inputs."""
+        return {**self.support, QUERY_IMAGE: self.query}
 
 
 @dataclass
@@ -113,7 +126,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
         progress: called as ``progress(backend, done, total)`` after each episode.
 
     Returns:
-        The report, one row per requested backend in the order of :data:`SUBJECTS`.
+        The report, one row per requested backend in the order of ``contract.FORMATS``.
 
     Raises:
         InputError: bad options (unknown backend, episodes < 1, negative thresholds).
@@ -125,7 +138,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
     config = load_checkpoint(options.checkpoint).config
     threads = options.threads or len(os.sched_getaffinity(0))
     episodes, class_ids = _prepare_episodes(options, config.input_size)
-    names = [name for name in SUBJECTS if name in options.backends]
+    names = [name for name in FORMATS if name in options.backends]
     rows: dict[str, BackendResult] = {}
     active: dict[str, tuple[Subject, _Run]] = {}
     with contextlib.ExitStack() as stack:
@@ -174,12 +187,12 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
 
 
 def _check_options(options: BenchOptions) -> None:
-    unknown = sorted(set(options.backends) - set(SUBJECTS))
+    unknown = sorted(set(options.backends) - set(FORMATS))
     if unknown or not options.backends:
         raise InputError(
-            f"unknown backends {unknown}; choose from {', '.join(SUBJECTS)}"
+            f"unknown backends {unknown}; choose from {', '.join(FORMATS)}"
             if unknown
-            else f"no backend given; choose from {', '.join(SUBJECTS)}"
+            else f"no backend given; choose from {', '.join(FORMATS)}"
         )
     if options.episodes < 1:
         raise InputError(f"--episodes must be at least 1, got {options.episodes}")
@@ -207,8 +220,8 @@ def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared]
             episode.support_images, episode.support_masks, size, raw_input=False, max_shots=None
         )
         query = prepare_query(episode.query_image, size, raw_input=False)
-        feed = {SUPPORT_IMAGES: images, SUPPORT_MASKS: masks, QUERY_IMAGE: query}
-        prepared.append(_Prepared(feed, episode.query_mask, episode.class_id))
+        support = {SUPPORT_IMAGES: images, SUPPORT_MASKS: masks}
+        prepared.append(_Prepared(support, query, episode.query_mask, episode.class_id))
     return prepared, tuple(dataset.class_ids)
 
 
@@ -222,21 +235,23 @@ def _open_and_warm(
 ) -> tuple[Subject, _Run]:
     """Open a subject and warm both paths up, sampling the RSS: its peak memory."""
     gc.collect()
-    gpu = SUBJECTS[name].backend == "torch" and _torch_cuda_available()
+    gpu = FORMATS[name].backend == "torch" and _torch_cuda_available()
     if gpu:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    feed = first.feed
     with RssSampler() as sampler:
         subject = open_subject(
             name, options.checkpoint, artifacts, threads=threads, input_size=size
         )
+        predictor = subject.predictor
         try:
-            warm_up(lambda: subject.run_episode(feed), options.warmup_s)
-            if subject.has_split:
+            warm_up(lambda: predictor.infer_episode(first.feed), options.warmup_s)
+            if predictor.has_split:
                 warm_up(
-                    lambda: subject.segment(feed[QUERY_IMAGE], subject.encode_support(feed)),
+                    lambda: predictor.infer_query(
+                        {QUERY_IMAGE: first.query, **predictor.infer_support(first.support)}
+                    ),
                     options.warmup_s,
                 )
         except BaseException:
@@ -252,22 +267,23 @@ def _open_and_warm(
 
 def _run_episode(subject: Subject, episode: _Prepared, run: _Run) -> None:
     """Time one episode on both paths and keep what parity needs."""
-    outputs, elapsed = timed_call(lambda: subject.run_episode(episode.feed))
+    predictor = subject.predictor
+    outputs, elapsed = timed_call(lambda: predictor.infer_episode(episode.feed))
     run.episode_ns.append(elapsed)
     run.masks.append(_mask(outputs, episode.label.shape))
     if CONFIDENCE in outputs:
         run.confidence_sets.append(outputs[CONFIDENCE][0])
-    if subject.has_split:
-        cache, elapsed = timed_call(lambda: subject.encode_support(episode.feed))
+    if predictor.has_split:
+        cache, elapsed = timed_call(lambda: predictor.infer_support(episode.support))
         run.support_ns.append(elapsed)
-        query = episode.feed[QUERY_IMAGE]
-        outputs, elapsed = timed_call(lambda: subject.segment(query, cache))
+        feed = {QUERY_IMAGE: episode.query, **cache}
+        outputs, elapsed = timed_call(lambda: predictor.infer_query(feed))
         run.query_ns.append(elapsed)
         run.split_masks.append(_mask(outputs, episode.label.shape))
 
 
 def _problem(name: str, reason: str, status: str) -> BackendResult:
-    info = SUBJECTS[name]
+    info = FORMATS[name]
     logger.info("%s: %s: %s", name, status, reason)
     return BackendResult(name, info.precision, info.device, status, reason)
 
@@ -284,7 +300,7 @@ def _result(
     episodes: Sequence[_Prepared],
     class_ids: Sequence[int],
 ) -> BackendResult:
-    info = SUBJECTS[name]
+    info = FORMATS[name]
     labels = [episode.label for episode in episodes]
     return BackendResult(
         backend=name,

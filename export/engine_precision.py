@@ -25,11 +25,11 @@ from typing import Final
 
 from dpnet_runtime import contract
 from dpnet_runtime.backends.trt import tensorrt_major
+from dpnet_runtime.contract import PRECISIONS
 from dpnet_runtime.errors import InputError
 
-__all__ = ["PRECISIONS", "PrecisionPlan", "plan_precision"]
+__all__ = ["PrecisionPlan", "plan_precision"]
 
-PRECISIONS: Final = ("fp32", "fp16")
 _MIN_TENSORRT_MAJOR: Final = 10
 
 
@@ -39,7 +39,7 @@ class PrecisionPlan:
 
     Attributes:
         onnx_path: the graph to parse (the ``*_fp16.onnx`` copy for strongly typed FP16).
-        precision: one of :data:`PRECISIONS`.
+        precision: one of ``contract.PRECISIONS``.
         strongly_typed: create the network with ``STRONGLY_TYPED``.
         builder_flags: ``trt.BuilderFlag`` names to set (``("FP16",)`` for weak typing).
         tf32: leave ``BuilderFlag.TF32`` on (it is cleared otherwise).
@@ -80,7 +80,8 @@ def plan_precision(
         raise InputError(
             f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
         )
-    is_fp16_graph = onnx_path.name.endswith(f"{contract.FP16_SUFFIX}.onnx")
+    fp16_tag = contract.find_format("ort", "fp16").tag
+    is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
     if is_fp16_graph and precision != "fp16":
         raise InputError(
             f"{onnx_path} is the mixed-precision graph: add --fp16, or pass the FP32 graph"
@@ -96,7 +97,7 @@ def plan_precision(
         return PrecisionPlan(onnx_path, "fp16", False, ("FP16",), tf32=tf32)
     fp16_path = onnx_path
     if not is_fp16_graph:
-        fp16_path = onnx_path.with_name(contract.fp16_name(onnx_path.name))
+        fp16_path = onnx_path.with_name(f"{onnx_path.stem}{fp16_tag}.onnx")
     if not fp16_path.is_file():
         on_10 = major == _MIN_TENSORRT_MAJOR
         fallback = " or add --weak-typing (TensorRT 10 only)" if on_10 else ""

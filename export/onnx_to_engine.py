@@ -27,7 +27,7 @@ from dpnet_export.engine_precision import PrecisionPlan, plan_precision
 from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
-from dpnet_runtime.backends.trt import K_AXIS_INPUTS, import_tensorrt
+from dpnet_runtime.backends.trt import import_tensorrt
 from dpnet_runtime.backends.trt_sidecar import EngineSidecar, TensorProfile, sidecar_path
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 from dpnet_runtime.fileio import sha256_bytes
@@ -163,11 +163,12 @@ def build_profiles(
     for name, dims in input_shapes.items():
         points: list[list[int]] = [[], [], []]
         for axis, dim in enumerate(dims):
+            symbol = contract.symbolic_axis(name, axis)
             if isinstance(dim, int) and dim > 0:
                 values: tuple[int, int, int] = (dim, dim, dim)
-            elif axis == 0:
+            elif symbol == contract.BATCH_AXIS:
                 values = (batch.min, batch.opt, batch.max)
-            elif axis == 1 and name in K_AXIS_INPUTS:
+            elif symbol == contract.SHOTS_AXIS:
                 values = (shots.min, shots.opt, shots.max)
             else:
                 raise ModelFileError(
@@ -214,7 +215,8 @@ class EngineBuildOptions:
     @property
     def engine_path(self) -> Path:
         """Where the engine goes."""
-        return self.out_path or self.onnx_path.with_name(contract.ENGINE_FILE)
+        engine_file = contract.FORMATS["trt"].file_name(contract.EPISODE)
+        return self.out_path or self.onnx_path.with_name(engine_file)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 from dpnet import __version__
 from dpnet.checkpoint import load_model
-from dpnet.model.backbone import COS_CHANNELS
 from dpnet.model.dpnet import DPNet
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
-from dpnet_export.wrappers import EpisodeGraph, QueryGraph, SupportGraph
+from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
+from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec
 from dpnet_runtime.errors import DpnetError, ExportError, InputError
 from dpnet_runtime.fileio import atomic_path, sha256_file
 
@@ -106,36 +106,6 @@ class ExportResult:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _GraphSpec:
-    name: str
-    kind: str  # META_GRAPH value
-    module: type[nn.Module]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-_GRAPHS: Final = (
-    _GraphSpec(
-        contract.DPNET_ONNX, "episode", EpisodeGraph, contract.EPISODE_INPUTS, contract.OUTPUT_NAMES
-    ),
-    _GraphSpec(
-        contract.SUPPORT_ONNX,
-        "support",
-        SupportGraph,
-        contract.EPISODE_INPUTS[:2],
-        contract.CACHE_NAMES,
-    ),
-    _GraphSpec(
-        contract.QUERY_ONNX,
-        "query",
-        QueryGraph,
-        (contract.QUERY_IMAGE, *contract.CACHE_NAMES),
-        contract.OUTPUT_NAMES,
-    ),
-)
-
-
 def export_onnx(
     checkpoint: Path,
     out_dir: Path,
@@ -182,21 +152,26 @@ def export_onnx(
         contract.META_PRECISION: "fp32",
         contract.META_MAX_SHOTS: str(options.max_shots),
     }
+    fp32 = FORMATS["ort"]
     graphs: dict[str, onnx.ModelProto] = {}
-    for spec in _GRAPHS:
-        report(f"exporting {spec.name}")
-        wrapper = spec.module(model, beta, options.raw_input)
-        proto = _torch_to_proto(wrapper, spec, _example_inputs(spec, model, size, options), options)
+    for spec in GRAPHS.values():
+        name = fp32.file_name(spec.role)
+        report(f"exporting {name}")
+        wrapper = GRAPH_MODULES[spec.role](model, beta, options.raw_input)
+        inputs = _example_inputs(spec, model, size, options)
+        proto = _torch_to_proto(wrapper, spec, name, inputs, options)
         _set_metadata(proto, {**metadata, **_graph_metadata(spec)})
-        check_graph(proto, spec.name)
-        graphs[spec.name] = proto
+        check_graph(proto, name)
+        graphs[name] = proto
     if options.fp16:
-        for name in list(graphs):
-            report(f"converting {name} to mixed FP16")
-            graphs[contract.fp16_name(name)] = _fp16_copy(graphs[name], name)
+        fp16 = FORMATS["ort-fp16"]
+        for role in GRAPHS:
+            report(f"converting {fp32.file_name(role)} to mixed FP16")
+            name = fp16.file_name(role)
+            graphs[name] = _fp16_copy(graphs[fp32.file_name(role)], name)
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
-    _remove_stale_fp16(Path(out_dir), options.fp16)
+    _remove_stale_copies(Path(out_dir), files)
     seconds = time.perf_counter() - start
     logger.info("exported %d graphs to %s in %.1f s", len(files), out_dir, seconds)
     return ExportResult(Path(out_dir), files, size, beta, digest, seconds)
@@ -248,42 +223,37 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _example_inputs(
-    spec: _GraphSpec, model: DPNet, size: int, options: ExportOptions
+    spec: GraphSpec, model: DPNet, size: int, options: ExportOptions
 ) -> tuple[Tensor, ...]:
-    batch, shots = _EXAMPLE_BATCH, min(2, options.max_shots)
-    side = contract.feature_size(size)
+    # Values only drive the trace (the graph is static); B and K sizes must be >= 2 to stay dynamic.
+    axes = {contract.BATCH_AXIS: _EXAMPLE_BATCH, contract.SHOTS_AXIS: min(2, options.max_shots)}
+    inputs, _ = spec.bind(
+        size=size, channels=model.config.feature_channels, raw_input=options.raw_input
+    )
     generator = torch.Generator().manual_seed(0)
-    masks = (torch.rand(batch, shots, size, size, generator=generator) > 0.5).to(torch.float32)
-    if options.raw_input:
-        images = torch.randint(
-            0, 256, (batch, shots, size, size, 3), dtype=torch.uint8, generator=generator
-        )
-        query = images[:, 0]
-        masks = masks.to(torch.uint8)
-    else:
-        images = torch.randn(batch, shots, 3, size, size, generator=generator)
-        query = images[:, 0]
-    cache = (
-        torch.randn(batch, shots, COS_CHANNELS, side, side, generator=generator),
-        masks[:, :, :side, :side].to(torch.float32),
-        torch.randn(batch, shots, model.config.feature_channels, generator=generator),
-    )
-    by_name = dict(
-        zip(
-            (*contract.EPISODE_INPUTS, *contract.CACHE_NAMES),
-            (images, masks, query, *cache),
-            strict=True,
-        )
-    )
-    return tuple(by_name[name] for name in spec.inputs)
+    tensors = []
+    for tensor in inputs.values():
+        shape = [axes[dim] if isinstance(dim, str) else dim for dim in tensor.shape]
+        if tensor.dtype == "uint8":
+            tensors.append(torch.randint(0, 2, shape, dtype=torch.uint8, generator=generator))
+        else:
+            tensors.append(torch.rand(shape, generator=generator))
+    return tuple(tensors)
 
 
-def _dynamic_shapes(spec: _GraphSpec, max_shots: int) -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(spec: GraphSpec, max_shots: int) -> dict[str, dict[int, Any]]:
     batch = torch.export.Dim("batch", min=1)
     # A one-shot export keeps K static: torch.export cannot make an axis of range 1..1 dynamic.
     shots = torch.export.Dim("shots", min=1, max=max_shots) if max_shots > 1 else None
-    axes = {0: batch} if shots is None else {0: batch, 1: shots}
-    return {name: ({0: batch} if name == contract.QUERY_IMAGE else axes) for name in spec.inputs}
+    dims = {contract.BATCH_AXIS: batch, contract.SHOTS_AXIS: shots}
+    return {
+        tensor.name: {
+            axis: dims[dim]
+            for axis, dim in enumerate(tensor.shape)
+            if isinstance(dim, str) and dims.get(dim) is not None
+        }
+        for tensor in spec.inputs
+    }
 
 
 @contextlib.contextmanager
@@ -299,7 +269,11 @@ def _quiet_logger(name: str) -> Iterator[None]:
 
 
 def _torch_to_proto(
-    wrapper: nn.Module, spec: _GraphSpec, inputs: tuple[Tensor, ...], options: ExportOptions
+    wrapper: nn.Module,
+    spec: GraphSpec,
+    name: str,
+    inputs: tuple[Tensor, ...],
+    options: ExportOptions,
 ) -> onnx.ModelProto:
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("onnxscript.optimizer"):
@@ -310,8 +284,8 @@ def _torch_to_proto(
                 inputs,
                 dynamo=True,
                 opset_version=options.opset,
-                input_names=list(spec.inputs),
-                output_names=list(spec.outputs),
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
                 dynamic_shapes=_dynamic_shapes(spec, options.max_shots),
                 external_data=False,
                 optimize=True,
@@ -319,7 +293,7 @@ def _torch_to_proto(
             )
     except Exception as exc:  # torch.export and the ONNX translator raise many exception types
         raise ExportError(
-            f"torch.onnx.export failed for {spec.name}: {_first_line(exc)} (rerun with --debug)",
+            f"torch.onnx.export failed for {name}: {_first_line(exc)} (rerun with --debug)",
             str(exc),
         ) from exc
     if program is None:
@@ -327,15 +301,15 @@ def _torch_to_proto(
     proto: onnx.ModelProto = program.model_proto
     proto.producer_name = "dpnet-export"
     proto.producer_version = __version__
-    proto.doc_string = f"DPNet {spec.kind} graph, see dpnet_runtime.contract"
+    proto.doc_string = f"DPNet {spec.role} graph, see dpnet_runtime.contract"
     return proto
 
 
-def _graph_metadata(spec: _GraphSpec) -> dict[str, str]:
+def _graph_metadata(spec: GraphSpec) -> dict[str, str]:
     return {
-        contract.META_GRAPH: spec.kind,
-        contract.META_INPUTS: json.dumps(list(spec.inputs)),
-        contract.META_OUTPUTS: json.dumps(list(spec.outputs)),
+        contract.META_GRAPH: spec.role,
+        contract.META_INPUTS: json.dumps(list(spec.input_names)),
+        contract.META_OUTPUTS: json.dumps(list(spec.output_names)),
     }
 
 
@@ -344,9 +318,8 @@ def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
 
 
 def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    fp16_name = contract.fp16_name(name)
     converted = float32_to_float16(proto)
-    check_graph(converted, fp16_name)
+    check_graph(converted, name)
     return converted
 
 
@@ -370,15 +343,14 @@ def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path,
     return tuple(written)
 
 
-def _remove_stale_fp16(out_dir: Path, fp16: bool) -> None:
-    # FP16 copies of an older export would not match the new FP32 graphs.
-    if fp16:
-        return
-    for spec in _GRAPHS:
-        stale = out_dir / contract.fp16_name(spec.name)
-        if stale.exists():
-            logger.info("removing %s from an earlier export", stale)
-            stale.unlink()
+def _remove_stale_copies(out_dir: Path, written: tuple[Path, ...]) -> None:
+    # Low-precision copies of an older export would not match the new FP32 graphs.
+    for fmt in FORMATS.values():
+        for role in fmt.roles if fmt.artifact == "onnx" else ():
+            stale = out_dir / fmt.file_name(role)
+            if stale not in written and stale.exists():
+                logger.info("removing %s from an earlier export", stale)
+                stale.unlink()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,9 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from dpnet.model.dpnet import DPNet, SupportCache
-from dpnet_runtime.contract import IMAGENET_MEAN, IMAGENET_STD
+from dpnet_runtime.contract import EPISODE, IMAGENET_MEAN, IMAGENET_STD, QUERY, SUPPORT
 
-__all__ = ["EpisodeGraph", "QueryGraph", "SupportGraph", "contract_outputs", "normalize_uint8"]
+__all__ = [
+    "GRAPH_MODULES",
+    "EpisodeGraph",
+    "QueryGraph",
+    "SupportGraph",
+    "contract_outputs",
+    "normalize_uint8",
+]
 
 EpisodeOutputs = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -109,3 +116,12 @@ class QueryGraph(_Wrapper):
     ) -> EpisodeOutputs:
         """``[B, 3, H, W]`` (or raw uint8) plus the cache of :class:`SupportGraph`."""
         return self._segment(query_image, SupportCache(support_cos_feats, support_fg, prototypes))
+
+
+GRAPH_MODULES: dict[str, type[_Wrapper]] = {
+    EPISODE: EpisodeGraph,
+    SUPPORT: SupportGraph,
+    QUERY: QueryGraph,
+}
+"""Graph role of ``contract.GRAPHS`` -> the wrapper whose forward computes it; each takes
+``(model, beta, raw_input)`` and returns the role's outputs in the contract's order."""

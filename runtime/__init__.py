@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dpnet_runtime.backends.base import BaseRunner, TensorSpec, open_runner
+from dpnet_runtime.backends.base import BaseRunner, open_runner
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.predictor import Predictor, SegmentResult, SupportSet
 
 __version__ = "0.1.0"

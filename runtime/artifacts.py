@@ -3,7 +3,7 @@
 An export directory (``dpnet-export onnx --out DIR``) holds the whole-episode graph
 ``dpnet.onnx`` and the split pair ``dpnet_support.onnx`` / ``dpnet_query.onnx``, each with
 a ``*_fp16.onnx`` copy under ``--fp16``, and optionally a TensorRT ``dpnet.engine``.
-:func:`resolve_artifacts` picks the files for one backend and precision;
+:func:`resolve_artifacts` picks the files of one format (``contract.FORMATS``);
 :func:`read_graph_info` checks an opened graph against the contract and parses its metadata
 (values are strings: numbers as decimal text, booleans ``true``/``false``, lists as JSON).
 """
@@ -17,16 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from dpnet_runtime.backends.base import TensorSpec
 from dpnet_runtime.contract import (
-    CACHE_NAMES,
-    DPNET_ONNX,
-    ENGINE_FILE,
-    EPISODE_INPUTS,
+    EPISODE,
+    GRAPHS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LOGITS,
-    MASK,
     META_BETA,
     META_CHECKPOINT_SHA256,
     META_GRAPH,
@@ -34,51 +29,22 @@ from dpnet_runtime.contract import (
     META_MAX_SHOTS,
     META_MEAN,
     META_STD,
-    PSEUDO_COUNT,
-    QUERY_IMAGE,
-    QUERY_ONNX,
-    SUPPORT_FG,
-    SUPPORT_IMAGES,
-    SUPPORT_MASKS,
-    SUPPORT_ONNX,
-    fp16_name,
+    QUERY,
+    SHOTS_AXIS,
+    SUPPORT,
+    Format,
+    TensorSpec,
 )
-from dpnet_runtime.errors import IncompatibleModelError, InputError, ModelFileError
+from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 
-__all__ = [
-    "EPISODE",
-    "PRECISIONS",
-    "QUERY",
-    "SUPPORT",
-    "ArtifactSet",
-    "GraphInfo",
-    "read_graph_info",
-    "resolve_artifacts",
-]
+__all__ = ["ArtifactSet", "GraphInfo", "read_graph_info", "resolve_artifacts"]
 
-EPISODE: Final = "episode"
-SUPPORT: Final = "support"
-QUERY: Final = "query"
-PRECISIONS: Final = ("fp32", "fp16")
-
-_ONNX_FILES: Final = {EPISODE: DPNET_ONNX, SUPPORT: SUPPORT_ONNX, QUERY: QUERY_ONNX}
-_SUFFIXES: Final = {"onnx": ".onnx", "engine": ".engine"}
-_GRAPH_INPUTS: Final = {
-    EPISODE: EPISODE_INPUTS,
-    SUPPORT: (SUPPORT_IMAGES, SUPPORT_MASKS),
-    QUERY: (QUERY_IMAGE, *CACHE_NAMES),
-}
-_HEAD_OUTPUTS: Final = (LOGITS, MASK, PSEUDO_COUNT)
-_GRAPH_OUTPUTS: Final = {EPISODE: _HEAD_OUTPUTS, SUPPORT: CACHE_NAMES, QUERY: _HEAD_OUTPUTS}
-# The input whose spec tells the image layout, size and shots of each graph.
-_IMAGE_INPUT: Final = {EPISODE: SUPPORT_IMAGES, SUPPORT: SUPPORT_IMAGES, QUERY: QUERY_IMAGE}
-_SHOTS_INPUT: Final = {EPISODE: SUPPORT_IMAGES, SUPPORT: SUPPORT_IMAGES, QUERY: SUPPORT_FG}
 _EXPORT_HINT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
 
 
 @dataclass(frozen=True)
 class ArtifactSet:
-    """The graph files chosen for one backend and precision.
+    """The files of one format found in an export directory.
 
     Attributes:
         files: graph role (``episode``, ``support``, ``query``) -> file; holds the episode
@@ -86,11 +52,6 @@ class ArtifactSet:
     """
 
     files: dict[str, Path]
-
-    @property
-    def has_split(self) -> bool:
-        """True when the support/query pair is present (support features can be cached)."""
-        return SUPPORT in self.files and QUERY in self.files
 
 
 @dataclass(frozen=True)
@@ -119,69 +80,48 @@ class GraphInfo:
     export_id: str = ""
 
 
-def resolve_artifacts(
-    path: str | os.PathLike[str], *, artifact: str = "onnx", precision: str = "fp32"
-) -> ArtifactSet:
-    """Find the graph files of an export directory, or the set a single file belongs to.
+def resolve_artifacts(path: str | os.PathLike[str], fmt: Format) -> ArtifactSet:
+    """Find the files of format ``fmt`` in an export directory, or the set a file belongs to.
 
     Args:
         path: an export directory, or one graph file (a support or query graph brings
             its partner from the same folder).
-        artifact: ``onnx`` (``.onnx`` graphs) or ``engine`` (a TensorRT ``dpnet.engine``).
-        precision: ``fp32`` or ``fp16`` (the ``*_fp16.onnx`` copies); directories only.
+        fmt: the format row (:data:`~dpnet_runtime.contract.FORMATS`) whose files to find.
 
     Raises:
-        InputError: unknown precision or artifact kind.
-        ModelFileError: the path is missing, holds no graph, or a pair is incomplete;
-            the message says how to export.
+        ModelFileError: the path is missing, holds no file of the format, or a pair is
+            incomplete; the message says how to make the files.
     """
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if artifact not in _SUFFIXES:
-        raise InputError(
-            f"unknown artifact kind {artifact!r}; choose one of {', '.join(_SUFFIXES)}"
-        )
     location = Path(path)
     if location.is_file():
-        return _resolve_file(location, artifact)
+        return _resolve_file(location, fmt)
     if not location.exists():
         raise ModelFileError(f"model path {location} does not exist; create it with {_EXPORT_HINT}")
-    names = _directory_names(artifact, precision)
+    names = {role: fmt.file_name(role) for role in fmt.roles}
     files = {role: location / name for role, name in names.items() if (location / name).is_file()}
-    if (SUPPORT in files and QUERY not in files) or (QUERY in files and SUPPORT not in files):
+    if (SUPPORT in files) != (QUERY in files):
         files = {role: file for role, file in files.items() if role == EPISODE}
     if not files:
-        flag = " --fp16" if precision == "fp16" else ""
         raise ModelFileError(
-            f"{location} holds no {artifact} model (looked for {', '.join(names.values())}); "
-            f"create them with {_EXPORT_HINT}{flag}"
+            f"{location} holds no {fmt.name} model (looked for {', '.join(names.values())}); "
+            f"create it with {fmt.make}"
         )
     return ArtifactSet(files)
 
 
-def _directory_names(artifact: str, precision: str) -> dict[str, str]:
-    if artifact == "engine":
-        return {EPISODE: ENGINE_FILE}
-    if precision == "fp16":
-        return {role: fp16_name(name) for role, name in _ONNX_FILES.items()}
-    return dict(_ONNX_FILES)
-
-
-def _resolve_file(file: Path, artifact: str) -> ArtifactSet:
-    expected = _SUFFIXES[artifact]
-    if file.suffix in _SUFFIXES.values() and file.suffix != expected:
-        raise ModelFileError(f"{file} is not a {artifact} file (expected a {expected} file)")
-    for fp16 in (False, True):
-        names = {role: fp16_name(name) if fp16 else name for role, name in _ONNX_FILES.items()}
-        if file.name in (names[SUPPORT], names[QUERY]):
-            pair = {role: file.parent / names[role] for role in (SUPPORT, QUERY)}
-            for role, partner in pair.items():
-                if not partner.is_file():
-                    raise ModelFileError(
-                        f"{file} needs its {role} partner {partner}; "
-                        f"export both with {_EXPORT_HINT}"
-                    )
-            return ArtifactSet(pair)
+def _resolve_file(file: Path, fmt: Format) -> ArtifactSet:
+    expected = f".{fmt.artifact}"
+    if file.suffix in (".onnx", ".engine") and file.suffix != expected:
+        raise ModelFileError(f"{file} is not a {fmt.artifact} file (expected a {expected} file)")
+    names = {role: fmt.file_name(role) for role in fmt.roles}
+    if file.name in (names.get(SUPPORT), names.get(QUERY)):
+        pair = {role: file.parent / names[role] for role in (SUPPORT, QUERY)}
+        for role, partner in pair.items():
+            if not partner.is_file():
+                raise ModelFileError(
+                    f"{file} needs its {role} partner {partner}; export both with {_EXPORT_HINT}"
+                )
+        return ArtifactSet(pair)
     return ArtifactSet({EPISODE: file})
 
 
@@ -211,14 +151,16 @@ def read_graph_info(
             f"{path} is a {declared!r} graph but was opened as the {graph!r} graph "
             "(keep the file names dpnet-export wrote)"
         )
-    missing_in = [name for name in _GRAPH_INPUTS[graph] if name not in inputs]
-    missing_out = [name for name in _GRAPH_OUTPUTS[graph] if name not in outputs]
+    spec = GRAPHS[graph]
+    missing_in = [name for name in spec.input_names if name not in inputs]
+    missing_out = [name for name in spec.output_names if name not in outputs]
     if missing_in or missing_out:
         raise IncompatibleModelError(
             f"{path} is not a dpnet {graph} graph: missing inputs {missing_in}, outputs "
             f"{missing_out} (has {list(inputs)} -> {list(outputs)}); re-export with {_EXPORT_HINT}"
         )
-    image = inputs[_IMAGE_INPUT[graph]]
+    # The first input is an image (support_images or query_image): it tells layout and size.
+    image = inputs[spec.input_names[0]]
     raw_input = image.dtype == "uint8"
     spatial = image.shape[-3:-1] if raw_input else image.shape[-2:]
     static_sides = {dim for dim in spatial if isinstance(dim, int)}
@@ -240,7 +182,7 @@ def read_graph_info(
         input_size=input_size,
         dynamic_size=not static_sides,
         raw_input=raw_input,
-        max_shots=_max_shots(inputs[_SHOTS_INPUT[graph]], properties, path),
+        max_shots=_max_shots(graph, inputs, properties, path),
         mean=_floats_property(properties, META_MEAN, path) or IMAGENET_MEAN,
         std=_floats_property(properties, META_STD, path) or IMAGENET_STD,
         export_id=" ".join(
@@ -249,14 +191,21 @@ def read_graph_info(
     )
 
 
-def _max_shots(spec: TensorSpec, properties: Mapping[str, str], path: Path) -> int | None:
+def _max_shots(
+    graph: str, inputs: Mapping[str, TensorSpec], properties: Mapping[str, str], path: Path
+) -> int | None:
     declared = _int_property(properties, META_MAX_SHOTS, path)
     if declared is not None:
         return declared
-    shots_axis = 1
+    name, axis = next(
+        (spec.name, spec.shape.index(SHOTS_AXIS))
+        for spec in GRAPHS[graph].inputs
+        if SHOTS_AXIS in spec.shape
+    )
+    spec = inputs[name]
     if spec.max_shape is not None:
-        return spec.max_shape[shots_axis]
-    dim = spec.shape[shots_axis] if len(spec.shape) > shots_axis else None
+        return spec.max_shape[axis]
+    dim = spec.shape[axis] if len(spec.shape) > axis else None
     return dim if isinstance(dim, int) else None
 
 

@@ -30,23 +30,20 @@ from typing import Any, Self
 
 import numpy as np
 
-from dpnet_runtime.artifacts import (
-    EPISODE,
-    QUERY,
-    SUPPORT,
-    GraphInfo,
-    read_graph_info,
-    resolve_artifacts,
-)
-from dpnet_runtime.backends.base import BaseRunner, backend_info, open_runner
+from dpnet_runtime.artifacts import GraphInfo, read_graph_info, resolve_artifacts
+from dpnet_runtime.backends.base import BaseRunner, open_runner
 from dpnet_runtime.contract import (
-    CACHE_NAMES,
     CONFIDENCE,
+    EPISODE,
+    GRAPHS,
     LOGITS,
     PSEUDO_COUNT,
+    QUERY,
     QUERY_IMAGE,
+    SUPPORT,
     SUPPORT_IMAGES,
     SUPPORT_MASKS,
+    find_format,
 )
 from dpnet_runtime.errors import IncompatibleModelError, InputError
 from dpnet_runtime.postprocess import (
@@ -153,7 +150,7 @@ class Predictor:
         path: str | os.PathLike[str],
         backend: str = "ort",
         *,
-        precision: str = "fp32",
+        precision: str | None = None,
         multi_scale: Sequence[float] = (1.0,),
         **runner_options: Any,
     ) -> Predictor:
@@ -162,7 +159,8 @@ class Predictor:
         Args:
             path: a ``dpnet-export onnx --out`` directory or a graph/engine file.
             backend: ``ort`` (ONNX Runtime, default) or ``trt`` (TensorRT engine).
-            precision: ``fp32`` or ``fp16`` (the ``*_fp16.onnx`` copies of a directory).
+            precision: the format's precision (``fp32``, ``fp16``: the ``*_fp16.onnx`` copies);
+                ``None`` is the backend's first row of ``contract.FORMATS``.
             multi_scale: inference scales (see the class docstring).
             **runner_options: the runner's keywords, e.g. ``intra_op_threads=2``.
 
@@ -171,9 +169,11 @@ class Predictor:
             BackendUnavailableError: the backend's packages are not installed.
             InputError: unknown backend, precision or option.
         """
-        artifacts = resolve_artifacts(
-            path, artifact=backend_info(backend).artifact, precision=precision
-        )
+        try:
+            fmt = find_format(backend, precision)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        artifacts = resolve_artifacts(path, fmt)
         runners: dict[str, BaseRunner] = {}
         try:
             for role, file in artifacts.files.items():
@@ -183,6 +183,11 @@ class Predictor:
             for runner in runners.values():
                 runner.deactivate()
             raise
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The artifact file of each open runner."""
+        return tuple(runner.path for runner in self._runners.values())
 
     @property
     def has_split(self) -> bool:
@@ -207,10 +212,7 @@ class Predictor:
         feeds = []
         for size in self.sizes:
             inputs = self._support_inputs(images, masks, size)
-            if self.has_split:
-                outputs = self._infer(SUPPORT, inputs)
-                inputs = {name: outputs[name] for name in CACHE_NAMES}
-            feeds.append(inputs)
+            feeds.append(self.infer_support(inputs) if self.has_split else inputs)
         return SupportSet(shots=len(images), feeds=tuple(feeds))
 
     def segment(self, query: np.ndarray, support: SupportSet) -> SegmentResult:
@@ -260,16 +262,71 @@ class Predictor:
             return self.segment(query, self.encode_support(support_images, support_masks))
         image = check_image(query, "query image")
         outputs = [
-            self._infer(
-                EPISODE,
+            self.infer_episode(
                 {
                     **self._support_inputs(support_images, support_masks, size),
                     QUERY_IMAGE: self._query_input(image, size),
-                },
+                }
             )
             for size in self.sizes
         ]
         return self._result(outputs, image.shape[0], image.shape[1])
+
+    def infer_episode(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch of episodes from pre-processed feeds (the graphs' own inputs and outputs).
+
+        Runs ``dpnet.onnx``, or the support graph then the query graph when only the split
+        pair is open.
+
+        Args:
+            feed: the episode graph's inputs (``contract.GRAPHS["episode"]``), e.g.
+                ``support_images [B, K, 3, S, S]``, ``support_masks [B, K, S, S]``,
+                ``query_image [B, 3, S, S]``.
+
+        Returns:
+            The episode graph's outputs by name (``logits``, ``mask``, ...).
+
+        Raises:
+            InputError: the feed does not match the graph.
+        """
+        if EPISODE in self._runners:
+            return self._infer(EPISODE, feed)
+        support = {name: feed[name] for name in GRAPHS[SUPPORT].input_names}
+        return self.infer_query({QUERY_IMAGE: feed[QUERY_IMAGE], **self.infer_support(support)})
+
+    def infer_support(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The support cache of pre-processed support inputs (split pair only).
+
+        Args:
+            feed: ``support_images [B, K, 3, S, S]`` and ``support_masks [B, K, S, S]``.
+
+        Returns:
+            ``support_cos_feats``, ``support_fg`` and ``prototypes`` (``contract.GRAPHS``).
+
+        Raises:
+            InputError: the feed does not match, or only ``dpnet.onnx`` is open.
+        """
+        if not self.has_split:
+            raise InputError(
+                "the support cache needs the support/query pair; only dpnet.onnx is open"
+            )
+        return self._infer(SUPPORT, feed)
+
+    def infer_query(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The query head on a pre-processed query and a support cache (split pair only).
+
+        Args:
+            feed: ``query_image [B, 3, S, S]`` plus the outputs of :meth:`infer_support`.
+
+        Returns:
+            The episode graph's outputs by name.
+
+        Raises:
+            InputError: the feed does not match, or only ``dpnet.onnx`` is open.
+        """
+        if not self.has_split:
+            raise InputError("the query head needs the support/query pair; only dpnet.onnx is open")
+        return self._infer(QUERY, feed)
 
     def close(self) -> None:
         """Release every runner (sessions, engines, buffers)."""

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from dpnet_runtime.contract import COS_CHANNELS
 from dpnet_runtime.errors import ModelFileError
 
 __all__ = [
-    "COS_CHANNELS",
     "Backbone",
     "BackboneFeatures",
     "find_hub_resnet50",
@@ -33,7 +33,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LAYER2_CHANNELS = 512
-COS_CHANNELS = 1024
 
 
 class BackboneFeatures(NamedTuple):

@@ -20,13 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from dpnet.config import DPNetConfig
-from dpnet.model.backbone import COS_CHANNELS, Backbone, load_resnet50_state_dict
+from dpnet.model.backbone import Backbone, load_resnet50_state_dict
 from dpnet.model.ccm import CycleComparison, Discriminator, l2_normalize, pseudo_prototypes
 from dpnet.model.decoder import Decoder
 from dpnet.model.msf import MultiScaleFusion
 from dpnet.model.pim import PrototypeInteraction
 from dpnet.model.prototype import masked_average_pooling, resize_mask
 from dpnet.model.validation import validate_episode
+from dpnet_runtime.contract import COS_CHANNELS
 
 __all__ = ["DPNet", "SegmentOutput", "SupportCache", "build_dpnet", "count_parameters"]
 

@@ -19,55 +19,22 @@ import inspect
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import numpy as np
 
+from dpnet_runtime.contract import TensorSpec, find_format
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError, ModelFileError
 
 __all__ = [
-    "BACKENDS",
-    "BackendInfo",
     "BaseRunner",
     "RunnerMetadata",
-    "TensorSpec",
-    "backend_info",
     "check_feed",
     "import_optional",
     "open_runner",
 ]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype and shape of one graph input or output.
-
-    Attributes:
-        name: tensor name as in the graph (``support_images``).
-        dtype: numpy dtype name (``"float32"``, ``"uint8"``, ``"int32"``).
-        shape: one entry per axis: an int for a static axis, a string naming a dynamic one
-            (``"B"``, ``"K"``); axes sharing a name must agree across the inputs of one call.
-        min_shape: smallest accepted shape (a TensorRT optimisation profile), or ``None``.
-        max_shape: largest accepted shape, or ``None``.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-    min_shape: tuple[int, ...] | None = None
-    max_shape: tuple[int, ...] | None = None
-
-    @property
-    def is_static(self) -> bool:
-        """True when every axis has a fixed size."""
-        return all(isinstance(dim, int) for dim in self.shape)
-
-    def describe(self) -> str:
-        """Human-readable ``float32 [B, K, 3, 321, 321]`` for messages."""
-        return f"{self.dtype} [{', '.join(str(dim) for dim in self.shape)}]"
 
 
 class RunnerMetadata(NamedTuple):
@@ -276,50 +243,18 @@ class BaseRunner(abc.ABC):
         """Release everything ``_activate`` created; must tolerate a half-finished activate."""
 
 
-@dataclass(frozen=True)
-class BackendInfo:
-    """One row of the backend table: where the runner lives and what it needs.
-
-    Attributes:
-        name: the backend string used in code, CLI and JSON.
-        module: import path of the runner's module (imported on first use).
-        class_name: the runner class in that module.
-        artifact: ``"onnx"`` (graphs) or ``"engine"`` (a serialized TensorRT engine).
-        extra: the pip extra that provides its packages (``None``: the base install).
-        device: ``"cpu"`` or ``"cuda"`` (where it runs by default).
-    """
-
-    name: str
-    module: str
-    class_name: str
-    artifact: str
-    extra: str | None
-    device: str
-
-
-BACKENDS: Final[dict[str, BackendInfo]] = {
-    "ort": BackendInfo("ort", "dpnet_runtime.backends.ort", "OrtRunner", "onnx", None, "cpu"),
-    "trt": BackendInfo("trt", "dpnet_runtime.backends.trt", "TrtRunner", "engine", "trt", "cuda"),
+# Runner classes by backend, imported on first use; what each needs is in contract.FORMATS.
+_RUNNERS: Final = {
+    "ort": ("dpnet_runtime.backends.ort", "OrtRunner"),
+    "trt": ("dpnet_runtime.backends.trt", "TrtRunner"),
 }
-
-
-def backend_info(name: str) -> BackendInfo:
-    """The registry row of backend ``name``.
-
-    Raises:
-        InputError: unknown backend (the message lists the known ones).
-    """
-    info = BACKENDS.get(name)
-    if info is None:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return info
 
 
 def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> BaseRunner:
     """Import backend ``name`` on first use, build its runner for ``path`` and activate it.
 
     Args:
-        name: a key of :data:`BACKENDS` (``"ort"``, ``"trt"``).
+        name: ``"ort"`` or ``"trt"``, a runtime backend of ``contract.FORMATS``.
         path: the artifact file.
         **options: the runner's constructor keywords (``providers``, ``intra_op_threads``...).
 
@@ -333,15 +268,18 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
 
     >>> runner = open_runner("ort", "out/dpnet.onnx", intra_op_threads=2)  # doctest: +SKIP
     """
-    info = backend_info(name)
+    if name not in _RUNNERS:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(_RUNNERS)}")
+    module_name, class_name = _RUNNERS[name]
     try:
-        module = importlib.import_module(info.module)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        install = f"pip install 'dpnet[{info.extra}]'" if info.extra else "pip install dpnet"
+        extra = find_format(name).extra
+        install = f"pip install 'dpnet[{extra}]'" if extra else "pip install dpnet"
         raise BackendUnavailableError(
             f"backend {name!r} needs the package {exc.name or 'that is missing'} ({install})"
         ) from exc
-    runner_class = getattr(module, info.class_name)
+    runner_class = getattr(module, class_name)
     try:
         inspect.signature(runner_class).bind(path, **options)
     except TypeError as exc:

@@ -10,7 +10,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, TensorSpec
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 
 __all__ = ["OrtRunner"]

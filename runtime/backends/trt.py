@@ -23,13 +23,7 @@ import numpy as np
 
 from dpnet_runtime import contract
 from dpnet_runtime.backends import cuda
-from dpnet_runtime.backends.base import (
-    BaseRunner,
-    RunnerMetadata,
-    TensorSpec,
-    check_feed,
-    import_optional,
-)
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, check_feed, import_optional
 from dpnet_runtime.backends.trt_sidecar import (
     EngineSidecar,
     check_engine_bytes,
@@ -37,10 +31,10 @@ from dpnet_runtime.backends.trt_sidecar import (
     read_sidecar,
     sidecar_path,
 )
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import DpnetError, InputError, ModelFileError
 
 __all__ = [
-    "K_AXIS_INPUTS",
     "TENSOR_ALIGNMENT",
     "DeviceTensor",
     "TensorRTCallError",
@@ -54,10 +48,6 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 # NvInferRuntime.h, IExecutionContext::setTensorAddress: "at least 256-byte alignment".
 TENSOR_ALIGNMENT: Final = 256
-# Inputs whose axis 1 is K (shots): the support inputs and the support cache (contract.py).
-K_AXIS_INPUTS: Final = frozenset(
-    {contract.SUPPORT_IMAGES, contract.SUPPORT_MASKS, *contract.CACHE_NAMES}
-)
 
 
 def import_tensorrt() -> Any:
@@ -379,20 +369,20 @@ def tensor_spec(
 ) -> TensorSpec:
     """TensorSpec of an engine tensor: TensorRT's ``-1`` axes become named dynamic axes.
 
-    Axis 0 is ``B`` and, for the support inputs and cache, axis 1 is ``K``, so the shared
-    input check also enforces that every input agrees on B and K.
+    Dynamic axes take the contract's symbolic names (``contract.symbolic_axis``: ``B`` and, for
+    the support inputs and cache, ``K``), so the shared input check also enforces that every
+    input agrees on B and K.
 
     >>> tensor_spec("support_masks", "float32", (-1, -1, 321, 321)).shape
     ('B', 'K', 321, 321)
     """
     named: list[int | str] = []
     for axis, dim in enumerate(shape):
+        symbol = contract.symbolic_axis(name, axis)
         if dim >= 0:
             named.append(dim)
-        elif axis == 0:
-            named.append("B")
-        elif axis == 1 and name in K_AXIS_INPUTS:
-            named.append("K")
+        elif symbol in (contract.BATCH_AXIS, contract.SHOTS_AXIS):
+            named.append(symbol)
         else:
             named.append(f"{name}.{axis}")
     return TensorSpec(name, dtype, tuple(named), min_shape, max_shape)

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from dpnet_bench.schema import BenchOptions
-from dpnet_bench.subjects import SUBJECTS, TorchRunner, open_subject
+from dpnet_bench.subjects import TorchRunner, open_subject
 from dpnet_bench.suite import run_suite
-from dpnet_runtime.contract import CONFIDENCE, LOGITS, MASK, PSEUDO_COUNT
+from dpnet_runtime.contract import CONFIDENCE, FORMATS, LOGITS, MASK, PSEUDO_COUNT
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
 
 
-def test_table_lists_every_subject_once() -> None:
-    assert list(SUBJECTS) == ["torch", "torch-fp16", "ort", "ort-fp16", "trt"]
-    assert {info.precision for info in SUBJECTS.values()} == {"fp32", "fp16"}
+def test_format_table_lists_every_format_once() -> None:
+    assert list(FORMATS)[:5] == ["torch", "torch-fp16", "ort", "ort-fp16", "trt"]
+    assert {fmt.precision for fmt in FORMATS.values()} >= {"fp32", "fp16"}
 
 
 def test_unknown_subject_and_bad_options_are_input_errors(tmp_path: Path) -> None:
@@ -39,9 +39,13 @@ def test_torch_runner_returns_contract_outputs(tiny_checkpoint: Path) -> None:
         "support_masks": np.ones((1, 2, 129, 129), dtype=np.float32),
         "query_image": rng.standard_normal((1, 3, 129, 129), dtype=np.float32),
     }
+    predictor = subject.predictor
+    support = {name: feed[name] for name in ("support_images", "support_masks")}
     try:
-        episode = subject.run_episode(feed)
-        split = subject.segment(feed["query_image"], subject.encode_support(feed))
+        episode = predictor.infer_episode(feed)
+        split = predictor.infer_query(
+            {"query_image": feed["query_image"], **predictor.infer_support(support)}
+        )
     finally:
         subject.close()
     assert episode[LOGITS].dtype == np.float32 and episode[LOGITS].shape == (1, 2, 129, 129)

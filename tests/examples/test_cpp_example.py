@@ -19,7 +19,7 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from dpnet_runtime import Predictor, contract
+from dpnet_runtime import Predictor
 from dpnet_runtime.preprocess import load_image, load_mask, prepare_query, prepare_support
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def raw_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(folder / "tiny.pt", model, meta)
     export_onnx(folder / "tiny.pt", folder / "split", ExportOptions(raw_input=True, max_shots=2))
     (folder / "episode").mkdir()
-    shutil.copy(folder / "split" / contract.DPNET_ONNX, folder / "episode")
+    shutil.copy(folder / "split" / "dpnet.onnx", folder / "episode")
     return folder
 
 

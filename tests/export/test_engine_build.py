@@ -118,7 +118,7 @@ def test_version_branch(
     tmp_path: Path, version: str, precision: str, weak: bool, expected: tuple[object, ...]
 ) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    _episode_onnx(tmp_path / contract.fp16_name("dpnet.onnx"))
+    _episode_onnx(tmp_path / "dpnet_fp16.onnx")
     plan = plan_precision(fp32, precision=precision, tensorrt_version=version, weak_typing=weak)
     got = (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.builder_flags)
     assert got == expected and plan.tf32 is False
@@ -176,7 +176,7 @@ def test_trtexec_for_options(tmp_path: Path) -> None:
     )
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
     assert f"--onnx={fp32}" in command and "--fp16" in command and "--noTF32" in command
-    assert f"--saveEngine={tmp_path / contract.ENGINE_FILE}" in command
+    assert f"--saveEngine={tmp_path / 'dpnet.engine'}" in command
     max_shapes = "support_images:4x5x3x8x8,support_masks:4x5x8x8,query_image:4x3x8x8"
     assert f"--maxShapes={max_shapes}" in command
     assert "--memPoolSize=workspace:2048" in command and "--stronglyTyped" not in command

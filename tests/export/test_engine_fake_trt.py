@@ -51,10 +51,10 @@ def _export_dir(folder: Path, *, fp16: bool = True) -> Path:
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
     helper.set_model_props(model, {contract.META_INPUT_SIZE: str(SIZE)})
-    names = [contract.DPNET_ONNX] + ([contract.fp16_name(contract.DPNET_ONNX)] if fp16 else [])
+    names = ["dpnet.onnx"] + (["dpnet_fp16.onnx"] if fp16 else [])
     for name in names:
         onnx.save(model, folder / name)
-    return folder / contract.DPNET_ONNX
+    return folder / "dpnet.onnx"
 
 
 @pytest.mark.parametrize("version", ["10.15.1.29", "11.0.0.1"])
@@ -160,7 +160,7 @@ def test_fake_trt_invalid_profile_is_an_export_error(
     _use(monkeypatch, "10.15.1.29", profile_ok=False)
     with pytest.raises(ExportError, match="rejected the optimisation profile"):
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
-    assert not (tmp_path / contract.ENGINE_FILE).exists()
+    assert not (tmp_path / "dpnet.engine").exists()
 
 
 def test_fake_trt_build_reports_progress_and_forwards_warnings(
@@ -183,7 +183,7 @@ def test_fake_trt_parser_errors_name_the_node(
     ) as info:
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
     assert "NonZero" in info.value.log
-    assert not (tmp_path / contract.ENGINE_FILE).exists()
+    assert not (tmp_path / "dpnet.engine").exists()
 
 
 def test_fake_trt_failed_build_carries_the_log(
@@ -193,7 +193,7 @@ def test_fake_trt_failed_build_carries_the_log(
     with pytest.raises(ExportError, match="out of memory") as info:
         onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path)))
     assert "[ERROR] out of memory while building" in info.value.log
-    assert not (tmp_path / contract.ENGINE_FILE).exists()
+    assert not (tmp_path / "dpnet.engine").exists()
 
 
 def _trtexec_engine(path: Path, *, mask_dtype: str = "uint8") -> Path:

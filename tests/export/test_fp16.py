@@ -32,8 +32,8 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_keep_list_stays_fp32_and_weights_are_fp16(tiny_export_dir):
-    fp32 = onnx.load(tiny_export_dir / contract.DPNET_ONNX)
-    fp16 = onnx.load(tiny_export_dir / contract.fp16_name(contract.DPNET_ONNX))
+    fp32 = onnx.load(tiny_export_dir / "dpnet.onnx")
+    fp16 = onnx.load(tiny_export_dir / "dpnet_fp16.onnx")
     types = _elem_types(fp16)
     kept = set(fp32_keep_list(fp32))
     ccm = nodes_in_scope(fp16, CCM_SCOPE)
@@ -64,7 +64,7 @@ def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_traine
         image_size=SIZE,
     )
     session = ort.InferenceSession(
-        str(tiny_trained_export_dir / contract.fp16_name(contract.DPNET_ONNX)),
+        str(tiny_trained_export_dir / "dpnet_fp16.onnx"),
         providers=["CPUExecutionProvider"],
     )
     torch_acc, fp16_acc = IoUAccumulator(dataset.class_ids), IoUAccumulator(dataset.class_ids)
@@ -81,7 +81,7 @@ def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_traine
             contract.QUERY_IMAGE: normalize_images(np.stack([e.query_image for e in episodes])),
         }
         cache = model.encode_support(
-            *(torch.from_numpy(feed[k]) for k in contract.EPISODE_INPUTS[:2])
+            *(torch.from_numpy(feed[k]) for k in ("support_images", "support_masks"))
         )
         output = model.segment(
             torch.from_numpy(feed[contract.QUERY_IMAGE]), cache, model.config.beta_test

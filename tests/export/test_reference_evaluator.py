@@ -104,11 +104,8 @@ def _assert_agree(
 
 
 def _graph_pairs(folder: Path, precision: str) -> dict[str, Path]:
-    names = (contract.DPNET_ONNX, contract.SUPPORT_ONNX, contract.QUERY_ONNX)
-    if precision == "fp16":
-        names = tuple(contract.fp16_name(name) for name in names)
-    roles = ("episode", "support", "query")
-    return {role: folder / file for role, file in zip(roles, names, strict=True)}
+    row = contract.find_format("ort", precision)
+    return {role: folder / row.file_name(role) for role in contract.GRAPHS}
 
 
 def _check_folder(folder: Path, precision: str, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -136,7 +133,7 @@ def test_reference_evaluator_agrees_on_raw_input_graphs(raw_export_dir: Path) ->
 
 
 def test_msf_graphs_pool_without_partial_windows(tiny_trained_export_dir: Path) -> None:
-    model = onnx.load(str(tiny_trained_export_dir / contract.DPNET_ONNX))
+    model = onnx.load(str(tiny_trained_export_dir / "dpnet.onnx"))
     pools = [node for node in model.graph.node if node.op_type == "AveragePool"]
     assert pools  # scales 1/2 and 1/4 (shared by P' and P_q')
     for node in pools:

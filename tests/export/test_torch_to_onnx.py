@@ -20,7 +20,8 @@ from dpnet_runtime.errors import InputError, ModelFileError
 from dpnet_runtime.fileio import sha256_file
 
 SIZE = 129
-GRAPHS = (contract.DPNET_ONNX, contract.SUPPORT_ONNX, contract.QUERY_ONNX)
+GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
+FP16_GRAPHS = ("dpnet_fp16.onnx", "dpnet_support_fp16.onnx", "dpnet_query_fp16.onnx")
 CHECKPOINTS = [
     ("tiny_checkpoint", "tiny_export_dir"),
     ("tiny_trained_checkpoint", "tiny_trained_export_dir"),
@@ -80,7 +81,7 @@ def test_episode_graph_and_split_pair_match_torch(checkpoint_fixture, export_fix
     for batch, shots in [(1, 1), (2, 1), (1, 5), (2, 5)]:
         feed = _episode(batch, shots, seed=batch * 10 + shots)
         logits, selected = _torch_outputs(checkpoint, feed)
-        got = _run(export_dir / contract.DPNET_ONNX, feed)
+        got = _run(export_dir / "dpnet.onnx", feed)
         where = f"B={batch} K={shots}"
         assert np.abs(got[contract.LOGITS] - logits).max() <= 1e-3, where
         np.testing.assert_array_equal(got[contract.CONFIDENCE], selected, err_msg=where)
@@ -89,10 +90,11 @@ def test_episode_graph_and_split_pair_match_torch(checkpoint_fixture, export_fix
         assert agreement >= 0.999, where
         np.testing.assert_array_equal(got[contract.PSEUDO_COUNT], selected.sum(axis=(1, 2, 3)))
         cache = _run(
-            export_dir / contract.SUPPORT_ONNX, {k: feed[k] for k in contract.EPISODE_INPUTS[:2]}
+            export_dir / "dpnet_support.onnx",
+            {k: feed[k] for k in ("support_images", "support_masks")},
         )
         split = _run(
-            export_dir / contract.QUERY_ONNX,
+            export_dir / "dpnet_query.onnx",
             {contract.QUERY_IMAGE: feed[contract.QUERY_IMAGE], **cache},
         )
         np.testing.assert_allclose(
@@ -104,7 +106,7 @@ def test_episode_graph_and_split_pair_match_torch(checkpoint_fixture, export_fix
 
 @pytest.mark.slow
 def test_graphs_follow_op_rules_and_pass_lint(tiny_export_dir):
-    for name in (*GRAPHS, *map(contract.fp16_name, GRAPHS)):
+    for name in (*GRAPHS, *FP16_GRAPHS):
         model = onnx.load(tiny_export_dir / name)
         ops = {node.op_type for node in model.graph.node}
         assert not ops & FORBIDDEN_OPS, name
@@ -126,7 +128,7 @@ def test_io_and_metadata_follow_contract(tiny_export_dir, tiny_checkpoint):
         contract.PSEUDO_COUNT: (onnx.TensorProto.INT32, ["batch"]),
         contract.CONFIDENCE: (onnx.TensorProto.UINT8, ["batch", "shots", side, side]),
     }
-    model = onnx.load(tiny_export_dir / contract.DPNET_ONNX)
+    model = onnx.load(tiny_export_dir / "dpnet.onnx")
     inputs = {v.name: _type(v) for v in model.graph.input}
     assert inputs == {
         contract.SUPPORT_IMAGES: (onnx.TensorProto.FLOAT, ["batch", "shots", 3, SIZE, SIZE]),
@@ -135,8 +137,10 @@ def test_io_and_metadata_follow_contract(tiny_export_dir, tiny_checkpoint):
     }
     assert {v.name: _type(v) for v in model.graph.output} == expected_outputs
     _, checkpoint = load_model(tiny_checkpoint)
-    for name, kind in zip(GRAPHS, ("episode", "support", "query"), strict=True):
-        for precision, file in (("fp32", name), ("fp16", contract.fp16_name(name))):
+    for name, fp16_name, kind in zip(
+        GRAPHS, FP16_GRAPHS, ("episode", "support", "query"), strict=True
+    ):
+        for precision, file in (("fp32", name), ("fp16", fp16_name)):
             model = onnx.load(tiny_export_dir / file)
             meta = {p.key: p.value for p in model.metadata_props}
             assert meta[contract.META_GRAPH] == kind
@@ -207,7 +211,7 @@ def test_invalid_options_are_input_errors(tmp_path, tiny_checkpoint, options, ma
 def test_failed_write_leaves_no_partial_file(tmp_path, tiny_checkpoint):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    (out_dir / contract.QUERY_ONNX).mkdir()  # the last graph cannot replace a folder
+    (out_dir / "dpnet_query.onnx").mkdir()  # the last graph cannot replace a folder
     with pytest.raises(Exception, match="cannot write"):
         export_onnx(tiny_checkpoint, out_dir, ExportOptions(max_shots=2))
-    assert [p.name for p in out_dir.iterdir()] == [contract.QUERY_ONNX]
+    assert [p.name for p in out_dir.iterdir()] == ["dpnet_query.onnx"]

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from dpnet_runtime import Predictor, contract
+from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DatasetError, DpnetError, InputError, ModelFileError
 from dpnet_runtime.preprocess import load_image, load_mask
 
@@ -110,7 +110,7 @@ def test_export_of_a_bad_checkpoint_names_it(
 @pytest.fixture(scope="module")
 def bad_graphs(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_graphs")
-    paths = _bad_variants(folder, tiny_export / contract.DPNET_ONNX)
+    paths = _bad_variants(folder, tiny_export / "dpnet.onnx")
     identity = onnx.helper.make_model(
         onnx.helper.make_graph(
             [onnx.helper.make_node("Identity", ["x"], ["y"])],
@@ -120,7 +120,7 @@ def bad_graphs(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         )
     )
     (folder / "foreign").mkdir()
-    paths["foreign"] = folder / "foreign" / contract.DPNET_ONNX
+    paths["foreign"] = folder / "foreign" / "dpnet.onnx"
     onnx.save(identity, paths["foreign"])
     (folder / "empty_dir").mkdir()
     paths["empty dir"] = folder / "empty_dir"
@@ -164,7 +164,7 @@ def test_bad_engine_sidecar(case: str, tmp_path: Path) -> None:
     from dpnet_runtime.backends import trt_sidecar as trt
 
     assert trt.SIDECAR_FORMAT == "dpnet-engine" and trt.SIDECAR_VERSION == 2
-    path = tmp_path / contract.ENGINE_SIDECAR
+    path = tmp_path / "dpnet.engine.json"
     content = SIDECAR_CASES[case]
     if content is not None:
         path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
@@ -175,7 +175,7 @@ def test_truncated_engine_bytes_are_caught_by_the_sidecar_hash(tmp_path: Path) -
     from dpnet_runtime.backends import trt_sidecar as trt
     from dpnet_runtime.fileio import sha256_bytes
 
-    engine = tmp_path / contract.ENGINE_FILE
+    engine = tmp_path / "dpnet.engine"
     sidecar = trt.EngineSidecar(
         onnx_file="dpnet.onnx", onnx_sha256="0", engine_sha256=sha256_bytes(GARBAGE),
         cache_key="k", tensorrt_version="10.0.0", gpu_name="gpu", compute_capability="9.0",

@@ -26,7 +26,7 @@ from dpnet_runtime.errors import IncompatibleModelError
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-GRAPHS = (contract.DPNET_ONNX, contract.SUPPORT_ONNX, contract.QUERY_ONNX)
+GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
 
 CHECKPOINT_LOOP = textwrap.dedent(
     """
@@ -118,7 +118,7 @@ def test_sigkill_during_export_leaves_complete_graphs(
 def test_graphs_of_two_exports_are_not_paired(tiny_export: Path, tmp_path: Path) -> None:
     for name in GRAPHS:
         proto = onnx.load(str(tiny_export / name))
-        if name == contract.QUERY_ONNX:  # as written by an export of another checkpoint
+        if name == "dpnet_query.onnx":  # as written by an export of another checkpoint
             props = {prop.key: prop.value for prop in proto.metadata_props}
             props[contract.META_CHECKPOINT_SHA256] = "0" * 64
             onnx.helper.set_model_props(proto, props)

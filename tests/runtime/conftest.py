@@ -31,7 +31,8 @@ def _const(name: str, values: list[int] | list[float], dtype: type = np.int64) -
 
 
 def _support_nodes(images: str, masks: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """support_images/masks -> support_cos_feats, support_fg, prototypes (fg and bg colour)."""
+    """support_images/masks -> the support cache: cos feats, fg, prototypes (fg and bg colour)."""
+    cos_feats, fg, prototypes = contract.GRAPHS[contract.SUPPORT].output_names
     nodes = [
         helper.make_node("Unsqueeze", [masks, "axis2"], ["m"]),
         helper.make_node("Sub", ["one", "m"], ["bgm"]),
@@ -45,13 +46,9 @@ def _support_nodes(images: str, masks: str) -> tuple[list[onnx.NodeProto], list[
         helper.make_node("Add", ["bg_n", "eps"], ["bg_d"]),
         helper.make_node("Div", ["fg_sum", "fg_d"], ["fg_proto"]),
         helper.make_node("Div", ["bg_sum", "bg_d"], ["bg_proto"]),
-        helper.make_node("Concat", ["fg_proto", "bg_proto"], [contract.PROTOTYPES], axis=2),
-        helper.make_node(
-            "Slice", [images, "zero2", "big2", "axes34", "step8"], [contract.SUPPORT_COS_FEATS]
-        ),
-        helper.make_node(
-            "Slice", [masks, "zero2", "big2", "axes23", "step8"], [contract.SUPPORT_FG]
-        ),
+        helper.make_node("Concat", ["fg_proto", "bg_proto"], [prototypes], axis=2),
+        helper.make_node("Slice", [images, "zero2", "big2", "axes34", "step8"], [cos_feats]),
+        helper.make_node("Slice", [masks, "zero2", "big2", "axes23", "step8"], [fg]),
     ]
     inits = [
         _const("axis2", [2]),
@@ -68,8 +65,10 @@ def _support_nodes(images: str, masks: str) -> tuple[list[onnx.NodeProto], list[
 
 def _query_nodes(query: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """query_image + cache -> logits, mask, pseudo_count, confidence."""
+    _, fg, prototypes = contract.GRAPHS[contract.SUPPORT].output_names
+    logits, mask, pseudo_count, confidence = contract.GRAPHS[contract.QUERY].output_names
     nodes = [
-        helper.make_node("ReduceMean", [contract.PROTOTYPES, "axis1"], ["proto"], keepdims=0),
+        helper.make_node("ReduceMean", [prototypes, "axis1"], ["proto"], keepdims=0),
         helper.make_node("Split", ["proto", "split33"], ["fg_mean", "bg_mean"], axis=1),
         helper.make_node("Unsqueeze", ["fg_mean", "axes23"], ["fg_p"]),
         helper.make_node("Unsqueeze", ["bg_mean", "axes23"], ["bg_p"]),
@@ -81,14 +80,12 @@ def _query_nodes(query: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProt
         helper.make_node("ReduceSum", ["bg_sq", "axis1"], ["bg_dist"], keepdims=1),
         helper.make_node("Neg", ["fg_dist"], ["fg_logit"]),
         helper.make_node("Neg", ["bg_dist"], ["bg_logit"]),
-        helper.make_node("Concat", ["bg_logit", "fg_logit"], [contract.LOGITS], axis=1),
-        helper.make_node("ArgMax", [contract.LOGITS], ["label"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["label"], [contract.MASK], to=TensorProto.UINT8),
-        helper.make_node(
-            "Cast", [contract.SUPPORT_FG], [contract.CONFIDENCE], to=TensorProto.UINT8
-        ),
-        helper.make_node("ReduceSum", [contract.SUPPORT_FG, "axes123"], ["count"], keepdims=0),
-        helper.make_node("Cast", ["count"], [contract.PSEUDO_COUNT], to=TensorProto.INT32),
+        helper.make_node("Concat", ["bg_logit", "fg_logit"], [logits], axis=1),
+        helper.make_node("ArgMax", [logits], ["label"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["label"], [mask], to=TensorProto.UINT8),
+        helper.make_node("Cast", [fg], [confidence], to=TensorProto.UINT8),
+        helper.make_node("ReduceSum", [fg, "axes123"], ["count"], keepdims=0),
+        helper.make_node("Cast", ["count"], [pseudo_count], to=TensorProto.INT32),
     ]
     inits = [
         _const("axis1", [1]),
@@ -116,75 +113,59 @@ def _raw_adapter(
     return nodes, inits
 
 
+def _value_info(spec: contract.TensorSpec, axes: dict[str, int | str]) -> onnx.ValueInfoProto:
+    dtype = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+    shape = [axes.get(dim, dim) if isinstance(dim, str) else dim for dim in spec.shape]
+    return helper.make_tensor_value_info(spec.name, dtype, shape)
+
+
 def build_graph(
     role: str, *, size: int | str, max_shots: int, raw: bool, metadata: dict[str, str]
 ) -> onnx.ModelProto:
     """One contract graph: ``role`` in episode / support / query; ``size`` int or "H" (dynamic)."""
     side = size
     feat: int | str = contract.feature_size(size) if isinstance(size, int) else "h"
-    f32, u8 = TensorProto.FLOAT, TensorProto.UINT8
-    image_dtype = u8 if raw else f32
+    f32 = TensorProto.FLOAT
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    inputs: list[onnx.ValueInfoProto] = []
+    images_in, masks_in = contract.GRAPHS[contract.SUPPORT].input_names
+    query_in = contract.GRAPHS[contract.QUERY].input_names[0]
     support_images, support_masks, query = "support_f", "masks_f", "query_f"
     if role in ("episode", "support"):
-        shape = ["B", "K", side, side, 3] if raw else ["B", "K", 3, side, side]
-        inputs += [
-            helper.make_tensor_value_info(contract.SUPPORT_IMAGES, image_dtype, shape),
-            helper.make_tensor_value_info(
-                contract.SUPPORT_MASKS, image_dtype, ["B", "K", side, side]
-            ),
-        ]
         if raw:
-            adapter, adapter_inits = _raw_adapter(contract.SUPPORT_IMAGES, support_images, 5)
+            adapter, adapter_inits = _raw_adapter(images_in, support_images, 5)
             nodes += [
                 *adapter,
-                helper.make_node("Cast", [contract.SUPPORT_MASKS], [support_masks], to=f32),
+                helper.make_node("Cast", [masks_in], [support_masks], to=f32),
             ]
             inits += adapter_inits
         else:
-            support_images, support_masks = contract.SUPPORT_IMAGES, contract.SUPPORT_MASKS
+            support_images, support_masks = images_in, masks_in
         support, support_inits = _support_nodes(support_images, support_masks)
         nodes += support
         inits += support_inits
     if role in ("episode", "query"):
-        shape = ["B", side, side, 3] if raw else ["B", 3, side, side]
-        inputs.append(helper.make_tensor_value_info(contract.QUERY_IMAGE, image_dtype, shape))
         if raw:
-            adapter, adapter_inits = _raw_adapter(contract.QUERY_IMAGE, query, 4)
+            adapter, adapter_inits = _raw_adapter(query_in, query, 4)
             nodes += adapter
             if role == "query":
                 inits += adapter_inits
         else:
-            query = contract.QUERY_IMAGE
+            query = query_in
         head, head_inits = _query_nodes(query)
         nodes += head
         inits += [init for init in head_inits if init.name not in {i.name for i in inits}]
     if role == "query":
-        inputs += [
-            helper.make_tensor_value_info(
-                contract.SUPPORT_COS_FEATS, f32, ["B", "K", 3, feat, feat]
-            ),
-            helper.make_tensor_value_info(contract.SUPPORT_FG, f32, ["B", "K", feat, feat]),
-            helper.make_tensor_value_info(contract.PROTOTYPES, f32, ["B", "K", 6]),
-        ]
         inits += [init for init in _support_nodes("x", "y")[1] if init.name == "axes23"]
-    if role == "support":
-        outputs = [
-            helper.make_tensor_value_info(
-                contract.SUPPORT_COS_FEATS, f32, ["B", "K", 3, feat, feat]
-            ),
-            helper.make_tensor_value_info(contract.SUPPORT_FG, f32, ["B", "K", feat, feat]),
-            helper.make_tensor_value_info(contract.PROTOTYPES, f32, ["B", "K", 6]),
-        ]
-    else:
-        outputs = [
-            helper.make_tensor_value_info(contract.LOGITS, f32, ["B", 2, side, side]),
-            helper.make_tensor_value_info(contract.MASK, u8, ["B", side, side]),
-            helper.make_tensor_value_info(contract.PSEUDO_COUNT, TensorProto.INT32, ["B"]),
-            helper.make_tensor_value_info(contract.CONFIDENCE, u8, ["B", "K", feat, feat]),
-        ]
+    # The I/O follow contract.GRAPHS; the fake's cosine features are the 3 colour channels and
+    # its prototypes the object and background colours (D = 3, C = 6).
+    axes = {"S": side, "h": feat, "D": 3, "C": 6}
+    spec = contract.GRAPHS[role]
+    inputs = [
+        _value_info(contract.RAW_INPUTS.get(tensor.name, tensor) if raw else tensor, axes)
+        for tensor in spec.inputs
+    ]
+    outputs = [_value_info(tensor, axes) for tensor in spec.outputs]
     graph = helper.make_graph(nodes, f"fake_dpnet_{role}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 9
@@ -221,20 +202,15 @@ def make_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFactory:
         metadata: dict[str, str] | None = None,
     ) -> Path:
         folder = tmp_path_factory.mktemp("export")
-        files = {
-            "episode": contract.DPNET_ONNX,
-            "support": contract.SUPPORT_ONNX,
-            "query": contract.QUERY_ONNX,
-        }
         for role in roles:
             model = build_graph(
                 role, size=size, max_shots=max_shots, raw=raw, metadata=metadata or {}
             )
-            onnx.save(model, folder / files[role])
+            onnx.save(model, folder / contract.FORMATS["ort"].file_name(role))
             if fp16:
                 props = {prop.key: prop.value for prop in model.metadata_props}
                 helper.set_model_props(model, {**props, contract.META_PRECISION: "fp16"})
-                onnx.save(model, folder / contract.fp16_name(files[role]))
+                onnx.save(model, folder / contract.FORMATS["ort-fp16"].file_name(role))
         return folder
 
     return make

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from dpnet_runtime import contract
-from dpnet_runtime.backends.base import TensorSpec, check_feed, open_runner
+from dpnet_runtime.backends.base import check_feed, open_runner
 from dpnet_runtime.backends.ort import OrtRunner
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 
 
@@ -28,13 +29,13 @@ def _episode_feed(shots: int = 2, batch: int = 1, size: int = 32) -> dict[str, n
 
 @pytest.fixture
 def runner(export_dir: Path) -> Iterator[OrtRunner]:
-    with OrtRunner(export_dir / contract.DPNET_ONNX, intra_op_threads=1) as active:
+    with OrtRunner(export_dir / "dpnet.onnx", intra_op_threads=1) as active:
         yield active
 
 
 def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
     inputs = runner.get_input_metadata()
-    assert list(inputs) == list(contract.EPISODE_INPUTS)
+    assert list(inputs) == list(("support_images", "support_masks", "query_image"))
     assert inputs[contract.SUPPORT_IMAGES] == TensorSpec(
         contract.SUPPORT_IMAGES, "float32", ("B", "K", 3, 32, 32)
     )
@@ -99,7 +100,7 @@ def test_bad_model_file_is_a_model_file_error(
 ) -> None:
     path = tmp_path / "dpnet.onnx"
     if content == "truncate":
-        data = (export_dir / contract.DPNET_ONNX).read_bytes()
+        data = (export_dir / "dpnet.onnx").read_bytes()
         content = data[: len(data) // 2]
     path.write_bytes(content)  # type: ignore[arg-type]
     with pytest.raises(ModelFileError) as info:
@@ -114,7 +115,7 @@ def test_missing_file_is_a_model_file_error(tmp_path: Path) -> None:
 
 
 def test_runner_must_be_active(export_dir: Path) -> None:
-    runner = OrtRunner(export_dir / contract.DPNET_ONNX)
+    runner = OrtRunner(export_dir / "dpnet.onnx")
     with pytest.raises(RuntimeError, match="not active"):
         runner.infer(_episode_feed())
     with runner:
@@ -124,21 +125,21 @@ def test_runner_must_be_active(export_dir: Path) -> None:
 
 def test_open_runner_rejects_unknown_backend_and_option(export_dir: Path) -> None:
     with pytest.raises(InputError, match="unknown backend 'tflite'; choose one of ort, trt"):
-        open_runner("tflite", export_dir / contract.DPNET_ONNX)
+        open_runner("tflite", export_dir / "dpnet.onnx")
     with pytest.raises(InputError, match="unexpected keyword"):
-        open_runner("ort", export_dir / contract.DPNET_ONNX, device=0)
+        open_runner("ort", export_dir / "dpnet.onnx", device=0)
     with pytest.raises(InputError, match="intra_op_threads must be >= 1"):
-        open_runner("ort", export_dir / contract.DPNET_ONNX, intra_op_threads=0)
+        open_runner("ort", export_dir / "dpnet.onnx", intra_op_threads=0)
 
 
 def test_absent_execution_provider_names_the_extra(export_dir: Path) -> None:
     with pytest.raises(BackendUnavailableError, match=r"dpnet\[gpu\]"):
-        open_runner("ort", export_dir / contract.DPNET_ONNX, providers=["NoSuchExecutionProvider"])
+        open_runner("ort", export_dir / "dpnet.onnx", providers=["NoSuchExecutionProvider"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT installed")
 def test_trt_backend_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
-    engine = tmp_path / contract.ENGINE_FILE
+    engine = tmp_path / "dpnet.engine"
     engine.write_bytes(b"engine")
     with pytest.raises(BackendUnavailableError, match=r"dpnet\[trt\]"):
         open_runner("trt", engine)
@@ -146,7 +147,7 @@ def test_trt_backend_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("allow_spinning", [False, True])
 def test_thread_spinning_is_off_unless_asked_for(export_dir: Path, allow_spinning: bool) -> None:
-    runner = OrtRunner(export_dir / contract.DPNET_ONNX, allow_spinning=allow_spinning)
+    runner = OrtRunner(export_dir / "dpnet.onnx", allow_spinning=allow_spinning)
     options = runner._session_options()
     expected = "1" if allow_spinning else "0"
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected

@@ -46,7 +46,7 @@ def test_cached_support_matches_the_episode_graph(predictor: Predictor, scene: S
     image, mask = scene(40, 48, 5, 10, 20)
     support = predictor.encode_support([image, image], [mask, mask])
     assert predictor.has_split and support.shots == 2
-    assert set(support.feeds[0]) == set(contract.CACHE_NAMES)
+    assert set(support.feeds[0]) == set(("support_cos_feats", "support_fg", "prototypes"))
     for top in (3, 20):
         query, _ = scene(50, 60, top, 25, 22)
         cached = predictor.segment(query, support)
@@ -143,35 +143,35 @@ def test_max_shots_comes_from_metadata(make_export_dir: Callable[..., Path], sce
 
 def test_precision_selects_fp16_copies(make_export_dir: Callable[..., Path]) -> None:
     folder = make_export_dir(fp16=True)
-    files = resolve_artifacts(folder, precision="fp16").files
+    files = resolve_artifacts(folder, contract.FORMATS["ort-fp16"]).files
     assert files["episode"].name == "dpnet_fp16.onnx"
     with Predictor.open(folder, precision="fp16") as predictor:
         assert predictor.has_split
-    with pytest.raises(InputError, match="unknown precision 'int8'"):
-        Predictor.open(folder, precision="int8")
+    with pytest.raises(InputError, match="backend 'ort' has no 'int4' format; choose one of fp32"):
+        Predictor.open(folder, precision="int4")
 
 
 def test_missing_and_empty_directories_name_the_export_command(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist; create it with dpnet-export onnx"):
         Predictor.open(tmp_path / "absent")
-    with pytest.raises(ModelFileError, match=r"holds no onnx model .*dpnet-export onnx --ckpt"):
+    with pytest.raises(ModelFileError, match=r"holds no ort model .*dpnet-export onnx --ckpt"):
         Predictor.open(tmp_path)
     with pytest.raises(ModelFileError, match="--fp16"):
         Predictor.open(tmp_path, precision="fp16")
 
 
 def test_single_file_opens_its_graph_set(export_dir: Path, tmp_path: Path) -> None:
-    with Predictor.open(export_dir / contract.DPNET_ONNX) as predictor:
+    with Predictor.open(export_dir / "dpnet.onnx") as predictor:
         assert not predictor.has_split
-    with Predictor.open(export_dir / contract.QUERY_ONNX) as predictor:
+    with Predictor.open(export_dir / "dpnet_query.onnx") as predictor:
         assert predictor.has_split
-    shutil.copy(export_dir / contract.QUERY_ONNX, tmp_path / contract.QUERY_ONNX)
+    shutil.copy(export_dir / "dpnet_query.onnx", tmp_path / "dpnet_query.onnx")
     with pytest.raises(ModelFileError, match="needs its support partner"):
-        Predictor.open(tmp_path / contract.QUERY_ONNX)
+        Predictor.open(tmp_path / "dpnet_query.onnx")
 
 
 def test_renamed_graph_is_incompatible(export_dir: Path, tmp_path: Path) -> None:
-    shutil.copy(export_dir / contract.SUPPORT_ONNX, tmp_path / contract.DPNET_ONNX)
+    shutil.copy(export_dir / "dpnet_support.onnx", tmp_path / "dpnet.onnx")
     with pytest.raises(IncompatibleModelError, match="is a 'support' graph but was opened as"):
         Predictor.open(tmp_path)
 
@@ -185,8 +185,8 @@ def test_malformed_metadata_is_a_model_file_error(make_export_dir: Callable[...,
 def test_truncated_graph_in_directory_is_a_model_file_error(
     export_dir: Path, tmp_path: Path
 ) -> None:
-    data = (export_dir / contract.DPNET_ONNX).read_bytes()
-    (tmp_path / contract.DPNET_ONNX).write_bytes(data[: len(data) // 3])
+    data = (export_dir / "dpnet.onnx").read_bytes()
+    (tmp_path / "dpnet.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match="cannot be loaded by the ort backend"):
         Predictor.open(tmp_path)
 

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpnet_runtime import contract
-
 
 @pytest.fixture
 def files(tmp_path: Path, scene) -> dict[str, Path]:
@@ -61,7 +59,7 @@ def test_cli_writes_mask_and_overlay(
     ("case", "message"),
     [
         ("empty_mask", "error: support mask 1 has no object pixel"),
-        ("no_models", "holds no onnx model"),
+        ("no_models", "holds no ort model"),
         ("truncated", "cannot be loaded by the ort backend"),
         ("bad_pair", "must be IMAGE:MASK"),
     ],
@@ -78,8 +76,8 @@ def test_cli_user_errors_are_one_line(
     elif case == "truncated":
         model = tmp_path / "broken"
         model.mkdir()
-        shutil.copy(export_dir / contract.DPNET_ONNX, model / contract.DPNET_ONNX)
-        (model / contract.DPNET_ONNX).write_bytes(b"\x08\x09garbage")
+        shutil.copy(export_dir / "dpnet.onnx", model / "dpnet.onnx")
+        (model / "dpnet.onnx").write_bytes(b"\x08\x09garbage")
     else:
         pair = str(files["support"])
     out = tmp_path / "result.png"

@@ -77,7 +77,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from dpnet_export.onnx_to_engine import EngineBuildOptions, ShapeRange, onnx_to_engine
 
     folder = tmp_path_factory.mktemp("engine")
-    onnx_path = _episode_onnx(folder / contract.DPNET_ONNX)
+    onnx_path = _episode_onnx(folder / "dpnet.onnx")
     options = EngineBuildOptions(
         onnx_path,
         shots=ShapeRange(1, 1, 5),

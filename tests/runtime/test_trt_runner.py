@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpnet_runtime import contract
-from dpnet_runtime.backends.base import TensorSpec, check_feed, open_runner
+from dpnet_runtime.backends.base import check_feed, open_runner
 from dpnet_runtime.backends.cuda import DeviceBuffer, GpuInfo, gpu_info
 from dpnet_runtime.backends.trt import DeviceTensor, tensor_spec, tensorrt_major
 from dpnet_runtime.backends.trt_sidecar import (
@@ -22,6 +22,7 @@ from dpnet_runtime.backends.trt_sidecar import (
     read_sidecar,
     sidecar_path,
 )
+from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     DpnetError,

@@ -36,7 +36,7 @@ SIZE = 8
 
 
 def _engine_file(folder: Path, tensors: list | None = None) -> Path:
-    path = folder / contract.ENGINE_FILE
+    path = folder / "dpnet.engine"
     data = engine_bytes(tensors or episode_engine(SIZE))
     path.write_bytes(data)
     sidecar = EngineSidecar(

@@ -1,0 +1,160 @@
+"""The contract tables: pinned facts, derived helpers, and consumers that follow a change.
+
+The literal values here restate README's I/O contract on purpose: a change to
+``dpnet_runtime.contract`` that breaks C++ callers must fail a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from dpnet_bench.subjects import TorchRunner
+from dpnet_export.onnx_to_engine import ShapeRange, build_profiles
+from dpnet_runtime import contract
+from dpnet_runtime.artifacts import read_graph_info
+from dpnet_runtime.backends.trt import tensor_spec
+from dpnet_runtime.contract import FORMATS, GRAPHS, find_format
+from dpnet_runtime.errors import IncompatibleModelError
+
+
+def test_graph_files_and_io_names_are_the_documented_ones() -> None:
+    assert {role: spec.file for role, spec in GRAPHS.items()} == {
+        "episode": "dpnet.onnx",
+        "support": "dpnet_support.onnx",
+        "query": "dpnet_query.onnx",
+    }
+    head = ("logits", "mask", "pseudo_count", "confidence")
+    cache = ("support_cos_feats", "support_fg", "prototypes")
+    assert GRAPHS["episode"].input_names == ("support_images", "support_masks", "query_image")
+    assert GRAPHS["episode"].output_names == head
+    assert GRAPHS["support"].input_names == ("support_images", "support_masks")
+    assert GRAPHS["support"].output_names == cache
+    assert GRAPHS["query"].input_names == ("query_image", *cache)
+    assert GRAPHS["query"].output_names == head
+
+
+def test_bind_fixes_side_feature_side_and_channels() -> None:
+    inputs, outputs = GRAPHS["query"].bind(size=321, channels=256)
+    assert inputs["query_image"].shape == ("B", 3, 321, 321)
+    assert inputs["support_cos_feats"].shape == ("B", "K", 1024, 41, 41)
+    assert inputs["prototypes"].shape == ("B", "K", 256)
+    assert (outputs["mask"].dtype, outputs["mask"].shape) == ("uint8", ("B", 321, 321))
+    assert (outputs["pseudo_count"].dtype, outputs["pseudo_count"].shape) == ("int32", ("B",))
+    assert outputs["confidence"].shape == ("B", "K", 41, 41)
+    raw, _ = GRAPHS["episode"].bind(size=129, channels=64, raw_input=True)
+    assert (raw["support_images"].dtype, raw["support_images"].shape) == (
+        "uint8",
+        ("B", "K", 129, 129, 3),
+    )
+    assert (raw["support_masks"].dtype, raw["query_image"].shape) == ("uint8", ("B", 129, 129, 3))
+
+
+def test_format_rows_name_their_files() -> None:
+    assert [FORMATS[name].file_name(role) for name in ("ort", "ort-fp16") for role in GRAPHS] == [
+        "dpnet.onnx",
+        "dpnet_support.onnx",
+        "dpnet_query.onnx",
+        "dpnet_fp16.onnx",
+        "dpnet_support_fp16.onnx",
+        "dpnet_query_fp16.onnx",
+    ]
+    assert FORMATS["trt"].file_name("episode") == "dpnet.engine"
+    assert FORMATS["trt"].roles == ("episode",) and FORMATS["torch"].roles == ()
+    with pytest.raises(ValueError, match="no support file"):
+        FORMATS["trt"].file_name("support")
+
+
+def test_find_format_picks_the_backend_row_or_lists_the_choices() -> None:
+    assert find_format("ort").name == "ort"
+    assert find_format("ort", "fp16").name == "ort-fp16"
+    assert find_format("trt").name == "trt"
+    with pytest.raises(ValueError, match=r"choose one of fp32 \(ort\), fp16 \(ort-fp16\)"):
+        find_format("ort", "int4")
+    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
+        find_format("tflite")
+
+
+def test_shots_axis_inputs_are_the_support_inputs_and_cache() -> None:
+    assert contract.shots_axis_inputs() == {
+        "support_images",
+        "support_masks",
+        "support_cos_feats",
+        "support_fg",
+        "prototypes",
+    }
+    assert contract.symbolic_axis("query_image", 0) == "B"
+    assert contract.symbolic_axis("query_image", 1) is None
+    assert contract.symbolic_axis("no_such_tensor", 0) is None
+
+
+def _renamed(spec: contract.GraphSpec, old: str, new: str) -> contract.GraphSpec:
+    def rename(tensors: tuple[contract.TensorSpec, ...]) -> tuple[contract.TensorSpec, ...]:
+        return tuple(
+            dataclasses.replace(tensor, name=new) if tensor.name == old else tensor
+            for tensor in tensors
+        )
+
+    return dataclasses.replace(spec, inputs=rename(spec.inputs), outputs=rename(spec.outputs))
+
+
+@pytest.fixture
+def renamed_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRAPHS with ``pseudo_count`` -> ``pseudo_size`` and ``support_fg`` -> ``support_labels``."""
+    for role, spec in GRAPHS.items():
+        spec = _renamed(
+            _renamed(spec, "pseudo_count", "pseudo_size"), "support_fg", "support_labels"
+        )
+        monkeypatch.setitem(GRAPHS, role, spec)
+
+
+@pytest.mark.usefixtures("renamed_contract")
+def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_and_trt_axes(
+    make_export_dir,
+) -> None:
+    # TensorRT: the renamed cache input still gets the K axis in specs and profiles.
+    assert "support_labels" in contract.shots_axis_inputs()
+    assert tensor_spec("support_labels", "float32", (-1, -1, 5, 5)).shape == ("B", "K", 5, 5)
+    profile = build_profiles(
+        {"support_labels": (-1, -1, 5, 5)}, batch=ShapeRange(1, 2, 3), shots=ShapeRange(1, 3, 5)
+    )
+    assert (profile[0].min, profile[0].max) == ((1, 1, 5, 5), (3, 5, 5, 5))
+    # Test graphs are built from GRAPHS, so they carry the new names.
+    folder = make_export_dir()
+    query = onnx.load(folder / "dpnet_query.onnx")
+    assert "support_labels" in [value.name for value in query.graph.input]
+    assert "pseudo_size" in [value.name for value in query.graph.output]
+    # The runtime's graph check asks for the new names: an old-style spec set is refused.
+    old_outputs = {
+        name: contract.TensorSpec(name, "float32", ("B",))
+        for name in ("logits", "mask", "pseudo_count", "confidence")
+    }
+    inputs = {name: contract.TensorSpec(name, "float32", ("B",)) for name in ("query_image",)}
+    with pytest.raises(IncompatibleModelError, match=r"missing inputs \['support_cos_feats'?"):
+        read_graph_info("query", Path("q.onnx"), inputs, old_outputs, {})
+
+
+@pytest.mark.usefixtures("renamed_contract")
+def test_a_name_changed_in_graphs_alone_reaches_the_torch_bench_runner(
+    tiny_checkpoint: Path,
+) -> None:
+    with TorchRunner(tiny_checkpoint, graph="query") as runner:
+        assert "support_labels" in runner.get_input_metadata()
+        assert list(runner.get_output_metadata()) == [
+            "logits",
+            "mask",
+            "pseudo_size",
+            "confidence",
+        ]
+        rng = np.random.default_rng(0)
+        specs = runner.get_input_metadata()
+        feed = {
+            name: rng.random([2 if isinstance(d, str) else d for d in spec.shape], np.float32)
+            for name, spec in specs.items()
+        }
+        outputs = runner.infer(feed)
+    assert outputs["pseudo_size"].dtype == np.int32
