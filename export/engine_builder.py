@@ -150,7 +150,7 @@ def progress_monitor(trt: Any, report: Report) -> Any:
         The monitor, for ``config.progress_monitor``; it never cancels the build.
     """
 
-    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc,name-defined]
+    class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.start = time.monotonic()

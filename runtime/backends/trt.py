@@ -88,7 +88,7 @@ def capture_logger(trt: Any, forward: Callable[[str], None] | None = None) -> An
     """
     error = int(trt.ILogger.Severity.ERROR)
 
-    class _CapturingLogger(trt.ILogger):  # type: ignore[misc,name-defined]
+    class _CapturingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.messages: list[str] = []
