@@ -29,7 +29,7 @@ import torch
 
 from dpnet.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from dpnet.config import DPNetConfig
-from dpnet.data import FewShotDataset, build_dataset, dataset_options
+from dpnet.data import FewShotDataset, build_dataset
 from dpnet.data.transforms import EpisodeTensors, collate, episode_to_tensors
 from dpnet.eval.evaluate import EvalResult, evaluate
 from dpnet.model.dpnet import SegmentOutput, build_dpnet
@@ -212,7 +212,7 @@ class _Trainer:
         o = self.options
         return build_dataset(
             o.dataset, root=o.data_root, fold=o.fold, split=split, shots=o.shots, seed=seed,
-            episodes=episodes, **dataset_options(o.dataset, coco_split=o.coco_split),
+            episodes=episodes, **o.data_options.keywords(o.dataset),
         )  # fmt: skip
 
     def _total_steps(self, defaults: DatasetDefaults) -> int:
