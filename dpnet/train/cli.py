@@ -89,6 +89,10 @@ def command(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = (
         _DEFAULTS.resume
     ),
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start a new run from this checkpoint's weights."),
+    ] = _DEFAULTS.init,
     seed: Annotated[int, typer.Option(help="Run seed.")] = _DEFAULTS.seed,
     val_every: Annotated[
         int | None, typer.Option(help="Validate and write last.pt every N steps (0: at the end).")
@@ -104,6 +108,9 @@ def command(
     """Train DPNet; writes OUT/last.pt (every validation) and OUT/best.pt (best mIoU).
 
     Example: dpnet-train --dataset synthetic --fold 0 --config tiny --steps 1500 --out run/
+
+    Fine-tune a PASCAL model on your folder: dpnet-train --dataset folder --data-root mine/
+    --init run-pascal/best.pt --steps 500 --out run-mine/
     """
     data_options = dataset_flags(
         coco_split=coco_split, splits_dir=splits_dir, skip_missing=skip_missing,
@@ -114,7 +121,7 @@ def command(
         shots=shots, config=config, variant=ablation_variant, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr,
         optimizer=cast("Optimizer | None", optimizer),  # checked by TrainOptions
-        backbone_weights=backbone_weights, resume=resume, seed=seed,
+        backbone_weights=backbone_weights, resume=resume, init=init, seed=seed,
         val_every=val_every, val_episodes=val_episodes, device=device, threads=threads,
     )  # fmt: skip
     with make_progress() as progress:

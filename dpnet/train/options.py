@@ -28,6 +28,7 @@ __all__ = [
     "DatasetDefaults",
     "Optimizer",
     "TrainOptions",
+    "init_config",
     "train_config",
     "variant_config",
 ]
@@ -104,6 +105,8 @@ class TrainOptions:
         backbone_weights: torchvision ``resnet50-*.pth`` for the trunk.
         pretrained_backbone: ``False`` keeps the trunk random without the warning's search.
         resume: continue from ``out/last.pt``.
+        init: start a new run from this checkpoint's weights (fine-tuning) with a fresh
+            optimiser; its network is the run's (``config`` and ``variant`` must match it).
         seed: run seed (model init, augmentation, dropout).
         val_every: validate (and write ``last.pt``) every this many steps; 0 = only at the end.
         val_episodes: validation episodes (fold classes, seed :data:`VAL_SEED`); 0 = none.
@@ -131,6 +134,7 @@ class TrainOptions:
     backbone_weights: Path | None = None
     pretrained_backbone: bool = True
     resume: bool = False
+    init: Path | None = None
     seed: int = 0
     val_every: int | None = None
     val_episodes: int = 100
@@ -184,3 +188,28 @@ def train_config(options: TrainOptions) -> DPNetConfig:
     use_defaults = options.config is None and defaults.input_size is not None
     size = {"input_size": defaults.input_size} if use_defaults else {}
     return variant_config(options.config or defaults.config, options.variant, **size)
+
+
+def init_config(options: TrainOptions, checkpoint: DPNetConfig, path: Path) -> DPNetConfig:
+    """The network of a run that starts from the weights of checkpoint ``path`` (``--init``).
+
+    It is the checkpoint's network. Without ``config`` the run takes it (with the switches of
+    ``variant``, which must be the checkpoint's); a chosen ``config`` must give the same one.
+
+    Raises:
+        InputError: the options ask for another network than the checkpoint holds (the
+            message names the fields that differ).
+    """
+    if options.config is None:
+        wanted = checkpoint.replace(**ABLATION_VARIANTS[options.variant])
+    else:
+        wanted = train_config(options)
+    if wanted != checkpoint:
+        ours, theirs = wanted.to_dict(), checkpoint.to_dict()
+        differ = [key for key in ours if ours[key] != theirs[key]]
+        raise InputError(
+            f"--init {path} holds a {checkpoint.name} network that differs from the one this "
+            f"run asks for in {', '.join(differ)}; drop --config / --ablation-variant or give "
+            "the checkpoint's"
+        )
+    return checkpoint
