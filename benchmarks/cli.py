@@ -15,7 +15,16 @@ from typing import Annotated
 
 import typer
 
-from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    DatasetOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet_bench.report import (
     plot_latency,
     render_markdown,
@@ -50,7 +59,11 @@ def bench(
     ] = None,
     dataset: DatasetOption = _DEFAULTS.dataset,
     data_root: DataRootOption = _DEFAULTS.root,
-    coco_split: CocoSplitOption = _DEFAULTS.coco_split,
+    coco_split: CocoSplitOption = _DEFAULTS.data_options.coco_split,
+    splits_dir: SplitsDirOption = _DEFAULTS.data_options.splits_dir,
+    skip_missing: SkipMissingOption = _DEFAULTS.data_options.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DEFAULTS.data_options.folds,
     fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
@@ -77,7 +90,13 @@ def bench(
         artifacts=artifacts,
         dataset=dataset,
         root=data_root,
-        coco_split=coco_split,
+        data_options=dataset_flags(
+            coco_split=coco_split,
+            splits_dir=splits_dir,
+            skip_missing=skip_missing,
+            val_classes=val_classes,
+            folds=folds,
+        ),
         fold=fold,
         shots=shots,
         episodes=episodes,

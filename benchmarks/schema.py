@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dpnet.data import DatasetOptions
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.timing import LatencyStats
 
@@ -44,9 +45,9 @@ class BenchOptions:
         checkpoint: the PyTorch checkpoint (the reference, and the source of a missing export).
         artifacts: export directory; ``None`` exports to a temporary one, a directory without
             ``dpnet.onnx`` is exported into first.
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        dataset: ``synthetic``, ``pascal``, ``coco`` or ``folder``.
         root: dataset folder (not for ``synthetic``).
-        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
+        data_options: dataset-specific options (COCO split, episode lists, folder classes).
         fold: test fold 0..3.
         shots: K support pairs per episode.
         episodes: number of episodes every subject runs.
@@ -62,7 +63,7 @@ class BenchOptions:
     artifacts: Path | None = None
     dataset: str = "synthetic"
     root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int = 0
     shots: int = 1
     episodes: int = 20

@@ -3,7 +3,8 @@
 One file, ``torch.save`` of a plain dict::
 
     {"format": "dpnet-checkpoint", "version": 1, "config": {...}, "state_dict": {...},
-     "meta": {"dataset", "fold", "shots", "epoch", "metrics", "created", "dpnet_version"},
+     "meta": {"dataset", "fold", "shots", "epoch", "metrics", "created", "dpnet_version",
+              "init"},
      "train_state": {...}}            # optional: optimiser, step, RNG for --resume
 
 written atomically and read with ``weights_only=True`` (no arbitrary unpickling). The format and
@@ -52,9 +53,19 @@ class Checkpoint:
 
 
 def make_meta(
-    *, dataset: str, fold: int, shots: int, epoch: int, metrics: dict[str, float] | None = None
+    *,
+    dataset: str,
+    fold: int,
+    shots: int,
+    epoch: int,
+    metrics: dict[str, float] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``meta`` dict of a checkpoint, stamped with the time and dpnet version."""
+    """The ``meta`` dict of a checkpoint, stamped with the time and dpnet version.
+
+    ``init`` records the checkpoint a fine-tuning run started from (``dpnet-train --init``);
+    ``None`` for a run from scratch.
+    """
     return {
         "dataset": dataset,
         "fold": fold,
@@ -63,6 +74,7 @@ def make_meta(
         "metrics": dict(metrics or {}),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dpnet_version": __version__,
+        "init": init,
     }
 
 

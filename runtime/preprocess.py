@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from dpnet_runtime.errors import DpnetError, InputError
+from dpnet_runtime.masks import decode_mask
 
 __all__ = [
     "check_image",
@@ -35,6 +36,8 @@ __all__ = [
     "resize_label_nearest",
     "scale_sides",
 ]
+
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -259,36 +262,49 @@ def prepare_query(
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped).
+    """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped;
+    16-bit grey scaled to 8 bits).
 
     Raises:
-        InputError: missing or unreadable file, or one over the pixel limit
-            (:func:`open_image_file`).
+        InputError: missing or unreadable file, a floating-point image, or one over the
+            pixel limit (:func:`open_image_file`).
     """
     with _open_image(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return _to_rgb(image, path)
 
 
-def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a mask file as ``uint8 [H, W]`` 0/1.
+def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> np.ndarray:
+    """Read a mask file as ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
-    A 0/1 label PNG (max <= 1) marks the object with 1; any other mask (0/255, anti-aliased
-    grey, RGB) marks it with pixels above 127. Colour masks are converted to grey first.
+    The file's values are decoded by :func:`dpnet_runtime.masks.decode_mask` (0/1, 0/255,
+    0/1/255, grey, or a class-label map with ``class_id``). Colour masks are converted to grey.
 
     Raises:
-        InputError: missing or unreadable file, or one over the pixel limit
-            (:func:`open_image_file`).
+        InputError: missing or unreadable file, one over the pixel limit
+            (:func:`open_image_file`), or a class-label map without ``class_id``.
     """
     with _open_image(path) as image:
+        palette = image.mode == "P"
         values = np.asarray(
-            image if image.mode in ("1", "L", "P", "I", "I;16") else image.convert("L")
+            image if image.mode in ("1", "L", "P", *_SIXTEEN_BIT_MODES) else image.convert("L")
         )
     if values.ndim != 2:
         raise InputError(
             f"mask {path} has shape {list(values.shape)}; expected a one-channel image"
         )
-    threshold = 0 if values.max() <= 1 else 127
-    return (values > threshold).astype(np.uint8)
+    return decode_mask(values, f"mask {path}", class_id=class_id, palette=palette)
+
+
+def _to_rgb(image: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    # PIL's own conversion clips 16-bit grey at 255 (a white picture): scale it instead.
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.size and grey.max() > 255:
+            grey = np.round(grey / 257)
+        return np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode == "F":
+        raise InputError(f"image {path} holds 32-bit floats; save it as an 8- or 16-bit image")
+    return np.asarray(image.convert("RGB"))
 
 
 def open_image_file(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 
 from dpnet.checkpoint import load_model
 from dpnet.config import check_beta
-from dpnet.data import Episode, FewShotDataset, build_dataset, dataset_options
+from dpnet.data import DatasetOptions, Episode, FewShotDataset, build_dataset
 from dpnet.data.transforms import collate, episode_to_tensors
 from dpnet.device import resolve_device
 from dpnet.metrics import IoUAccumulator
@@ -105,10 +105,11 @@ class EvalRequest:
 
     Args:
         ckpt: a ``dpnet-train`` checkpoint.
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        dataset: ``synthetic``, ``pascal``, ``coco`` or ``folder``.
         data_root: dataset folder (not needed by ``synthetic``).
-        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
-        fold: test fold; ``None`` takes the checkpoint's.
+        data_options: dataset-specific options (COCO split, episode lists, folder classes).
+        fold: test fold; ``None`` takes the checkpoint's when it was trained on ``dataset``,
+            else 0.
         shots: K supports per episode.
         episodes: number of test episodes (1000 is the field's protocol).
         seed: episode seed.
@@ -119,7 +120,7 @@ class EvalRequest:
     ckpt: Path
     dataset: str = "synthetic"
     data_root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int | None = None
     shots: int = 1
     episodes: int = 1000
@@ -223,7 +224,10 @@ def evaluate_checkpoint(request: EvalRequest, progress: EvalProgress | None = No
     """
     model, checkpoint = load_model(request.ckpt)
     model.to(resolve_device(request.device))
-    fold = request.fold if request.fold is not None else int(checkpoint.meta.get("fold", 0))
+    same_dataset = checkpoint.meta.get("dataset") == request.dataset
+    fold = request.fold if request.fold is not None else int(
+        checkpoint.meta.get("fold", 0) if same_dataset else 0
+    )  # fmt: skip
     dataset = build_dataset(
         request.dataset,
         root=request.data_root,
@@ -232,6 +236,6 @@ def evaluate_checkpoint(request: EvalRequest, progress: EvalProgress | None = No
         shots=request.shots,
         seed=request.seed,
         episodes=request.episodes,
-        **dataset_options(request.dataset, coco_split=request.coco_split),
+        **request.data_options.keywords(request.dataset),
     )
     return evaluate(model, dataset, request.options, progress)

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "BaseRunner",
     "RunnerMetadata",
     "check_feed",
+    "import_optional",
     "open_runner",
 ]
 
@@ -292,3 +293,38 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
     runner: BaseRunner = runner_class(path, **options)
     runner.activate()
     return runner
+
+
+def import_optional(module: str, *, package: str, extra: str) -> ModuleType:
+    """Import an optional package's module on first use, telling "absent" from "broken".
+
+    Args:
+        module: the import path (``tensorrt``, ``cuda.bindings.runtime``).
+        package: the pip package that provides it, for the message.
+        extra: the dpnet extra that installs it.
+
+    Raises:
+        BackendUnavailableError: the package is not installed (names the extra), or it is
+            installed but cannot load, e.g. a shared library is missing: then the message is
+            the loader's own (``libnvinfer.so.10: cannot open shared object file``), since
+            reinstalling dpnet would not help.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        parts = module.split(".")
+        if exc.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+            raise _broken(package, exc) from exc
+        raise BackendUnavailableError(
+            f"{package} is not installed; on a machine with an NVIDIA GPU run: "
+            f"pip install 'dpnet[{extra}]'"
+        ) from exc
+    except (ImportError, OSError) as exc:
+        raise _broken(package, exc) from exc
+
+
+def _broken(package: str, exc: BaseException) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"{package} is installed but cannot be loaded: {one_line(exc, limit=300)} (check the "
+        "NVIDIA driver and that the CUDA/TensorRT libraries are on the library path)"
+    )

@@ -10,6 +10,8 @@ from PIL import Image
 
 from dpnet_bench.demo import DemoOptions, run_demo
 
+from ..runtime.test_sheet import text_bands
+
 
 @pytest.mark.slow
 def test_demo_trains_evaluates_exports_and_draws(tmp_path: Path) -> None:
@@ -20,4 +22,5 @@ def test_demo_trains_evaluates_exports_and_draws(tmp_path: Path) -> None:
     assert result.trained.episodes == result.untrained.episodes == 3
     assert result.onnx_files and all(path.is_file() for path in result.onnx_files)
     picture = np.asarray(Image.open(result.picture))
-    assert picture.ndim == 3 and picture.shape[1] > 3 * picture.shape[0]
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0]  # three panels a row
+    assert text_bands(picture) == 3  # title, "support 1", "query / prediction (IoU ..) / truth"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from dpnet_bench.report import (
     plot_latency,
     render_markdown,
     render_table,
+    render_targets,
     report_to_dict,
     result_row,
     write_csv,
@@ -126,3 +128,31 @@ def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
     path = tmp_path / "latency.png"
     plot_latency(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_fit_80_columns_without_cutting_a_backend_name(report: BenchReport) -> None:
+    long_rows = tuple(
+        dataclasses.replace(result, backend=name)
+        for result, name in zip(report.results, ("torch-fp16", "ort-fp16", "trt"), strict=True)
+    )
+    narrow = dataclasses.replace(report, results=(*report.results, *long_rows))
+    console = Console(width=80, record=True)
+    console.print(render_table(narrow))
+    console.print(render_targets(narrow.targets))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert "…" not in text
+    assert max(console.measure(line).maximum for line in lines) <= 80
+    rows = [line for line in lines if line.startswith("│ ")]
+    names = [row.split("│")[1].strip() for row in rows]
+    # Latency and cached-support tables: every backend; accuracy and parity: those measured.
+    assert names.count("torch-fp16") == 4 and names.count("ort-fp16") == 4
+    assert set(names) >= {"torch", "ort", "trt", "ort_miou_delta_pt"}
+    assert "❗ parity failed" in text and "12.0" in text
+    # Narrower still: numbers fold, names and statuses stay whole.
+    console = Console(width=56, record=True)
+    console.print(render_table(narrow))
+    text = console.export_text()
+    names = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│ ")]
+    assert "…" not in text and names.count("torch-fp16") == 4
+    assert "❗ parity failed" in text

@@ -6,6 +6,7 @@ hundreds of millions of pixels): the readers must refuse them from the header, b
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dpnet.data import build_dataset
 from dpnet.data.pascal import read_image, read_label
 from dpnet_runtime.errors import DatasetError, InputError
 from dpnet_runtime.preprocess import load_image, load_mask
@@ -48,6 +50,16 @@ def test_runtime_readers_refuse_an_image_over_the_limit(huge_pngs, side, reader)
         reader(huge_pngs[side])
     assert f"image {huge_pngs[side]} is too large" in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("side", ["20000", "10000"])
+def test_a_folder_dataset_refuses_an_image_over_the_limit(huge_pngs, side, tmp_path) -> None:
+    for class_name in ("cats", "dogs"):
+        (tmp_path / class_name).mkdir()
+        for name in ("a.png", "a_mask.png", "b.png", "b_mask.png"):
+            shutil.copy(huge_pngs[side], tmp_path / class_name / name)
+    with pytest.raises(DatasetError, match=_LIMIT_MESSAGE):
+        build_dataset("folder", root=tmp_path, fold=0, split="val", shots=1, seed=0, episodes=1)[0]
 
 
 @pytest.mark.parametrize("side", ["20000", "10000"])

@@ -14,7 +14,8 @@ from PIL import Image
 _SCRIPT = textwrap.dedent(
     """
     import sys
-    for name in ("torch", "torchvision", "dpnet", "dpnet_export", "dpnet_bench", "onnx"):
+    blocked = ("torch", "torchvision", "dpnet", "dpnet_export", "dpnet_bench", "onnx", "matplotlib")
+    for name in blocked:
         sys.modules[name] = None
     try:
         import torch
@@ -35,6 +36,15 @@ _SCRIPT = textwrap.dedent(
         )
         episode = predictor.run_episode([load_image(support)], [load_mask(mask)], load_image(query))
     assert (cached.mask == episode.mask).all()
+    from pathlib import Path
+    from dpnet_runtime.batch import SegmentRequest, segment_files
+    from dpnet_runtime.cli import app
+
+    out = Path(query).parent / "batch"
+    request = SegmentRequest(((Path(support), Path(mask)),), (Path(query),), out_dir=out,
+                             labels=Path(query).parent, sheet=out / "sheet.png")
+    report = segment_files(folder, request, intra_op_threads=1)
+    assert report.results[0].iou_pct is not None and (out / "sheet.png").is_file()
     loaded = sorted(
         name
         for name, module in sys.modules.items()
@@ -51,6 +61,7 @@ def test_runtime_runs_an_episode_without_torch(export_dir: Path, tmp_path: Path,
     paths = [tmp_path / name for name in ("support.png", "mask.png", "query.png")]
     for path, pixels in zip(paths, (image, mask * 255, query), strict=True):
         Image.fromarray(pixels).save(path)
+    Image.fromarray(truth * 255).save(tmp_path / "query_mask.png")  # --labels for the batch
     completed = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(export_dir), *map(str, paths)],
         capture_output=True,
