@@ -67,11 +67,7 @@ def files(tmp_path: Path) -> dict[str, Any]:
 
 
 def _counting_predictor(export_dir: Path) -> tuple[Predictor, dict[str, CountingOrtRunner]]:
-    names = {
-        EPISODE: contract.DPNET_ONNX,
-        SUPPORT: contract.SUPPORT_ONNX,
-        QUERY: contract.QUERY_ONNX,
-    }
+    names = {role: contract.FORMATS["ort"].file_name(role) for role in (EPISODE, SUPPORT, QUERY)}
     runners = {role: CountingOrtRunner(export_dir / name) for role, name in names.items()}
     for runner in runners.values():
         runner.activate()
