@@ -2,13 +2,12 @@
 
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
-0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
-dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`).
+0 passed, 1 user error, 2 usage error, 3 a parity check failed. The CCM micro-benchmark has
+its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -25,13 +24,6 @@ from dpnet.data.cli_options import (
     SplitsDirOption,
     ValClassesOption,
     dataset_flags,
-)
-from dpnet_bench.ccm_micro import (
-    CcmOptions,
-    ccm_report_to_dict,
-    render_ccm_markdown,
-    render_ccm_table,
-    run_ccm_micro,
 )
 from dpnet_bench.report import (
     plot_latency,
@@ -52,13 +44,11 @@ from dpnet_runtime.console import (
 )
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["app", "ccm_app", "ccm_main", "main"]
+__all__ = ["app", "main"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
-_CCM_DEFAULTS = CcmOptions()
 
 app = make_app()
-ccm_app = make_app()
 
 
 @app.command()
@@ -140,37 +130,6 @@ def bench(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@ccm_app.command()
-def ccm(
-    artifacts: Annotated[
-        Path | None, typer.Option(help="export directory whose dpnet.onnx gives the episode time")
-    ] = None,
-    sides: Annotated[str, typer.Option(help="feature sides")] = ",".join(
-        str(side) for side in _CCM_DEFAULTS.sides
-    ),
-    shots: Annotated[int, typer.Option(help="K")] = _CCM_DEFAULTS.shots,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
-    repeats: Annotated[int, typer.Option(help="timed runs per size")] = _CCM_DEFAULTS.repeats,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
-    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
-) -> None:
-    """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
-    options = CcmOptions(
-        episode_graph=None if artifacts is None else artifacts / "dpnet.onnx",
-        sides=tuple(int(side) for side in sides.split(",")),
-        shots=shots,
-        threads=threads,
-        repeats=repeats,
-    )
-    report = run_ccm_micro(options)
-    stdout_console.print(render_ccm_table(report))
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(ccm_report_to_dict(report), indent=2) + "\n")
-    if markdown is not None:
-        command = _command("python -m dpnet_bench.ccm_micro")
-        atomic_write_text(markdown, render_ccm_markdown(report, command))
-
-
 def _command(program: str) -> str:
     return f"{program} {shlex.join(sys.argv[1:])}"
 
@@ -178,8 +137,3 @@ def _command(program: str) -> str:
 def main() -> None:
     """Console entry point of ``dpnet-bench``."""
     run_app(app)
-
-
-def ccm_main() -> None:
-    """Entry point of ``python -m dpnet_bench.ccm_micro``."""
-    run_app(ccm_app)

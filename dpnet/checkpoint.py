@@ -24,7 +24,7 @@ import torch
 from dpnet import __version__
 from dpnet.config import DPNetConfig, config_from_dict
 from dpnet.model.dpnet import DPNet
-from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
+from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError, one_line
 from dpnet_runtime.fileio import atomic_path
 
 __all__ = [
@@ -118,10 +118,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelFileError(f"checkpoint {path} is damaged ({_short(exc)}); re-copy it") from exc
+        raise ModelFileError(
+            f"checkpoint {path} is damaged ({one_line(exc, limit=160)}); re-copy it"
+        ) from exc
     except Exception as exc:  # weights_only refuses pickled objects with its own error types
         raise ModelFileError(
-            f"checkpoint {path} holds objects other than tensors and plain data ({_short(exc)}); "
+            f"checkpoint {path} holds objects other than tensors and plain data "
+            f"({one_line(exc, limit=160)}); "
             "dpnet only loads its own checkpoint format"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -156,11 +159,6 @@ def load_model(path: Path) -> tuple[DPNet, Checkpoint]:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
         raise ModelFileError(
-            f"checkpoint {path} weights do not match its config: {_short(exc)}"
+            f"checkpoint {path} weights do not match its config: {one_line(exc, limit=160)}"
         ) from exc
     return model.eval(), checkpoint
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:160] + ("..." if len(text) > 160 else "")

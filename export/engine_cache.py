@@ -24,7 +24,7 @@ from dpnet_runtime.backends.trt_sidecar import (
     sidecar_path,
 )
 from dpnet_runtime.errors import ModelFileError
-from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
 __all__ = ["cached_engine", "engine_cache_key", "write_engine"]
 
@@ -92,13 +92,13 @@ def cached_engine(engine_path: str | os.PathLike[str], key: str) -> EngineSideca
 def write_engine(
     engine_path: str | os.PathLike[str], engine: bytes, sidecar: EngineSidecar
 ) -> Path:
-    """Write the engine, then its sidecar, each atomically; returns the sidecar's path.
+    """Swap in the engine and its sidecar as one set; returns the sidecar's path.
 
-    The sidecar goes last, so a crash between the two leaves an engine whose sidecar is
-    missing or stale: the runtime and the cache both reject that pair rather than trust it.
+    Both are written in full before either is renamed, so a failure leaves the earlier pair
+    as it was. The sidecar is renamed last: a crash between the two renames leaves a new engine
+    with the old sidecar, whose sha256 the runtime and the cache both reject.
     """
     path = Path(engine_path)
-    atomic_write_bytes(path, engine)
     side = sidecar_path(path)
-    atomic_write_text(side, sidecar.to_json())
+    atomic_write_files({path: engine, side: sidecar.to_json().encode("utf-8")})
     return side

@@ -47,7 +47,7 @@ from dpnet_runtime.contract import (
 )
 from dpnet_runtime.errors import IncompatibleModelError, InputError
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
-from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support
+from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support, scale_sides
 
 __all__ = ["Predictor", "SegmentResult", "SupportSet"]
 
@@ -402,11 +402,7 @@ def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
 def _scale_sizes(
     scales: Sequence[float], info: GraphInfo, infos: list[GraphInfo]
 ) -> tuple[int, ...]:
-    if not scales or any(scale <= 0 for scale in scales):
-        raise InputError(
-            f"multi_scale must be positive scales such as (0.7, 1.0, 1.3), got {scales}"
-        )
-    sizes = tuple(max(1, round(info.input_size * scale)) for scale in scales)
+    sizes = scale_sides(info.input_size, scales)
     if not info.dynamic_size and set(sizes) != {info.input_size}:
         fixed = [i.graph for i in infos if not i.dynamic_size]
         raise InputError(

@@ -6,6 +6,14 @@ with the FP16 copies, and every test that needs graphs reuses the folder (read-o
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +106,64 @@ def tiny_trained_export_dir(
     out_dir = tmp_path_factory.mktemp("export") / "tiny_trained"
     export_onnx(tiny_trained_checkpoint, out_dir, ExportOptions(fp16=True))
     return out_dir
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _write_bilevel_png(path: Path, width: int, height: int) -> Path:
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunks = ((b"IHDR", header), (b"IDAT", data), (b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(*chunk) for chunk in chunks))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bilevel_png() -> Callable[[Path, int, int], Path]:
+    """``write(path, width, height)``: a valid all-black 1-bit PNG, written without PIL.
+
+    A few kB of deflated zeros hold hundreds of millions of pixels: a real file over PIL's
+    pixel limit, made in a fraction of a second.
+    """
+    return _write_bilevel_png
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    chattr = shutil.which("chattr") or "chattr"
+    try:
+        done = subprocess.run([chattr, "+i", str(path)], capture_output=True, check=False)
+    except FileNotFoundError:
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and ext4, xfs or btrfs)")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def immutable() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
+    """``with immutable(path):`` the file can be neither replaced nor removed, by root either
+    (``chattr +i``): a real obstacle for a rename. Skips the test where chattr cannot do it."""
+    return _immutable
+
+
+def _char_device(path: Path, number: int) -> Path:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, number)
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    return path
+
+
+@pytest.fixture
+def char_device() -> Callable[[Path, int], Path]:
+    """``make(path, os.makedev(major, minor))``: a real character device node at ``path``
+    (``os.makedev(1, 3)`` is ``/dev/null``, ``(1, 7)`` ``/dev/full``). Skips without root."""
+    return _char_device

@@ -13,7 +13,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dpnet.data.coco import COCO_SPLITS, CocoDataset
 from dpnet.data.episode import Episode, FewShotDataset
+from dpnet.data.folder import FolderDataset
+from dpnet.data.pascal import PascalDataset
+from dpnet.data.synthetic import SyntheticDataset
 from dpnet_runtime.errors import InputError
 
 __all__ = [
@@ -26,10 +30,13 @@ __all__ = [
     "dataset_options",
 ]
 
-DATASETS = ("synthetic", "pascal", "coco", "folder")
-
-COCO_SPLITS = ("interleaved", "consecutive")
-"""COCO-20i fold splits: PFENet/HSNet's interleaved classes (default) or 20 consecutive ones."""
+_DATASET_CLASSES: dict[str, type[FewShotDataset]] = {
+    "synthetic": SyntheticDataset,
+    "pascal": PascalDataset,
+    "coco": CocoDataset,
+    "folder": FolderDataset,
+}
+DATASETS = tuple(_DATASET_CLASSES)
 
 _DATASET_FLAGS: dict[str, tuple[str, ...]] = {
     "pascal": ("splits_dir", "skip_missing"),
@@ -72,7 +79,7 @@ def build_dataset(
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    dataset_class = _dataset_class(name)
+    dataset_class = _DATASET_CLASSES[name]
     keywords: dict[str, Any] = {
         "fold": fold, "split": split, "shots": shots, "seed": seed, "episodes": episodes,
     }  # fmt: skip
@@ -157,22 +164,3 @@ def dataset_options(name: str, **options: Any) -> dict[str, Any]:
         InputError: see :class:`DatasetOptions`.
     """
     return DatasetOptions(**options).keywords(name)
-
-
-def _dataset_class(name: str) -> type[FewShotDataset]:
-    # Imported on demand: a PASCAL user never pays for the others' imports.
-    if name == "pascal":
-        from dpnet.data.pascal import PascalDataset
-
-        return PascalDataset
-    if name == "coco":
-        from dpnet.data.coco import CocoDataset
-
-        return CocoDataset
-    if name == "folder":
-        from dpnet.data.folder import FolderDataset
-
-        return FolderDataset
-    from dpnet.data.synthetic import SyntheticDataset
-
-    return SyntheticDataset

@@ -36,12 +36,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dpnet.data import COCO_SPLITS
 from dpnet.data.episode import PooledDataset, split_class_ids
 from dpnet.data.pascal import check_root, find_missing, list_folder, read_image
 from dpnet_runtime.errors import DatasetError, InputError
 
-__all__ = ["CocoDataset", "annotations_to_label", "rle_to_mask"]
+__all__ = ["COCO_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
+
+COCO_SPLITS = ("interleaved", "consecutive")
+"""COCO-20i fold splits: PFENet/HSNet's interleaved classes (default) or 20 consecutive ones."""
 
 NUM_CLASSES = 80
 DEFAULT_VAL_EPISODES = 1000

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from dpnet.data.episode import PooledDataset, check_split
 from dpnet_runtime.contract import IGNORE_LABEL
 from dpnet_runtime.errors import DatasetError, InputError
 from dpnet_runtime.masks import IMAGE_SUFFIXES, MASK_SUFFIX
-from dpnet_runtime.preprocess import load_image, load_mask
+from dpnet_runtime.preprocess import load_image, load_mask, open_image_file
 
 __all__ = ["FolderDataset", "folder_fold_classes"]
 
@@ -236,7 +236,7 @@ def _check_sizes(image: Path, mask: Path) -> None:
     sizes = []
     for path in (image, mask):
         try:
-            with Image.open(path) as opened:
+            with open_image_file(path, DatasetError) as opened:
                 sizes.append(opened.size)
         except (UnidentifiedImageError, OSError) as exc:
             raise DatasetError(

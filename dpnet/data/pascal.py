@@ -29,10 +29,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dpnet.data.episode import ListEntry, PooledDataset, group_by_class, split_class_ids
 from dpnet_runtime.errors import DatasetError
+from dpnet_runtime.preprocess import open_image_file
 
 __all__ = [
     "PASCAL_CLASSES",
@@ -136,18 +136,20 @@ def read_hsnet_list(path: Path) -> list[ListEntry]:
 
 
 def read_image(path: Path, root: Path, layout: str) -> np.ndarray:
-    """[H, W, 3] uint8 RGB of an image file; a missing or unreadable file is a DatasetError."""
+    """[H, W, 3] uint8 RGB of an image file; a missing, unreadable or too large file (over
+    PIL's pixel limit, :func:`~dpnet_runtime.preprocess.open_image_file`) is a DatasetError."""
     try:
-        with Image.open(path) as image:
+        with open_image_file(path, DatasetError) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path} under dataset root {root}; {layout}") from exc
 
 
 def read_label(path: Path, root: Path, layout: str) -> np.ndarray:
-    """[H, W] uint8 class-label map of a single-channel (or palette) PNG."""
+    """[H, W] uint8 class-label map of a single-channel (or palette) PNG (a DatasetError when
+    missing, unreadable, too large or of another mode)."""
     try:
-        with Image.open(path) as label:
+        with open_image_file(path, DatasetError) as label:
             if label.mode not in ("L", "P"):
                 raise DatasetError(f"{path}: label mode {label.mode}, expected 8-bit L or P")
             return np.asarray(label)

@@ -2,13 +2,13 @@
 
 Every episode goes through the same numpy path as :mod:`dpnet_runtime`: images and masks are
 resized to the model side with the runtime's canonical :func:`~dpnet_runtime.preprocess.
-resize_image` / :func:`~dpnet_runtime.preprocess.resize_mask` (inside
+resize_image` / :func:`~dpnet_runtime.preprocess.resize_label_nearest` (inside
 :func:`dpnet.data.transforms.episode_to_tensors`), the logits of every inference scale are
 resized back to the query's original size with :func:`~dpnet_runtime.postprocess.merge_scales`
 (bilinear, softmax averaged) and arg-maxed with
-:func:`~dpnet_runtime.postprocess.probabilities_to_mask`. Scale ``s`` runs the model at side
-``round(input_size * s)``, as the runtime's predictor does, so PyTorch and every exported
-backend are measured on identical inputs and the same post-processing.
+:func:`~dpnet_runtime.postprocess.probabilities_to_mask`. Scale ``s`` runs the model at the side
+:func:`~dpnet_runtime.preprocess.scale_sides` gives, as the runtime's predictor does, so PyTorch
+and every exported backend are measured on identical inputs and the same post-processing.
 
 Episodes are those of the dataset, fixed by its seed: the same seed gives the same result.
 """
@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from dpnet.checkpoint import load_model
+from dpnet.config import check_beta
 from dpnet.data import DatasetOptions, Episode, FewShotDataset, build_dataset
 from dpnet.data.transforms import collate, episode_to_tensors
+from dpnet.device import resolve_device
 from dpnet.metrics import IoUAccumulator
 from dpnet.model.dpnet import DPNet
-from dpnet.train.distributed import resolve_device
-from dpnet_runtime.errors import InputError
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
+from dpnet_runtime.preprocess import scale_sides
 
 __all__ = [
     "ClassIoU",
@@ -61,12 +62,9 @@ class EvalOptions:
     beta: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.scales or any(scale <= 0 for scale in self.scales):
-            raise InputError(
-                f"scales must be positive numbers such as 0.7,1.0,1.3, got {self.scales}"
-            )
-        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
-            raise InputError(f"beta must lie in [0, 1], got {self.beta}")
+        scale_sides(1, self.scales, name="scales")
+        if self.beta is not None:
+            check_beta(self.beta)
 
 
 @dataclass(frozen=True)
@@ -147,8 +145,7 @@ def predict_episode(
     """
     device = next(model.parameters()).device
     logits_per_scale = []
-    for scale in options.scales:
-        side = max(1, round(model.config.input_size * scale))
+    for side in scale_sides(model.config.input_size, options.scales, name="scales"):
         tensors = collate([episode_to_tensors(episode, side, augment=False)])
         support = model.encode_support(
             tensors.support_images.to(device), tensors.support_masks.to(device)

@@ -26,7 +26,13 @@ from typing import Any, ClassVar, Final, NamedTuple, Self
 import numpy as np
 
 from dpnet_runtime.contract import TensorSpec, find_format
-from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    DpnetError,
+    InputError,
+    ModelFileError,
+    one_line,
+)
 
 __all__ = [
     "BaseRunner",
@@ -148,7 +154,7 @@ class BaseRunner(abc.ABC):
             self._safe_deactivate()
             raise ModelFileError(
                 f"{self.path}: cannot be loaded by the {self.backend} backend "
-                f"({_first_line(exc)}); re-export or rebuild it"
+                f"({one_line(exc, limit=300)}); re-export or rebuild it"
             ) from exc
         except BaseException:
             self._safe_deactivate()
@@ -210,7 +216,7 @@ class BaseRunner(abc.ABC):
             outputs = self._infer(feed)
         except self.backend_errors as exc:
             raise DpnetError(
-                f"{self.path}: {self.backend} inference failed ({_first_line(exc)}); "
+                f"{self.path}: {self.backend} inference failed ({one_line(exc, limit=300)}); "
                 "check the inputs against get_input_metadata()"
             ) from exc
         self.last_inference_ns = time.perf_counter_ns() - start
@@ -319,11 +325,6 @@ def import_optional(module: str, *, package: str, extra: str) -> ModuleType:
 
 def _broken(package: str, exc: BaseException) -> BackendUnavailableError:
     return BackendUnavailableError(
-        f"{package} is installed but cannot be loaded: {_first_line(exc)} (check the NVIDIA "
-        "driver and that the CUDA/TensorRT libraries are on the library path)"
+        f"{package} is installed but cannot be loaded: {one_line(exc, limit=300)} (check the "
+        "NVIDIA driver and that the CUDA/TensorRT libraries are on the library path)"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__

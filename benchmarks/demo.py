@@ -4,13 +4,16 @@
    ``steps`` steps or ``minutes`` minutes, whichever comes first.
 2. Evaluate the trained model and the untrained one (the same initialisation) on the same
    held-out episodes of the fold's unseen classes.
-3. Export the trained model to ONNX when :mod:`dpnet_export` is installed.
+3. Export the trained model to ONNX (:func:`dpnet_export.torch_to_onnx.export_onnx`).
 4. Save a picture (:mod:`dpnet_runtime.sheet`): the support with its mask, the query, the
    prediction with its IoU and the ground truth, each panel captioned.
 
 The trunk stays random (``pretrained_backbone=False``): the tiny trunk is a cut-down ResNet
 for which no ImageNet weights exist, and the synthetic classes need none. Files go to
 ``out/``: ``run/last.pt`` (replaced on every demo), ``onnx/`` and ``demo.png``.
+
+The demo lives in :mod:`dpnet_bench`, the layer that may use every other package: it trains
+and evaluates with :mod:`dpnet` and exports with :mod:`dpnet_export`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dpnet.metrics import IoUAccumulator
 from dpnet.model.dpnet import DPNet, build_dpnet
 from dpnet.train.loop import TrainProgress, TrainResult, train
 from dpnet.train.options import TrainOptions
+from dpnet_export.torch_to_onnx import export_onnx
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.postprocess import save_png
 from dpnet_runtime.sheet import query_panels, render_sheet, support_panels
@@ -69,8 +73,7 @@ class DemoResult:
         training: the training run.
         trained: evaluation of the trained model.
         untrained: evaluation of the same network before training.
-        onnx_files: exported graphs (empty when the exporter is not installed).
-        onnx_note: why there are no graphs, or ``""``.
+        onnx_files: the exported graphs.
         picture: the captioned PNG of support, query, prediction and ground truth.
         seconds: total wall time.
     """
@@ -79,7 +82,6 @@ class DemoResult:
     trained: EvalResult
     untrained: EvalResult
     onnx_files: tuple[Path, ...]
-    onnx_note: str
     picture: Path
     seconds: float
 
@@ -117,21 +119,12 @@ def run_demo(
     )  # fmt: skip
     trained = evaluate(model, episodes)
     untrained = evaluate(untrained_model, episodes)
-    onnx_files, onnx_note = _export(training.last_checkpoint, Path(options.out) / "onnx")
+    onnx_files = export_onnx(training.last_checkpoint, Path(options.out) / "onnx").files
     picture = Path(options.out) / "demo.png"
     save_png(picture, _picture(model, episodes[0], episodes.class_names[episodes[0].class_id]))
     return DemoResult(
-        training, trained, untrained, onnx_files, onnx_note, picture, time.perf_counter() - start
+        training, trained, untrained, onnx_files, picture, time.perf_counter() - start
     )
-
-
-def _export(checkpoint: Path, out_dir: Path) -> tuple[tuple[Path, ...], str]:
-    try:
-        from dpnet_export.torch_to_onnx import export_onnx
-    except ImportError as exc:
-        return (), f"ONNX export skipped: dpnet_export is not importable ({exc})"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return export_onnx(checkpoint, out_dir).files, ""
 
 
 def _picture(model: DPNet, episode: Episode, class_name: str) -> np.ndarray:
@@ -200,11 +193,7 @@ def _print(result: DemoResult) -> None:
         f"({training.steps_per_second:.2f} steps/s), loss {losses[0].total:.3f} -> "
         f"{losses[-1].total:.3f}; checkpoint {training.last_checkpoint}"
     )
-    stdout_console.print(
-        f"ONNX: {', '.join(str(p) for p in result.onnx_files)}"
-        if result.onnx_files
-        else result.onnx_note
-    )
+    stdout_console.print(f"ONNX: {', '.join(str(p) for p in result.onnx_files)}")
     stdout_console.print(f"picture: {result.picture}; total {result.seconds:.0f} s")
 
 
