@@ -2,6 +2,10 @@
 
 Exporting is the slow part (seconds per graph), so each checkpoint is exported once per session,
 with the FP16 copies, and every test that needs graphs reuses the folder (read-only).
+
+Two sizes: the tiny preset's own 129 x 129 (``tiny_*``: parity and precision tests) and a
+65 x 65 variant with K in 1..2 (``small_*``: the real graphs the runtime and hardening tests
+drive, a few milliseconds per query), the latter also with ``--raw-input``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_runtime.preprocess import normalize_images
 
 TINY_SIZE = 129  # the tiny preset's input size
+SMALL_SIZE = 65
+SMALL_MAX_SHOTS = 2
 _TRAIN_STEPS = 6
 
 
@@ -97,4 +103,29 @@ def tiny_trained_export_dir(
     """``export_onnx(tiny_trained_checkpoint, fp16=True)``."""
     out_dir = tmp_path_factory.mktemp("export") / "tiny_trained"
     export_onnx(tiny_trained_checkpoint, out_dir, ExportOptions(fp16=True))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny DPNet checkpoint at 65 x 65 (seed 0)."""
+    torch.manual_seed(0)
+    model = build_dpnet(preset("tiny", input_size=SMALL_SIZE), pretrained_backbone=False)
+    return _save(model, tmp_path_factory.mktemp("ckpt") / "small.pt", epoch=0)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three FP32 graphs of :func:`small_checkpoint`: normalised float input, K in 1..2."""
+    out_dir = tmp_path_factory.mktemp("export") / "small"
+    export_onnx(small_checkpoint, out_dir, ExportOptions(max_shots=SMALL_MAX_SHOTS))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def small_raw_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with ``--raw-input`` (uint8 NHWC images and masks) and the FP16 copies."""
+    out_dir = tmp_path_factory.mktemp("export") / "small_raw"
+    options = ExportOptions(max_shots=SMALL_MAX_SHOTS, raw_input=True, fp16=True)
+    export_onnx(small_checkpoint, out_dir, options)
     return out_dir

@@ -19,8 +19,8 @@ ROUNDS = 4
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_export: Path) -> Iterator[Predictor]:
-    with Predictor.open(tiny_export, intra_op_threads=1) as opened:
+def predictor(small_export: Path) -> Iterator[Predictor]:
+    with Predictor.open(small_export, intra_op_threads=1) as opened:
         yield opened
 
 
