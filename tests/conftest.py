@@ -35,12 +35,24 @@ def _save(model: DPNet, path: Path, epoch: int) -> Path:
     return path
 
 
+def _random_tiny(factory: pytest.TempPathFactory, name: str, **overrides: int) -> Path:
+    torch.manual_seed(0)
+    model = build_dpnet(preset("tiny", **overrides), pretrained_backbone=False)
+    return _save(model, factory.mktemp("ckpt") / name, epoch=0)
+
+
+def _export(
+    checkpoint: Path, factory: pytest.TempPathFactory, name: str, options: ExportOptions
+) -> Path:
+    out_dir = factory.mktemp("export") / name
+    export_onnx(checkpoint, out_dir, options)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init tiny DPNet checkpoint (129 x 129 input)."""
-    torch.manual_seed(0)
-    model = build_dpnet(preset("tiny"), pretrained_backbone=False)
-    return _save(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", epoch=0)
+    """A random-init tiny DPNet checkpoint (129 x 129 input, seed 0)."""
+    return _random_tiny(tmp_path_factory, "tiny.pt")
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +103,7 @@ def tiny_trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``export_onnx(tiny_checkpoint, fp16=True)``: the FP32 graphs and their FP16 copies."""
-    out_dir = tmp_path_factory.mktemp("export") / "tiny"
-    export_onnx(tiny_checkpoint, out_dir, ExportOptions(fp16=True))
-    return out_dir
+    return _export(tiny_checkpoint, tmp_path_factory, "tiny", ExportOptions(fp16=True))
 
 
 @pytest.fixture(scope="session")
@@ -101,31 +111,26 @@ def tiny_trained_export_dir(
     tiny_trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """``export_onnx(tiny_trained_checkpoint, fp16=True)``."""
-    out_dir = tmp_path_factory.mktemp("export") / "tiny_trained"
-    export_onnx(tiny_trained_checkpoint, out_dir, ExportOptions(fp16=True))
-    return out_dir
+    return _export(
+        tiny_trained_checkpoint, tmp_path_factory, "tiny_trained", ExportOptions(fp16=True)
+    )
 
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init tiny DPNet checkpoint at 65 x 65 (seed 0)."""
-    torch.manual_seed(0)
-    model = build_dpnet(preset("tiny", input_size=SMALL_SIZE), pretrained_backbone=False)
-    return _save(model, tmp_path_factory.mktemp("ckpt") / "small.pt", epoch=0)
+    return _random_tiny(tmp_path_factory, "small.pt", input_size=SMALL_SIZE)
 
 
 @pytest.fixture(scope="session")
 def small_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three FP32 graphs of :func:`small_checkpoint`: normalised float input, K in 1..2."""
-    out_dir = tmp_path_factory.mktemp("export") / "small"
-    export_onnx(small_checkpoint, out_dir, ExportOptions(max_shots=SMALL_MAX_SHOTS))
-    return out_dir
+    options = ExportOptions(max_shots=SMALL_MAX_SHOTS)
+    return _export(small_checkpoint, tmp_path_factory, "small", options)
 
 
 @pytest.fixture(scope="session")
 def small_raw_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same with ``--raw-input`` (uint8 NHWC images and masks) and the FP16 copies."""
-    out_dir = tmp_path_factory.mktemp("export") / "small_raw"
     options = ExportOptions(max_shots=SMALL_MAX_SHOTS, raw_input=True, fp16=True)
-    export_onnx(small_checkpoint, out_dir, options)
-    return out_dir
+    return _export(small_checkpoint, tmp_path_factory, "small_raw", options)

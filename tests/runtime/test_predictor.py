@@ -36,6 +36,15 @@ def _assert_same(got: SegmentResult, want: SegmentResult) -> None:
     assert got.pseudo_count == want.pseudo_count
 
 
+def _episode(
+    scene: Scene, shots: int
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """K support images and masks of different sizes, a query and its true mask."""
+    supports = [scene(40 + 4 * k, 48, 5, 10 + k, 20) for k in range(shots)]
+    query, truth = scene(50, 60, 20, 25, 22)
+    return [image for image, _ in supports], [mask for _, mask in supports], query, truth
+
+
 def _copy_graphs(export: Path, folder: Path, *names: str) -> Path:
     folder.mkdir(exist_ok=True)
     for name in names:
@@ -53,9 +62,7 @@ def predictor(small_export: Path) -> Iterator[Predictor]:
 def test_episode_outputs_have_the_query_size_and_contract_shapes(
     predictor: Predictor, scene: Scene, shots: int
 ) -> None:
-    supports = [scene(40 + 4 * k, 48, 5, 10 + k, 20) for k in range(shots)]
-    query, _ = scene(50, 60, 20, 25, 22)
-    result = predictor.run_episode([s[0] for s in supports], [s[1] for s in supports], query)
+    result = predictor.run_episode(*_episode(scene, shots)[:3])
     assert result.mask.shape == (50, 60) and result.mask.dtype == np.uint8
     assert result.probability.shape == (50, 60) and result.probability.dtype == np.float32
     np.testing.assert_array_equal(result.mask, result.probability > 0.5)
@@ -69,10 +76,9 @@ def test_episode_outputs_have_the_query_size_and_contract_shapes(
 def test_fake_graphs_segment_the_object_at_original_size(
     fake_export_dir: Path, scene: Scene, shots: int
 ) -> None:
-    supports = [scene(40 + 4 * k, 48, 5, 10 + k, 20) for k in range(shots)]
-    query, truth = scene(50, 60, 20, 25, 22)
+    images, masks, query, truth = _episode(scene, shots)
     with Predictor.open(fake_export_dir, intra_op_threads=1) as predictor:
-        result = predictor.run_episode([s[0] for s in supports], [s[1] for s in supports], query)
+        result = predictor.run_episode(images, masks, query)
     assert result.mask.shape == (50, 60)
     assert _iou(result.mask, truth) > 0.95
 
