@@ -7,8 +7,8 @@ the table cannot express:
 
 - an op that is missing from the table, marked unsupported, or in ``not_listed`` is an error
   (the parser would look for a plugin of that name);
-- control flow and ops with data-dependent output shapes (Loop, If, Scan, NonZero, Compress,
-  Unique, NonMaxSuppression, TopK, Scatter*) are errors: DESIGN.md forbids them outright;
+- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: DESIGN.md
+  forbids them outright (:data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
 - INT64 or BOOL graph inputs and outputs are errors (TensorRT I/O is float, int32 or uint8 in
   dpnet's contract), and a UINT8 tensor that is not graph I/O is an error (the parser accepts
   UINT8 only at the boundary);
@@ -40,6 +40,7 @@ import onnx
 from onnx import TensorProto
 
 from dpnet_export.lint_static import partial_window_axes, resolvable_names, static_shapes
+from dpnet_export.op_rules import FORBIDDEN_OPS
 from dpnet_runtime.errors import ModelFileError
 
 __all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
@@ -48,16 +49,6 @@ Severity = Literal["error", "warning", "info"]
 
 _TABLE_FILE = "tensorrt_onnx_operators.json"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_FORBIDDEN_OPS: Mapping[str, str] = {
-    "Loop": "control flow",
-    "If": "control flow",
-    "Scan": "control flow",
-    "NonZero": "its output shape depends on the data",
-    "Compress": "its output shape depends on the data",
-    "Unique": "its output shape depends on the data",
-    "NonMaxSuppression": "its output shape depends on the data",
-    "TopK": "forbidden in dpnet graphs (use ArgMax; K must be static)",
-}
 # Inputs (by position) that must resolve to a build-time constant (computed from constants).
 _RESOLVABLE_INPUTS: Mapping[str, tuple[int, str]] = {
     "Squeeze": (1, "axes"),
@@ -266,12 +257,8 @@ def _node_findings(nodes: list[onnx.NodeProto], table: Mapping[str, Any]) -> Ite
             yield LintFinding(
                 "error", label, op, f"custom domain {node.domain!r}: needs a TensorRT plugin"
             )
-        elif op in _FORBIDDEN_OPS:
-            yield LintFinding("error", label, op, f"{op} is forbidden: {_FORBIDDEN_OPS[op]}")
-        elif op.startswith("Scatter"):
-            yield LintFinding(
-                "error", label, op, f"{op} is forbidden in dpnet graphs (use one-hot MatMul)"
-            )
+        elif op in FORBIDDEN_OPS:
+            yield LintFinding("error", label, op, f"{op} is forbidden: {FORBIDDEN_OPS[op]}")
         elif op in not_listed or op not in operators:
             yield LintFinding("error", label, op, f"{op} has no row in the TensorRT parser table")
         elif not operators[op]["supported"]:
@@ -309,7 +296,7 @@ def _restriction_findings(
     for op, (first, count) in _first_by_op(nodes).items():
         row = operators.get(op)
         verified = op in _VERIFIED_RESTRICTION_OPS or op.startswith("Reduce")
-        if row is None or not row["restrictions"] or verified or op in _FORBIDDEN_OPS:
+        if row is None or not row["restrictions"] or verified or op in FORBIDDEN_OPS:
             continue
         yield LintFinding(
             "warning",

@@ -9,8 +9,9 @@ shape inference, the op rules below) and only then written: every graph is built
 first, and the files are swapped in as one set (:func:`dpnet_runtime.fileio.atomic_write_files`),
 so a failure leaves the earlier export in the folder exactly as it was.
 
-Op rules, checked on every graph: the nodes under the scope ``ccm`` use only
-:data:`CCM_ALLOWED_OPS`; no node anywhere is one of :data:`FORBIDDEN_OPS`.
+Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
+nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS``; no node anywhere is one of
+``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dpnet.checkpoint import load_model
 from dpnet.config import check_beta
 from dpnet.model.dpnet import DPNet
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
+from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
 from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec
@@ -42,8 +44,6 @@ from dpnet_runtime.errors import ExportError, InputError, one_line
 from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
 __all__ = [
-    "CCM_ALLOWED_OPS",
-    "FORBIDDEN_OPS",
     "ExportOptions",
     "ExportResult",
     "check_graph",
@@ -52,16 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# DESIGN.md section 5. Gather covers the static [:, :, 0] pick of the one-hot MatMul's result.
-CCM_ALLOWED_OPS: Final = frozenset(
-    {
-        "MatMul", "ArgMax", "Gather", "GatherElements", "ReduceL2", "ReduceSum", "Div",
-        "Equal", "Greater", "And", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze", "Expand",
-    }
-)  # fmt: skip
-FORBIDDEN_OPS: Final = frozenset(
-    {"Loop", "If", "Scan", "NonZero", "Compress", "TopK", "Scatter", "ScatterND", "ScatterElements"}
-)
 _MIN_SIZE: Final = 33  # DPNetConfig's smallest input_size
 _EXAMPLE_BATCH: Final = 2  # torch.export specialises axes whose example size is 0 or 1
 
@@ -190,7 +180,7 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         message = f"{name} failed the ONNX checker: {one_line(exc, limit=200)}"
         raise ExportError(message, str(exc)) from exc
-    forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS)
+    forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS.keys())
     ccm_ops = {node.op_type for node in nodes_in_scope(proto, CCM_SCOPE)}
     stray = sorted(ccm_ops - CCM_ALLOWED_OPS)
     if forbidden or stray:

@@ -58,11 +58,11 @@ def _bad_variants(folder: Path, good: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bad_checkpoints(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bad_checkpoints(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch = pytest.importorskip("torch")
     folder = tmp_path_factory.mktemp("bad_checkpoints")
-    paths = _bad_variants(folder, tiny_checkpoint)
-    payload = torch.load(tiny_checkpoint, weights_only=True)
+    paths = _bad_variants(folder, small_checkpoint)
+    payload = torch.load(small_checkpoint, weights_only=True)
     spoilt = {
         "plain state dict": payload["state_dict"],
         "other version": {**payload, "version": 99},
@@ -108,9 +108,9 @@ def test_export_of_a_bad_checkpoint_names_it(
 
 
 @pytest.fixture(scope="module")
-def bad_graphs(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def bad_graphs(small_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_graphs")
-    paths = _bad_variants(folder, tiny_export / "dpnet.onnx")
+    paths = _bad_variants(folder, small_export / "dpnet.onnx")
     identity = onnx.helper.make_model(
         onnx.helper.make_graph(
             [onnx.helper.make_node("Identity", ["x"], ["y"])],

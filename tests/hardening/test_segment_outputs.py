@@ -62,44 +62,44 @@ def _is_mask_png(data: bytes) -> bool:
 
 
 def test_a_full_device_stays_a_device_and_the_error_is_one_line(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
 ) -> None:
     node = char_device(tmp_path / "full", _FULL)
-    stderr = _one_error_line(_segment(tiny_export, inputs, node))
+    stderr = _one_error_line(_segment(small_export, inputs, node))
     assert f"cannot write {node}: No space left on device" in stderr
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _FULL
 
 
 def test_a_null_device_is_written_through(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path, char_device
 ) -> None:
     node = char_device(tmp_path / "null", _NULL)
-    completed = _segment(tiny_export, inputs, node)
+    completed = _segment(small_export, inputs, node)
     assert completed.returncode == 0, completed.stderr.decode()
     assert stat.S_ISCHR(node.lstat().st_mode) and node.lstat().st_rdev == _NULL
 
 
 def test_a_link_to_stdout_in_a_pipe_gets_the_png(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     # What /dev/stdout is, made in tmp_path: a regression must not replace the host's own link.
     stdout = tmp_path / "stdout"
     stdout.symlink_to("/proc/self/fd/1")
-    completed = _segment(tiny_export, inputs, stdout)
+    completed = _segment(small_export, inputs, stdout)
     assert completed.returncode == 0, completed.stderr.decode()
     assert completed.stdout.startswith(b"\x89PNG\r\n\x1a\n") and _is_mask_png(completed.stdout)
     assert stdout.is_symlink()
 
 
 def test_a_link_to_a_file_keeps_the_link_and_replaces_the_file(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     (tmp_path / "results").mkdir()
     target = tmp_path / "results" / "mask.png"
     target.write_bytes(b"an older result")
     link = tmp_path / "latest.png"
     link.symlink_to(target)
-    completed = _segment(tiny_export, inputs, link)
+    completed = _segment(small_export, inputs, link)
     assert completed.returncode == 0, completed.stderr.decode()
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert _is_mask_png(target.read_bytes())
@@ -108,26 +108,26 @@ def test_a_link_to_a_file_keeps_the_link_and_replaces_the_file(
 
 @pytest.mark.parametrize("kind", ["folder", "dangling link"])
 def test_a_folder_or_a_dangling_link_at_out_is_a_one_line_error(
-    tiny_export: Path, inputs: dict[str, Path], tmp_path: Path, kind: str
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
     out = tmp_path / "result.png"
     if kind == "folder":
         out.mkdir()
     else:
         out.symlink_to(tmp_path / "missing" / "mask.png")
-    stderr = _one_error_line(_segment(tiny_export, inputs, out))
+    stderr = _one_error_line(_segment(small_export, inputs, out))
     assert ("it is a folder" if kind == "folder" else "which does not exist") in stderr
     assert out.is_dir() if kind == "folder" else out.is_symlink()
 
 
 def test_a_query_over_the_pixel_limit_is_a_one_line_error(
-    tiny_export: Path,
+    small_export: Path,
     inputs: dict[str, Path],
     tmp_path: Path,
     bilevel_png: Callable[[Path, int, int], Path],
 ) -> None:
     query = bilevel_png(tmp_path / "huge.png", 20_000, 20_000)
-    stderr = _one_error_line(_segment(tiny_export, inputs, tmp_path / "result.png", query))
+    stderr = _one_error_line(_segment(small_export, inputs, tmp_path / "result.png", query))
     assert f"image {query} is too large" in stderr
     assert "at most 89,478,485 pixels (about 9459 x 9459" in stderr
     assert not (tmp_path / "result.png").exists()

@@ -1,4 +1,9 @@
-"""Many queries against one support set: files, folders and globs, IoU, names, the CLI."""
+"""Many queries against one support set: files, folders and globs, IoU, names, the CLI.
+
+On the real 65 x 65 export (``small_export``), except the IoU tests named ``fake``: they need
+masks that land on the object, which the colour-prototype graphs of ``conftest.py`` draw and a
+random-weight DPNet does not.
+"""
 
 from __future__ import annotations
 
@@ -79,12 +84,12 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_folder_encodes_the_support_once_and_matches_one_call_per_query(
-    export_dir: Path, files: dict[str, Any], tmp_path: Path
+    small_export: Path, files: dict[str, Any], tmp_path: Path
 ) -> None:
     queries = expand_queries([files["queries"]])
     assert [path.name for path in queries] == ["a.png", "b.png", "c.png", "d.png"]
     request = SegmentRequest((files["support"],), queries, out_dir=files["out"])
-    predictor, runners = _counting_predictor(export_dir)
+    predictor, runners = _counting_predictor(small_export)
     with predictor:
         report = segment_queries(predictor, request)
     assert runners[SUPPORT].calls == 1
@@ -92,18 +97,22 @@ def test_folder_encodes_the_support_once_and_matches_one_call_per_query(
     assert runners[EPISODE].calls == 0
     for result in report.results:
         single = tmp_path / f"single_{result.query.stem}.png"
-        segment_files(export_dir, SegmentRequest((files["support"],), (result.query,), out=single))
+        segment_files(
+            small_export, SegmentRequest((files["support"],), (result.query,), out=single)
+        )
         assert result.mask == files["out"] / f"{result.query.stem}_mask.png"
         np.testing.assert_array_equal(_mask(result.mask), _mask(single))
         assert result.object_pixels == int(_mask(single).sum())
 
 
-def test_labels_iou_matches_dpnet_metrics(export_dir: Path, files: dict[str, Any]) -> None:
+def test_labels_iou_on_fake_graphs_matches_dpnet_metrics(
+    fake_export_dir: Path, files: dict[str, Any]
+) -> None:
     request = SegmentRequest(
         (files["support"],), expand_queries([files["queries"]]), out_dir=files["out"],
         labels=files["queries"],
     )  # fmt: skip
-    report = segment_files(export_dir, request)
+    report = segment_files(fake_export_dir, request)
     pooled = IoUAccumulator([1])
     for result in report.results:
         prediction = _mask(result.mask)
@@ -120,8 +129,8 @@ def test_labels_iou_matches_dpnet_metrics(export_dir: Path, files: dict[str, Any
     assert report.mean_iou_pct == pytest.approx(float(np.mean(per_image)))
 
 
-def test_class_id_reads_label_maps_for_supports_and_labels(
-    export_dir: Path, files: dict[str, Any], tmp_path: Path
+def test_class_id_reads_label_maps_for_supports_and_labels_on_fake_graphs(
+    fake_export_dir: Path, files: dict[str, Any], tmp_path: Path
 ) -> None:
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -135,13 +144,13 @@ def test_class_id_reads_label_maps_for_supports_and_labels(
     )
     queries = expand_queries([files["queries"]])
     binary = segment_files(
-        export_dir,
+        fake_export_dir,
         SegmentRequest(
             (files["support"],), queries, out_dir=tmp_path / "a", labels=files["queries"]
         ),
     )
     label_maps = segment_files(
-        export_dir,
+        fake_export_dir,
         SegmentRequest(
             ((files["support"][0], tmp_path / "support_label.png"),), queries,
             out_dir=tmp_path / "b", labels=labels, class_id=12,
@@ -150,7 +159,7 @@ def test_class_id_reads_label_maps_for_supports_and_labels(
     assert [r.iou_pct for r in label_maps.results] == [r.iou_pct for r in binary.results]
     with pytest.raises(InputError, match="looks like a class-label map"):
         segment_files(
-            export_dir,
+            fake_export_dir,
             SegmentRequest((files["support"],), queries, out_dir=tmp_path / "c", labels=labels),
         )
 
@@ -178,7 +187,7 @@ def test_bad_query_arguments_name_the_path(
 
 
 def test_names_are_checked_before_the_model_runs(
-    export_dir: Path, files: dict[str, Any], tmp_path: Path
+    small_export: Path, files: dict[str, Any], tmp_path: Path
 ) -> None:
     queries = expand_queries([files["queries"]])
     other = tmp_path / "other"
@@ -186,17 +195,17 @@ def test_names_are_checked_before_the_model_runs(
     Image.open(queries[0]).save(other / "a.png")
     clash = SegmentRequest((files["support"],), (*queries, other / "a.png"), out_dir=files["out"])
     with pytest.raises(InputError, match=r"queries .*queries/a.png and .*other/a.png would both"):
-        segment_files(export_dir, clash)
+        segment_files(small_export, clash)
     no_label = SegmentRequest((files["support"],), queries, out_dir=files["out"], labels=other)
     with pytest.raises(InputError, match=r"no ground truth for query .*b.png: expected .*b_mask"):
-        segment_files(export_dir, no_label)
+        segment_files(small_export, no_label)
     assert not files["out"].exists()  # nothing ran
     with pytest.raises(InputError, match=r"4 queries .* need --out-dir"):
         SegmentRequest((files["support"],), queries, out=tmp_path / "mask.png")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(other / "a_mask.png")
     small = SegmentRequest((files["support"],), queries[:1], out_dir=files["out"], labels=other)
     with pytest.raises(InputError, match=r"ground truth .*a_mask.png is 5 x 5 but query"):
-        segment_files(export_dir, small)
+        segment_files(small_export, small)
 
 
 def _segment(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -207,12 +216,12 @@ def _segment(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_segments_a_folder_with_labels_json_and_sheet(
-    export_dir: Path, files: dict[str, Any], tmp_path: Path
+    small_export: Path, files: dict[str, Any], tmp_path: Path
 ) -> None:
     support = f"{files['support'][0]}:{files['support'][1]}"
     report, sheet = tmp_path / "report.json", tmp_path / "sheet.png"
     completed = _segment(
-        "--model", export_dir, "--support", support, "--query", files["queries"] / "a.png",
+        "--model", small_export, "--support", support, "--query", files["queries"] / "a.png",
         "--query", files["queries"] / "[bcd].png", "--out-dir", files["out"],
         "--overlay", files["out"], "--labels", files["queries"], "--json", report,
         "--sheet", sheet, "--threads", "1",
@@ -247,7 +256,7 @@ def test_cli_segments_a_folder_with_labels_json_and_sheet(
     ],
 )
 def test_cli_errors_are_one_line_naming_the_path(
-    export_dir: Path, files: dict[str, Any], tmp_path: Path, case: str, message: str
+    small_export: Path, files: dict[str, Any], tmp_path: Path, case: str, message: str
 ) -> None:
     (tmp_path / "empty").mkdir()
     query, output = files["queries"], ["--out-dir", files["out"]]
@@ -258,7 +267,7 @@ def test_cli_errors_are_one_line_naming_the_path(
     else:
         query = tmp_path / "empty"
     support = f"{files['support'][0]}:{files['support'][1]}"
-    completed = _segment("--model", export_dir, "--support", support, "--query", query, *output)
+    completed = _segment("--model", small_export, "--support", support, "--query", query, *output)
     assert completed.returncode == 1
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in completed.stderr
