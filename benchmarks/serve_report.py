@@ -15,7 +15,7 @@ from typing import Any, Final
 from rich.console import Group
 from rich.table import Table
 
-from dpnet_bench.report import markdown_targets, options_to_dict, render_targets
+from dpnet_bench.report import json_ready, markdown_targets, render_targets
 from dpnet_bench.serve_load import LoadResult, ServeBenchReport
 from dpnet_bench.timing import environment_lines
 from dpnet_runtime.fileio import atomic_write_text
@@ -73,7 +73,7 @@ def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
         "input_size": report.input_size,
         "threads": report.threads,
         "check_failed": report.check_failed,
-        "options": options_to_dict(report.options),
+        "options": json_ready(dataclasses.asdict(report.options)),
         "environment": report.environment,
         "results": results,
         "targets": [dataclasses.asdict(target) for target in report.targets],

@@ -34,7 +34,7 @@ from typing import Final
 import numpy as np
 
 from dpnet.checkpoint import load_checkpoint
-from dpnet.data import build_dataset, dataset_options
+from dpnet.data import build_dataset
 from dpnet_bench.parity import (
     compare_to_reference,
     mask_agreement,
@@ -200,7 +200,7 @@ def _check_options(options: BenchOptions) -> None:
         raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
     if min(options.max_miou_delta, options.max_miou_delta_fp16) < 0:
         raise InputError("--max-miou-delta and --max-miou-delta-fp16 must be >= 0 points")
-    dataset_options(options.dataset, coco_split=options.coco_split)
+    options.data_options.keywords(options.dataset)
 
 
 def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared], tuple[int, ...]]:
@@ -212,7 +212,7 @@ def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared]
         shots=options.shots,
         seed=options.seed,
         episodes=options.episodes,
-        **dataset_options(options.dataset, coco_split=options.coco_split),
+        **options.data_options.keywords(options.dataset),
     )
     prepared = []
     for episode in (dataset[index] for index in range(len(dataset))):

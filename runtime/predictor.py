@@ -46,21 +46,10 @@ from dpnet_runtime.contract import (
     find_format,
 )
 from dpnet_runtime.errors import IncompatibleModelError, InputError
-from dpnet_runtime.postprocess import (
-    merge_scales,
-    overlay_mask,
-    probabilities_to_mask,
-    save_png,
-)
-from dpnet_runtime.preprocess import (
-    check_image,
-    load_image,
-    load_mask,
-    prepare_query,
-    prepare_support,
-)
+from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
+from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support, scale_sides
 
-__all__ = ["Predictor", "SegmentResult", "SupportSet", "segment_files"]
+__all__ = ["Predictor", "SegmentResult", "SupportSet"]
 
 
 @dataclass(frozen=True)
@@ -434,41 +423,6 @@ class Predictor:
         )
 
 
-def segment_files(
-    model: str | os.PathLike[str],
-    supports: Sequence[tuple[Path, Path]],
-    query: Path,
-    out: Path,
-    *,
-    overlay: Path | None = None,
-    backend: str = "ort",
-    **runner_options: Any,
-) -> SegmentResult:
-    """Segment one query image file from support image/mask files; write the mask PNG.
-
-    Args:
-        model: export directory or graph file.
-        supports: (image file, mask file) pairs; mask files as :func:`load_mask` reads them.
-        query: the query image file.
-        out: the mask PNG to write (0 / 255), atomically.
-        overlay: where to write the query with the object tinted red, or ``None``.
-        backend: runtime backend name.
-        **runner_options: runner keywords (``intra_op_threads``...).
-
-    Raises:
-        InputError, ModelFileError, BackendUnavailableError: see :meth:`Predictor.open`.
-    """
-    images = [load_image(image) for image, _ in supports]
-    masks = [load_mask(mask) for _, mask in supports]
-    query_image = load_image(query)
-    with Predictor.open(model, backend, **runner_options) as predictor:
-        result = predictor.run_episode(images, masks, query_image)
-    save_png(out, result.mask)
-    if overlay is not None:
-        save_png(overlay, overlay_mask(query_image, result.mask))
-    return result
-
-
 def _repeat_batch(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
     # One episode's support feed [1, ...] for B queries: [B, ...] (no copy when B is 1).
     return {
@@ -508,11 +462,7 @@ def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
 def _scale_sizes(
     scales: Sequence[float], info: GraphInfo, infos: list[GraphInfo]
 ) -> tuple[int, ...]:
-    if not scales or any(scale <= 0 for scale in scales):
-        raise InputError(
-            f"multi_scale must be positive scales such as (0.7, 1.0, 1.3), got {scales}"
-        )
-    sizes = tuple(max(1, round(info.input_size * scale)) for scale in scales)
+    sizes = scale_sides(info.input_size, scales)
     if not info.dynamic_size and set(sizes) != {info.input_size}:
         fixed = [i.graph for i in infos if not i.dynamic_size]
         raise InputError(

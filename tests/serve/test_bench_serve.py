@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from dpnet_bench.cli import main; main()", "serve", *args]
+    program = "from dpnet_bench.scripts import bench; bench()"  # the dpnet-bench console script
+    command = [sys.executable, "-c", program, "serve", *args]
     environment = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
