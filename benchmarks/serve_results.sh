@@ -18,12 +18,13 @@ shift 2
 port=${PORT:-8765}
 results=$(cd "$(dirname "$0")" && pwd)/results
 ray_dir=$(mktemp -d /tmp/dpnet-ray.XXXXXX)
-log="$ray_dir/dpnet-serve.log"
+log=$(mktemp /tmp/dpnet-serve.XXXXXX.log)  # the server's output, kept
+echo "dpnet-serve output: $log"
 server_command=(dpnet-serve --model "$export_dir" --port "$port" "$@")
 
 RAY_TMPDIR=$ray_dir "${server_command[@]}" >"$log" 2>&1 &
 server=$!
-trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true' EXIT
+trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; rm -rf "$ray_dir"' EXIT
 
 dpnet-bench serve --artifacts "$export_dir" --url "http://127.0.0.1:$port" --wait-s 600 \
     --requests "${REQUESTS:-64}" ${THREADS:+--threads "$THREADS"} \

@@ -11,6 +11,7 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,7 @@ class Server:
 
     url: str
     process: subprocess.Popen[str]
+    ray_dir: Path
     lines: list[str] = field(default_factory=list)
 
     def processes(self) -> list[psutil.Process]:
@@ -94,7 +96,7 @@ def start_server(model: Path, *options: str) -> Server:
     )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
-    server = Server(url="", process=process)
+    server = Server(url="", process=process, ray_dir=Path(ray_dir))
     deadline = time.monotonic() + START_TIMEOUT_S
     while not server.url and time.monotonic() < deadline:
         try:
@@ -114,7 +116,8 @@ def start_server(model: Path, *options: str) -> Server:
 
 
 def stop_server(server: Server) -> int | None:
-    """SIGTERM the server, wait (bounded), then kill by PID whatever it started and left.
+    """SIGTERM the server, wait (bounded), kill by PID whatever it started and left, and
+    remove its Ray folder.
 
     Returns:
         The server's exit code, or ``None`` when it had to be killed.
@@ -135,6 +138,7 @@ def stop_server(server: Server) -> int | None:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     psutil.wait_procs(started, timeout=30)
+    shutil.rmtree(server.ray_dir, ignore_errors=True)
     return code
 
 
