@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from dpnet_runtime.batch import SegmentReport, SegmentRequest, expand_queries, segment_files
-from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
+from dpnet_runtime.console import make_app, make_progress, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
 
@@ -109,10 +109,12 @@ def command(
 
 
 def _print(report: SegmentReport, request: SegmentRequest) -> None:
+    # What was written goes to stderr, so `--out /dev/stdout` gets the PNG alone; the IoU
+    # table and mean, the command's results, stay on stdout.
     if request.out is not None:
         result = report.results[0]
         iou = "" if result.iou_pct is None else f", IoU {result.iou_pct:.1f}"
-        stdout_console.print(
+        stderr_console.print(
             f"wrote {result.mask} ({result.object_pixels} object pixels of {result.pixels}, "
             f"pseudo_count {result.pseudo_count}{iou})",
             highlight=False,
@@ -125,7 +127,7 @@ def _print(report: SegmentReport, request: SegmentRequest) -> None:
             for result in report.results:
                 table.add_row(result.query.name, f"{result.iou_pct:.1f}")
             stdout_console.print(table)
-        stdout_console.print(
+        stderr_console.print(
             f"wrote {len(report.results)} masks to {request.out_dir}", highlight=False
         )
     if report.mean_iou_pct is not None and len(report.results) > 1:
@@ -135,7 +137,7 @@ def _print(report: SegmentReport, request: SegmentRequest) -> None:
             highlight=False,
         )
     if report.sheet is not None:
-        stdout_console.print(f"wrote {report.sheet}", highlight=False)
+        stderr_console.print(f"wrote {report.sheet}", highlight=False)
 
 
 def _split_pair(pair: str) -> tuple[Path, Path]:

@@ -88,6 +88,8 @@ def test_a_link_to_stdout_in_a_pipe_gets_the_png(
     completed = _segment(small_export, inputs, stdout)
     assert completed.returncode == 0, completed.stderr.decode()
     assert completed.stdout.startswith(b"\x89PNG\r\n\x1a\n") and _is_mask_png(completed.stdout)
+    png_end = completed.stdout.index(b"IEND") + 8  # the chunk type and its CRC
+    assert completed.stdout[png_end:] == b"", "nothing but the PNG on stdout"
     assert stdout.is_symlink()
 
 

@@ -239,7 +239,7 @@ def test_cli_segments_a_folder_with_labels_json_and_sheet(
         assert f"{entry['iou_pct']:.1f}" in completed.stdout
         assert Path(entry["overlay"]).name == f"{Path(entry['query']).stem}_overlay.png"
     assert f"mean IoU {data['mean_iou_pct']:.1f} over 4 queries" in completed.stdout
-    assert f"wrote 4 masks to {files['out']}" in completed.stdout
+    assert f"wrote 4 masks to {files['out']}" in completed.stderr
     assert sorted(path.name for path in files["out"].iterdir()) == sorted(
         f"{name}_{kind}.png" for name in QUERIES for kind in ("mask", "overlay")
     )

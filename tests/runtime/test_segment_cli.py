@@ -47,7 +47,7 @@ def _run_cli(model: Path, files: dict[str, Path], folder: Path) -> subprocess.Co
         "--query", files["query"], "--out", out, "--overlay", overlay, "--threads", "1",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith(f"wrote {out} (")  # one unbroken line, path and all
+    assert completed.stderr.startswith(f"wrote {out} (")  # one unbroken line, path and all
     assert np.asarray(Image.open(overlay)).shape == (50, 60, 3)
     assert sorted(p.name for p in folder.iterdir()) == ["mask.png", "overlay.png"]
     return completed
