@@ -3,7 +3,8 @@
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
 0 passed, 1 user error, 2 usage error, 3 a parity check failed. The CCM micro-benchmark has
-its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`).
+its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`); the load
+test of a running dpnet-serve is ``dpnet-bench serve`` (:mod:`dpnet_bench.serve_cli`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dpnet.data.cli_options import (
 )
 from dpnet_bench.report import (
     plot_latency,
+    progress_advancer,
     render_markdown,
     render_table,
     render_targets,
@@ -84,7 +86,10 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
-    """Benchmark backends on the same episodes; exit 3 when a parity check fails."""
+    """Benchmark backends on the same episodes; exit 3 when a parity check fails.
+
+    `dpnet-bench serve --help`: load-test a running dpnet-serve instead.
+    """
     options = BenchOptions(
         checkpoint=ckpt,
         artifacts=artifacts,
@@ -108,14 +113,7 @@ def bench(
         max_miou_delta_fp16=max_miou_delta_fp16,
     )
     with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(backend: str, done: int, total: int) -> None:
-            if backend not in tasks:
-                tasks[backend] = progress.add_task(backend, total=total, status="")
-            progress.update(tasks[backend], completed=done)
-
-        report = run_suite(options, advance)
+        report = run_suite(options, progress_advancer(progress))
     stdout_console.print(render_table(report))
     stdout_console.print(render_targets(report.targets))
     if json_path is not None:

@@ -15,10 +15,12 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Group
+from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
@@ -30,7 +32,10 @@ __all__ = [
     "JSON_SCHEMA",
     "STAGES",
     "STATUS_ICONS",
+    "json_ready",
+    "markdown_targets",
     "plot_latency",
+    "progress_advancer",
     "render_markdown",
     "render_table",
     "render_targets",
@@ -109,7 +114,7 @@ def report_to_dict(report: BenchReport) -> dict[str, Any]:
         "results": results,
         "targets": [dataclasses.asdict(target) for target in report.targets],
     }
-    return _json_ready(data)
+    return json_ready(data)
 
 
 def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:
@@ -261,14 +266,32 @@ def render_markdown(report: BenchReport, command: str) -> str:
             _fmt(row["confidence_iou_pct"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
-    for target in report.targets:
+    lines += ["", *markdown_targets(report.targets)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
+    """The targets as markdown table lines: name (how), measured, limit, met."""
+    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    for target in targets:
         met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
         bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
         lines.append(
             f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def progress_advancer(progress: Progress) -> Callable[[str, int, int], None]:
+    """A ``(row name, done, total)`` progress callback: one bar per row, made on first use."""
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, status="")
+        progress.update(tasks[name], completed=done)
+
+    return advance
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
@@ -317,14 +340,15 @@ def _fmt(value: object, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """Data as JSON takes it: NaN and infinities as ``None``, paths as strings."""
     # JSON has no NaN: an undefined mIoU (no episode of a class) is written as null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
+        return [json_ready(item) for item in value]
     return value

@@ -7,13 +7,18 @@ naming the extra to install (``pip install 'dpnet[train]'``) instead of a traceb
 
 from __future__ import annotations
 
+import sys
+
 from dpnet_runtime.console import run_app
 
 __all__ = ["bench", "demo"]
 
 
 def bench() -> None:
-    """``dpnet-bench`` (:mod:`dpnet_bench.cli`)."""
+    """``dpnet-bench`` (:mod:`dpnet_bench.cli`); ``dpnet-bench serve ...`` load-tests a running
+    dpnet-serve (:mod:`dpnet_bench.serve_cli`)."""
+    if sys.argv[1:2] == ["serve"]:
+        run_app("dpnet_bench.serve_cli:cli", sys.argv[2:])
     run_app("dpnet_bench.cli:app")
 
 

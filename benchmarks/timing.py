@@ -38,7 +38,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_PACKAGES: Final = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "dpnet")
+_PACKAGES: Final = (
+    "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "ray", "dpnet",
+)  # fmt: skip
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 _SAMPLE_PERIOD_S: Final = 0.01
 

@@ -217,17 +217,69 @@ class Predictor:
         Raises:
             InputError: bad query image, or a support set from another predictor.
         """
+        return self.segment_batch([query], support)[0]
+
+    def segment_batch(
+        self, queries: Sequence[np.ndarray], support: SupportSet
+    ) -> list[SegmentResult]:
+        """Segment B query images against one support set, one graph call per scale.
+
+        The support feed is repeated along B. Each result is the one :meth:`segment` gives
+        for that query alone (ONNX Runtime on CPU computes every batch item with the same
+        arithmetic, so the masks are bit-identical).
+
+        Args:
+            queries: B images ``uint8 [H_b, W_b, 3]`` RGB, any sizes; B at most
+                :attr:`max_batch`.
+            support: from :meth:`encode_support` of this predictor.
+
+        Returns:
+            B results, each at its query's original size.
+
+        Raises:
+            InputError: a bad query image, no query, or a support set from another predictor.
+        """
         role = QUERY if self.has_split else EPISODE
         if len(support.feeds) != len(self.sizes) or any(
             set(feed) - set(self._runners[role].get_input_metadata()) for feed in support.feeds
         ):
             raise InputError("this support set was encoded by another Predictor; encode it again")
-        image = check_image(query, "query image")
+        if not queries:
+            raise InputError("segment_batch needs at least one query image")
+        images = [
+            check_image(query, "query image" if len(queries) == 1 else f"query image {index}")
+            for index, query in enumerate(queries, start=1)
+        ]
         outputs = [
-            self._infer(role, {QUERY_IMAGE: self._query_input(image, size), **feed})
+            self._infer(
+                role,
+                {
+                    QUERY_IMAGE: np.concatenate([self._query_input(i, size) for i in images]),
+                    **_repeat_batch(feed, len(images)),
+                },
+            )
             for size, feed in zip(self.sizes, support.feeds, strict=True)
         ]
-        return self._result(outputs, image.shape[0], image.shape[1])
+        return [
+            self._result(
+                [
+                    {name: value[index : index + 1] for name, value in out.items()}
+                    for out in outputs
+                ],
+                image.shape[0],
+                image.shape[1],
+            )
+            for index, image in enumerate(images)
+        ]
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most queries :meth:`segment_batch` takes at once: the query graph's B bound
+        (a static B, or a TensorRT profile's maximum), ``None`` when B is unbounded."""
+        spec = self._runners[QUERY if self.has_split else EPISODE].get_input_metadata()[QUERY_IMAGE]
+        if isinstance(spec.shape[0], int):
+            return spec.shape[0]
+        return None if spec.max_shape is None else spec.max_shape[0]
 
     def run_episode(
         self,
@@ -369,6 +421,14 @@ class Predictor:
             pseudo_count=int(reference[PSEUDO_COUNT][0]),
             confidence=None if confidence is None else confidence[0],
         )
+
+
+def _repeat_batch(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    # One episode's support feed [1, ...] for B queries: [B, ...] (no copy when B is 1).
+    return {
+        name: value if batch == 1 else np.repeat(value, batch, axis=0)
+        for name, value in feed.items()
+    }
 
 
 def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:

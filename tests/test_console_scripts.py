@@ -32,7 +32,7 @@ _CALLS = [
     ("dpnet-export", ["check", "model.onnx"], "onnx"),
     ("dpnet-bench", ["--ckpt", "model.pt"], "torch"),
 ]
-_TORCH_FREE = {"dpnet-segment"}
+_TORCH_FREE = {"dpnet-segment", "dpnet-serve"}
 
 _RUN_WITHOUT_TRAIN_EXTRA = textwrap.dedent(
     """
@@ -81,8 +81,11 @@ def test_a_script_without_torch_names_the_extra_in_one_line(
     ], completed.stderr
 
 
-@pytest.mark.parametrize("script", ["dpnet-segment", "dpnet-export"])
-def test_what_needs_no_torch_still_works_without_it(script: str) -> None:
-    completed = _run(script, "--help")
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [("dpnet-segment", []), ("dpnet-export", []), ("dpnet-serve", []), ("dpnet-bench", ["serve"])],
+)
+def test_what_needs_no_torch_still_works_without_it(script: str, args: list[str]) -> None:
+    completed = _run(script, *args, "--help")
     assert completed.returncode == 0, completed.stderr
     assert "Usage:" in completed.stdout

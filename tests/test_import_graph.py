@@ -18,6 +18,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 # Folder -> import name (pyproject's package-dir), bottom layer first.
 _PACKAGES = {
     "runtime": "dpnet_runtime",
+    "serve": "dpnet_serve",
     "dpnet": "dpnet",
     "export": "dpnet_export",
     "benchmarks": "dpnet_bench",

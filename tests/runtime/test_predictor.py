@@ -251,3 +251,35 @@ def test_concurrent_calls_match_sequential_calls(predictor: Predictor, scene: Sc
     for got, want in zip(results, expected, strict=True):
         np.testing.assert_array_equal(got.mask, want.mask)
         np.testing.assert_array_equal(got.logits, want.logits)
+
+
+@pytest.mark.parametrize("graphs", [None, ("dpnet.onnx",)])
+def test_segment_batch_equals_one_query_at_a_time(
+    small_export: Path, scene: Scene, tmp_path: Path, graphs: tuple[str, ...] | None
+) -> None:
+    image, mask = scene(40, 48, 5, 10, 20)
+    queries = [scene(50 + 7 * i, 60 - 5 * i, 3 * i, 25 - i, 22)[0] for i in range(4)]
+    folder = small_export if graphs is None else _copy_graphs(small_export, tmp_path, *graphs)
+    with Predictor.open(folder, intra_op_threads=1) as predictor:
+        support = predictor.encode_support([image, image], [mask, mask])
+        batch = predictor.segment_batch(queries, support)
+        single = [predictor.segment(query, support) for query in queries]
+        assert predictor.max_batch is None  # dynamic B on ONNX Runtime
+    assert len(batch) == len(queries)
+    for got, want, query in zip(batch, single, queries, strict=True):
+        assert got.mask.shape == query.shape[:2]
+        np.testing.assert_array_equal(got.mask, want.mask)
+        np.testing.assert_array_equal(got.logits, want.logits)
+        np.testing.assert_array_equal(got.probability, want.probability)
+        assert got.pseudo_count == want.pseudo_count
+
+
+def test_segment_batch_rejects_no_query_and_names_the_bad_one(
+    predictor: Predictor, scene: Scene
+) -> None:
+    image, mask = scene(40, 48, 5, 10, 20)
+    support = predictor.encode_support([image], [mask])
+    with pytest.raises(InputError, match="at least one query"):
+        predictor.segment_batch([], support)
+    with pytest.raises(InputError, match="query image 2 must be uint8"):
+        predictor.segment_batch([image, image.astype(np.float32)], support)
