@@ -20,22 +20,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import typer
 from onnx import TensorProto, helper
 from rich.table import Table
 from torch import Tensor, nn
 
 from dpnet.model.ccm import CycleComparison, l2_normalize
+from dpnet_bench.schema import CcmOptions, CcmReport, CcmRow
 from dpnet_bench.timing import (
     LatencyStats,
     RssSampler,
@@ -45,13 +48,14 @@ from dpnet_bench.timing import (
     timed_call,
 )
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
+from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
+from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = [
-    "CcmOptions",
-    "CcmReport",
-    "CcmRow",
+    "app",
     "ccm_report_to_dict",
+    "main",
     "render_ccm_markdown",
     "render_ccm_table",
     "run_ccm_micro",
@@ -59,79 +63,6 @@ __all__ = [
 
 _MIB: Final = float(1 << 20)
 _FOREGROUND_SHARE: Final = 0.3  # support positions marked foreground in the synthetic inputs
-
-
-@dataclass(frozen=True)
-class CcmOptions:
-    """What to measure.
-
-    Args:
-        episode_graph: a ``dpnet.onnx`` (321 x 321 for the paper's share), or ``None``.
-        sides: feature sides h = w to time the CCM at.
-        channels: D, the cosine feature channels (1024 in DPNet).
-        shots: K.
-        threads: ONNX Runtime intra-op threads; ``None``: the cores this process may use.
-        repeats: timed runs per measurement (after 2 warm-up runs).
-        gemm_size: side of the plain square MatMul used as the FLOP/s reference.
-    """
-
-    episode_graph: Path | None = None
-    sides: tuple[int, ...] = (41, 61, 81)
-    channels: int = 1024
-    shots: int = 1
-    threads: int | None = None
-    repeats: int = 10
-    gemm_size: int = 2048
-
-
-@dataclass(frozen=True)
-class CcmRow:
-    """The CCM at one feature side.
-
-    Attributes:
-        side: h = w; positions: Ns = Nq = side².
-        ccm: latency of the whole CCM graph.
-        similarity: latency of the similarity MatMul alone.
-        similarity_gflops_per_s: its achieved GFLOP/s (2 K Ns D Nq per run).
-        peak_memory_mb: peak RSS above the start while the CCM session is built and run.
-        similarity_matrix_mb: size of the FP32 similarity matrix (K Ns Nq x 4 bytes).
-    """
-
-    side: int
-    positions: int
-    ccm: LatencyStats
-    similarity: LatencyStats
-    similarity_gflops_per_s: float
-    peak_memory_mb: float
-    similarity_matrix_mb: float
-
-
-@dataclass(frozen=True)
-class CcmReport:
-    """The micro-benchmark's results.
-
-    Attributes:
-        rows: one per side.
-        plain_gemm_gflops_per_s: ONNX Runtime MatMul of ``gemm_size``³.
-        numpy_gemm_gflops_per_s: numpy's matmul of the same size (its BLAS).
-        episode: latency of the whole episode graph, or ``None``.
-        ccm_share_pct: CCM p50 at the episode's feature side / episode p50.
-        profiled_ccm_share_pct: CCM-scope kernel time / all kernel time in the profiled episode.
-        profile_by_op_pct: share of kernel time per op type in the profiled episode, largest first.
-        gemm_efficiency_pct: similarity GFLOP/s at the first side / plain GEMM GFLOP/s.
-    """
-
-    options: CcmOptions
-    threads: int
-    environment: dict[str, str]
-    rows: tuple[CcmRow, ...]
-    plain_gemm_gflops_per_s: float
-    numpy_gemm_gflops_per_s: float
-    episode: LatencyStats | None
-    ccm_share_pct: float | None
-    profiled_ccm_share_pct: float | None
-    profile_by_op_pct: tuple[tuple[str, float], ...]
-    gemm_efficiency_pct: float
 
 
 class _CcmGraph(nn.Module):
@@ -411,7 +342,48 @@ def _summary_lines(report: CcmReport) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":
-    from dpnet_bench.cli import ccm_main
+app = make_app(
+    name="python -m dpnet_bench.ccm_micro",
+    help="The CCM's share of an ONNX Runtime episode and its scaling with the feature size.",
+)
+_DEFAULTS = CcmOptions()
 
-    ccm_main()
+
+@app.command()
+def command(
+    artifacts: Annotated[
+        Path | None, typer.Option(help="export directory whose dpnet.onnx gives the episode time")
+    ] = None,
+    sides: Annotated[str, typer.Option(help="feature sides")] = ",".join(
+        str(side) for side in _DEFAULTS.sides
+    ),
+    shots: Annotated[int, typer.Option(help="K")] = _DEFAULTS.shots,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
+    repeats: Annotated[int, typer.Option(help="timed runs per size")] = _DEFAULTS.repeats,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
+) -> None:
+    """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
+    options = CcmOptions(
+        episode_graph=None if artifacts is None else artifacts / "dpnet.onnx",
+        sides=tuple(int(side) for side in sides.split(",")),
+        shots=shots,
+        threads=threads,
+        repeats=repeats,
+    )
+    report = run_ccm_micro(options)
+    stdout_console.print(render_ccm_table(report))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(ccm_report_to_dict(report), indent=2) + "\n")
+    if markdown is not None:
+        command = f"python -m dpnet_bench.ccm_micro {shlex.join(sys.argv[1:])}"
+        atomic_write_text(markdown, render_ccm_markdown(report, command))
+
+
+def main() -> None:
+    """Entry point of ``python -m dpnet_bench.ccm_micro``."""
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

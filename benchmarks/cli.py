@@ -2,14 +2,14 @@
 
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
-0 passed, 1 user error, 2 usage error, 3 a parity check failed. ``python -m
-dpnet_bench.ccm_micro`` runs the CCM micro-benchmark (:func:`ccm_main`), ``python -m
-dpnet_bench.localize`` the low-precision divergence finder (:func:`localize_main`).
+0 passed, 1 user error, 2 usage error, 3 a parity check failed. The CCM micro-benchmark has
+its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`), and so has
+the low-precision divergence finder, ``python -m dpnet_bench.localize``; the load test of a
+running dpnet-serve is ``dpnet-bench serve`` (:mod:`dpnet_bench.serve_cli`).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -17,22 +17,19 @@ from typing import Annotated
 
 import typer
 
-from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
-from dpnet_bench.ccm_micro import (
-    CcmOptions,
-    ccm_report_to_dict,
-    render_ccm_markdown,
-    render_ccm_table,
-    run_ccm_micro,
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    DatasetOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
 )
-from dpnet_bench.localize import (
-    LocalizeOptions,
-    localize_report_to_dict,
-    render_localize,
-)
-from dpnet_bench.localize import localize as run_localize
 from dpnet_bench.report import (
     plot_latency,
+    progress_advancer,
     render_markdown,
     render_table,
     render_targets,
@@ -51,15 +48,11 @@ from dpnet_runtime.console import (
 from dpnet_runtime.contract import FORMATS
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["app", "ccm_app", "ccm_main", "localize_app", "localize_main", "main"]
+__all__ = ["app", "main"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
-_CCM_DEFAULTS = CcmOptions()
-_LOCALIZE = LocalizeOptions(artifacts=Path("out"))
 
 app = make_app()
-ccm_app = make_app()
-localize_app = make_app()
 
 
 @app.command()
@@ -70,7 +63,11 @@ def bench(
     ] = None,
     dataset: DatasetOption = _DEFAULTS.dataset,
     data_root: DataRootOption = _DEFAULTS.root,
-    coco_split: CocoSplitOption = _DEFAULTS.coco_split,
+    coco_split: CocoSplitOption = _DEFAULTS.data_options.coco_split,
+    splits_dir: SplitsDirOption = _DEFAULTS.data_options.splits_dir,
+    skip_missing: SkipMissingOption = _DEFAULTS.data_options.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DEFAULTS.data_options.folds,
     fold: Annotated[int, typer.Option(help="test fold 0..3")] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
@@ -94,13 +91,22 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
-    """Benchmark backends on the same episodes; exit 3 when a parity check fails."""
+    """Benchmark backends on the same episodes; exit 3 when a parity check fails.
+
+    `dpnet-bench serve --help`: load-test a running dpnet-serve instead.
+    """
     options = BenchOptions(
         checkpoint=ckpt,
         artifacts=artifacts,
         dataset=dataset,
         root=data_root,
-        coco_split=coco_split,
+        data_options=dataset_flags(
+            coco_split=coco_split,
+            splits_dir=splits_dir,
+            skip_missing=skip_missing,
+            val_classes=val_classes,
+            folds=folds,
+        ),
         fold=fold,
         shots=shots,
         episodes=episodes,
@@ -113,14 +119,7 @@ def bench(
         max_miou_delta_int8=max_miou_delta_int8,
     )
     with make_progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(backend: str, done: int, total: int) -> None:
-            if backend not in tasks:
-                tasks[backend] = progress.add_task(backend, total=total, status="")
-            progress.update(tasks[backend], completed=done)
-
-        report = run_suite(options, advance)
+        report = run_suite(options, progress_advancer(progress))
     stdout_console.print(render_table(report))
     stdout_console.print(render_targets(report.targets))
     if json_path is not None:
@@ -135,77 +134,6 @@ def bench(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-@ccm_app.command()
-def ccm(
-    artifacts: Annotated[
-        Path | None, typer.Option(help="export directory whose dpnet.onnx gives the episode time")
-    ] = None,
-    sides: Annotated[str, typer.Option(help="feature sides")] = ",".join(
-        str(side) for side in _CCM_DEFAULTS.sides
-    ),
-    shots: Annotated[int, typer.Option(help="K")] = _CCM_DEFAULTS.shots,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
-    repeats: Annotated[int, typer.Option(help="timed runs per size")] = _CCM_DEFAULTS.repeats,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
-    markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
-) -> None:
-    """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
-    options = CcmOptions(
-        episode_graph=None if artifacts is None else artifacts / "dpnet.onnx",
-        sides=tuple(int(side) for side in sides.split(",")),
-        shots=shots,
-        threads=threads,
-        repeats=repeats,
-    )
-    report = run_ccm_micro(options)
-    stdout_console.print(render_ccm_table(report))
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(ccm_report_to_dict(report), indent=2) + "\n")
-    if markdown is not None:
-        command = _command("python -m dpnet_bench.ccm_micro")
-        atomic_write_text(markdown, render_ccm_markdown(report, command))
-
-
-@localize_app.command()
-def localize(
-    artifacts: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
-    precision: Annotated[str, typer.Option(help="int8 or fp16")] = _LOCALIZE.precision,
-    graph: Annotated[str, typer.Option(help="episode, support or query")] = _LOCALIZE.graph,
-    dataset: DatasetOption = _LOCALIZE.dataset,
-    data_root: DataRootOption = _LOCALIZE.root,
-    coco_split: CocoSplitOption = _LOCALIZE.coco_split,
-    fold: Annotated[int, typer.Option(help="fold 0..3 (val split)")] = _LOCALIZE.fold,
-    episodes: Annotated[int, typer.Option(help="episodes to compare on")] = _LOCALIZE.episodes,
-    seed: Annotated[int, typer.Option(help="episode seed")] = _LOCALIZE.seed,
-    tolerance: Annotated[
-        float | None,
-        typer.Option(help="divergence to report (default: int8 0.1, fp16 0.01)"),
-    ] = None,
-    first: Annotated[int, typer.Option(help="how many of the first diverging nodes")] = 10,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write every tensor")] = None,
-) -> None:
-    """Where a low-precision graph leaves its FP32 graph, node by node (all outputs marked)."""
-    options = LocalizeOptions(
-        artifacts=artifacts,
-        precision=precision,
-        graph=graph,
-        dataset=dataset,
-        root=data_root,
-        coco_split=coco_split,
-        fold=fold,
-        episodes=episodes,
-        seed=seed,
-        tolerance=tolerance,
-    )
-    with make_progress() as progress:
-        task = progress.add_task("episodes", total=episodes, status="")
-        report = run_localize(options, lambda done, _: progress.update(task, completed=done))
-    for table in render_localize(report, first):
-        stdout_console.print(table)
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(localize_report_to_dict(report), indent=2) + "\n")
-
-
 def _command(program: str) -> str:
     return f"{program} {shlex.join(sys.argv[1:])}"
 
@@ -213,13 +141,3 @@ def _command(program: str) -> str:
 def main() -> None:
     """Console entry point of ``dpnet-bench``."""
     run_app(app)
-
-
-def ccm_main() -> None:
-    """Entry point of ``python -m dpnet_bench.ccm_micro``."""
-    run_app(ccm_app)
-
-
-def localize_main() -> None:
-    """Entry point of ``python -m dpnet_bench.localize``."""
-    run_app(localize_app)

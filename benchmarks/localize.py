@@ -20,19 +20,32 @@ divergence and the first node past the tolerance: that is where precision is los
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import typer
 from rich.table import Table
 
-from dpnet.data import build_dataset, dataset_options
+from dpnet.data import DatasetOptions, build_dataset
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    DatasetOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet_export.calibration import episode_feed, role_feeds
 from dpnet_export.onnx_to_fp16 import node_scopes
+from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.contract import (
     EPISODE,
     FORMATS,
@@ -42,15 +55,18 @@ from dpnet_runtime.contract import (
     Format,
     find_format,
 )
-from dpnet_runtime.errors import InputError, ModelFileError
+from dpnet_runtime.errors import InputError, ModelFileError, one_line
+from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = [
     "DEFAULT_TOLERANCE",
     "LocalizeOptions",
     "LocalizeReport",
     "TensorDivergence",
+    "app",
     "localize",
     "localize_report_to_dict",
+    "main",
     "render_localize",
 ]
 
@@ -67,9 +83,10 @@ class LocalizeOptions:
         artifacts: an export directory with the FP32 graphs and their low-precision copies.
         precision: ``int8`` or ``fp16``.
         graph: the role to compare (``episode``, ``support``, ``query``).
-        dataset: episodes from ``synthetic``, ``pascal`` or ``coco`` (``val`` split).
+        dataset: episodes from ``synthetic``, ``pascal``, ``coco`` or ``folder`` (``val``
+            split).
         root: dataset folder (not for ``synthetic``).
-        coco_split: COCO-20i fold split.
+        data_options: the dataset-specific options (COCO split, episode lists, folder classes).
         fold: the fold.
         episodes: how many episodes to run.
         seed: episode seed.
@@ -82,7 +99,7 @@ class LocalizeOptions:
     graph: str = EPISODE
     dataset: str = "synthetic"
     root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int = 0
     episodes: int = 4
     seed: int = 0
@@ -205,7 +222,9 @@ def _load(path: Path, make: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     except Exception as exc:  # onnx raises DecodeError, ValidationError and others
-        raise ModelFileError(f"{path} is not a readable ONNX graph: {exc}") from exc
+        raise ModelFileError(
+            f"{path} is not a readable ONNX graph ({one_line(exc, limit=200)}); re-export it"
+        ) from exc
 
 
 def _shared_tensors(fp32: onnx.ModelProto, low: onnx.ModelProto) -> list[str]:
@@ -289,7 +308,7 @@ def _episode_feeds(options: LocalizeOptions, size: int) -> list[dict[str, np.nda
         shots=1,
         seed=options.seed,
         episodes=options.episodes,
-        **dataset_options(options.dataset, coco_split=options.coco_split),
+        **options.data_options.keywords(options.dataset),
     )
     return [episode_feed(dataset[i], size, raw_input=False) for i in range(len(dataset))]
 
@@ -333,7 +352,69 @@ def _divergence(item: TensorDivergence) -> str:
     return f"{100 * item.divergence:.2f} % differ" if item.exact else f"{item.divergence:.4f}"
 
 
-if __name__ == "__main__":
-    from dpnet_bench.cli import localize_main
+app = make_app(
+    name="python -m dpnet_bench.localize",
+    help="Where a low-precision graph leaves its FP32 graph, node by node (all outputs marked).",
+)
+_DEFAULTS = LocalizeOptions(artifacts=Path("out"))
+_DATA = DatasetOptions()
 
-    localize_main()
+
+@app.command()
+def command(
+    artifacts: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
+    precision: Annotated[str, typer.Option(help="int8 or fp16")] = _DEFAULTS.precision,
+    graph: Annotated[str, typer.Option(help="episode, support or query")] = _DEFAULTS.graph,
+    dataset: DatasetOption = _DEFAULTS.dataset,
+    data_root: DataRootOption = _DEFAULTS.root,
+    coco_split: CocoSplitOption = _DATA.coco_split,
+    splits_dir: SplitsDirOption = _DATA.splits_dir,
+    skip_missing: SkipMissingOption = _DATA.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DATA.folds,
+    fold: Annotated[int, typer.Option(help="fold 0..3 (val split)")] = _DEFAULTS.fold,
+    episodes: Annotated[int, typer.Option(help="episodes to compare on")] = _DEFAULTS.episodes,
+    seed: Annotated[int, typer.Option(help="episode seed")] = _DEFAULTS.seed,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="divergence to report (default: int8 0.1, fp16 0.01)"),
+    ] = None,
+    first: Annotated[int, typer.Option(help="how many of the first diverging nodes")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write every tensor")] = None,
+) -> None:
+    """Where a low-precision graph leaves its FP32 graph, node by node (all outputs marked)."""
+    data_options = dataset_flags(
+        coco_split=coco_split,
+        splits_dir=splits_dir,
+        skip_missing=skip_missing,
+        val_classes=val_classes,
+        folds=folds,
+    )
+    options = LocalizeOptions(
+        artifacts=artifacts,
+        precision=precision,
+        graph=graph,
+        dataset=dataset,
+        root=data_root,
+        data_options=data_options,
+        fold=fold,
+        episodes=episodes,
+        seed=seed,
+        tolerance=tolerance,
+    )
+    with make_progress() as progress:
+        task = progress.add_task("episodes", total=episodes, status="")
+        report = localize(options, lambda done, _: progress.update(task, completed=done))
+    for table in render_localize(report, first):
+        stdout_console.print(table)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(localize_report_to_dict(report), indent=2) + "\n")
+
+
+def main() -> None:
+    """Entry point of ``python -m dpnet_bench.localize``."""
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,10 +15,12 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Group
+from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
@@ -30,7 +32,10 @@ __all__ = [
     "JSON_SCHEMA",
     "STAGES",
     "STATUS_ICONS",
+    "json_ready",
+    "markdown_targets",
     "plot_latency",
+    "progress_advancer",
     "render_markdown",
     "render_table",
     "render_targets",
@@ -89,10 +94,7 @@ def result_row(result: BackendResult) -> dict[str, Scalar]:
 
 def report_to_dict(report: BenchReport) -> dict[str, Any]:
     """The whole report as JSON-ready data (NaN becomes ``null``)."""
-    options = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(report.options).items()
-    }
+    options = dataclasses.asdict(report.options)
     results = []
     for result in report.results:
         samples = {
@@ -112,7 +114,7 @@ def report_to_dict(report: BenchReport) -> dict[str, Any]:
         "results": results,
         "targets": [dataclasses.asdict(target) for target in report.targets],
     }
-    return _finite(data)
+    return json_ready(data)
 
 
 def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:
@@ -131,35 +133,43 @@ def write_csv(report: BenchReport, path: str | os.PathLike[str]) -> None:
 
 
 def render_table(report: BenchReport) -> Group:
-    """Two rich tables (latency and memory; accuracy and parity) plus one line per problem."""
+    """Four narrow rich tables (latency; cached support and memory; accuracy; parity) plus one
+    line per problem.
+
+    Each table fits an 80-column terminal, and a row's identity (backend, status) is never
+    cut: those columns keep their full width and numbers fold rather than being truncated.
+    """
     title = (
         f"{report.model} {report.input_size}x{report.input_size}, {report.options.shots}-shot, "
         f"{report.options.episodes} episodes, {report.threads} threads"
     )
-    latency = _table(
-        f"dpnet-bench latency: {title}",
-        ("backend", "status", "size MB", "episode p50 ms", "p90", "p99", "episodes/s",
-         "support p50", "query p50", "query/episode", "peak MB"),
-    )  # fmt: skip
-    accuracy = _table(
-        "accuracy (%) and parity with torch fp32",
-        ("backend", "mIoU canet", "mIoU pfenet", "FB-IoU", "ΔmIoU pt", "pixels agree",
-         "C' IoU", "split = episode"),
-    )  # fmt: skip
+    results = report.results
+    names = [result.backend for result in results]
+    statuses = [f"{STATUS_ICONS.get(r.status, '?')} {r.status}" for r in results]
+    latency = _table(f"dpnet-bench latency (ms): {title}", names, ("status", statuses),
+                     "episode p50", "p90", "p99", "episodes /s")  # fmt: skip
+    cached = _table("cached support set (ms) and memory (MB)", names, None,
+                    "support p50", "query p50", "query / episode", "size", "peak")  # fmt: skip
+    accuracy = _table("accuracy (%)", names, None, "mIoU canet", "mIoU pfenet", "FB-IoU")
+    parity = _table("parity with torch fp32", names, None, "ΔmIoU pt", "pixels agree %",
+                    "C' IoU %", "split = episode %")  # fmt: skip
     problems = []
-    for result in report.results:
-        episode, query, parity = result.episode, result.query, result.parity
+    for result, status in zip(results, statuses, strict=True):
+        episode, query, parity_result = result.episode, result.query, result.parity
         latency.add_row(
             result.backend,
-            f"{STATUS_ICONS.get(result.status, '?')} {result.status}",
-            _fmt(result.artifact_mb, 1),
+            status,
             _fmt(episode and episode.p50_ms),
             _fmt(episode and episode.p90_ms),
             _fmt(episode and episode.p99_ms),
             _fmt(episode and episode.per_second, 2),
+        )
+        cached.add_row(
+            result.backend,
             _fmt(result.support and result.support.p50_ms),
             _fmt(query and query.p50_ms),
             _fmt(query.p50_ms / episode.p50_ms if query and episode else None, 2),
+            _fmt(result.artifact_mb, 1),
             _fmt(result.peak_memory_mb, 0),
         )
         if result.accuracy is not None:
@@ -168,29 +178,46 @@ def render_table(report: BenchReport) -> Group:
                 _fmt(result.accuracy.miou_canet, 2),
                 _fmt(result.accuracy.miou_pfenet, 2),
                 _fmt(result.accuracy.fbiou, 2),
-                _fmt(parity and parity.miou_delta_pt, 3),
-                _fmt(parity and parity.pixel_agreement_pct, 3),
-                _fmt(parity and parity.confidence_iou_pct, 2),
+            )
+            parity.add_row(
+                result.backend,
+                _fmt(parity_result and parity_result.miou_delta_pt, 3),
+                _fmt(parity_result and parity_result.pixel_agreement_pct, 3),
+                _fmt(parity_result and parity_result.confidence_iou_pct, 2),
                 _fmt(result.split_agreement_pct, 3),
             )
         if result.reason:
-            icon = STATUS_ICONS.get(result.status, "?")
-            problems.append(Text(f"{icon} {result.backend}: {result.reason}"))
-    return Group(latency, accuracy, *problems)
+            problems.append(Text(f"{status.split()[0]} {result.backend}: {result.reason}"))
+    return Group(latency, cached, accuracy, parity, *problems)
 
 
-def _table(title: str, columns: tuple[str, ...]) -> Table:
+def _table(
+    title: str,
+    names: list[str],
+    label: tuple[str, list[str]] | None,
+    *numbers: str,
+) -> Table:
+    """A table whose identity columns (``backend``, and ``label`` when given) never shrink."""
     table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index < 2 else "right")
+    table.add_column("backend", no_wrap=True, min_width=max(map(len, names), default=7))
+    if label is not None:
+        header, values = label
+        # Emoji take two cells.
+        table.add_column(header, no_wrap=True, min_width=max(len(v) + 1 for v in values))
+    for column in numbers:
+        table.add_column(column, justify="right", overflow="fold")
     return table
 
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
-    """The DESIGN.md targets measured in this run: value, limit, met or not."""
+    """The DESIGN.md targets measured in this run: value, limit, met or not (target names are
+    never cut; the explanation wraps)."""
     table = Table(title="targets")
-    for column in ("target", "measured", "limit", "met", "how"):
-        table.add_column(column)
+    width = max((len(target.name) for target in targets), default=6)
+    table.add_column("target", no_wrap=True, min_width=width)
+    for column in ("measured", "limit", "met"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("how", overflow="fold")
     for target in targets:
         met = "n/a" if target.met is None else ("✅ yes" if target.met else "❌ no")
         bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
@@ -239,14 +266,32 @@ def render_markdown(report: BenchReport, command: str) -> str:
             _fmt(row["confidence_iou_pct"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
-    for target in report.targets:
+    lines += ["", *markdown_targets(report.targets)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
+    """The targets as markdown table lines: name (how), measured, limit, met."""
+    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    for target in targets:
         met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
         bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
         lines.append(
             f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def progress_advancer(progress: Progress) -> Callable[[str, int, int], None]:
+    """A ``(row name, done, total)`` progress callback: one bar per row, made on first use."""
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, status="")
+        progress.update(tasks[name], completed=done)
+
+    return advance
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
@@ -295,12 +340,15 @@ def _fmt(value: object, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
-def _finite(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """Data as JSON takes it: NaN and infinities as ``None``, paths as strings."""
     # JSON has no NaN: an undefined mIoU (no episode of a class) is written as null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [json_ready(item) for item in value]
     return value

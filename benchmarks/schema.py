@@ -1,7 +1,8 @@
 """What ``dpnet-bench`` is asked and what it reports: the options, rows, targets and report.
 
 These dataclasses are the JSON and CSV schema of :mod:`dpnet_bench.report`;
-:func:`dpnet_bench.suite.run_suite` fills them.
+:func:`dpnet_bench.suite.run_suite` fills them. The CCM micro-benchmark's options and report
+(:func:`dpnet_bench.ccm_micro.run_ccm_micro`) are here too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dpnet.data import DatasetOptions
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.timing import LatencyStats
 
@@ -22,6 +24,9 @@ __all__ = [
     "BackendResult",
     "BenchOptions",
     "BenchReport",
+    "CcmOptions",
+    "CcmReport",
+    "CcmRow",
     "TargetCheck",
 ]
 
@@ -40,9 +45,9 @@ class BenchOptions:
         checkpoint: the PyTorch checkpoint (the reference, and the source of a missing export).
         artifacts: export directory; ``None`` exports to a temporary one, a directory without
             ``dpnet.onnx`` is exported into first.
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        dataset: ``synthetic``, ``pascal``, ``coco`` or ``folder``.
         root: dataset folder (not for ``synthetic``).
-        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
+        data_options: dataset-specific options (COCO split, episode lists, folder classes).
         fold: test fold 0..3.
         shots: K support pairs per episode.
         episodes: number of episodes every subject runs.
@@ -59,7 +64,7 @@ class BenchOptions:
     artifacts: Path | None = None
     dataset: str = "synthetic"
     root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int = 0
     shots: int = 1
     episodes: int = 20
@@ -148,3 +153,76 @@ class BenchReport:
     def parity_failed(self) -> bool:
         """True when a subject's mIoU delta exceeds its threshold (the CLI exits 3)."""
         return any(result.status == STATUS_PARITY_FAILED for result in self.results)
+
+
+@dataclass(frozen=True)
+class CcmOptions:
+    """What to measure.
+
+    Args:
+        episode_graph: a ``dpnet.onnx`` (321 x 321 for the paper's share), or ``None``.
+        sides: feature sides h = w to time the CCM at.
+        channels: D, the cosine feature channels (1024 in DPNet).
+        shots: K.
+        threads: ONNX Runtime intra-op threads; ``None``: the cores this process may use.
+        repeats: timed runs per measurement (after 2 warm-up runs).
+        gemm_size: side of the plain square MatMul used as the FLOP/s reference.
+    """
+
+    episode_graph: Path | None = None
+    sides: tuple[int, ...] = (41, 61, 81)
+    channels: int = 1024
+    shots: int = 1
+    threads: int | None = None
+    repeats: int = 10
+    gemm_size: int = 2048
+
+
+@dataclass(frozen=True)
+class CcmRow:
+    """The CCM at one feature side.
+
+    Attributes:
+        side: h = w; positions: Ns = Nq = side².
+        ccm: latency of the whole CCM graph.
+        similarity: latency of the similarity MatMul alone.
+        similarity_gflops_per_s: its achieved GFLOP/s (2 K Ns D Nq per run).
+        peak_memory_mb: peak RSS above the start while the CCM session is built and run.
+        similarity_matrix_mb: size of the FP32 similarity matrix (K Ns Nq x 4 bytes).
+    """
+
+    side: int
+    positions: int
+    ccm: LatencyStats
+    similarity: LatencyStats
+    similarity_gflops_per_s: float
+    peak_memory_mb: float
+    similarity_matrix_mb: float
+
+
+@dataclass(frozen=True)
+class CcmReport:
+    """The micro-benchmark's results.
+
+    Attributes:
+        rows: one per side.
+        plain_gemm_gflops_per_s: ONNX Runtime MatMul of ``gemm_size``³.
+        numpy_gemm_gflops_per_s: numpy's matmul of the same size (its BLAS).
+        episode: latency of the whole episode graph, or ``None``.
+        ccm_share_pct: CCM p50 at the episode's feature side / episode p50.
+        profiled_ccm_share_pct: CCM-scope kernel time / all kernel time in the profiled episode.
+        profile_by_op_pct: share of kernel time per op type in the profiled episode, largest first.
+        gemm_efficiency_pct: similarity GFLOP/s at the first side / plain GEMM GFLOP/s.
+    """
+
+    options: CcmOptions
+    threads: int
+    environment: dict[str, str]
+    rows: tuple[CcmRow, ...]
+    plain_gemm_gflops_per_s: float
+    numpy_gemm_gflops_per_s: float
+    episode: LatencyStats | None
+    ccm_share_pct: float | None
+    profiled_ccm_share_pct: float | None
+    profile_by_op_pct: tuple[tuple[str, float], ...]
+    gemm_efficiency_pct: float

@@ -14,29 +14,35 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Final
 
 import numpy as np
-import onnxruntime
 import typer
 
+from dpnet_bench.timing import (
+    describe_environment,
+    environment_lines,
+    latency_stats,
+    load_average,
+    rss_bytes,
+    timed_call,
+)
 from dpnet_runtime import Predictor
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["SoakOptions", "SoakResult", "app", "main", "resident_mib", "run_soak", "to_markdown"]
+__all__ = ["SoakOptions", "SoakResult", "app", "main", "run_soak", "to_markdown"]
 
 _QUERY_SIZES: Final = ((240, 320), (321, 321), (480, 360), (200, 500))
-_PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MIB: Final = float(1 << 20)
 
 
 @dataclass(frozen=True)
@@ -91,17 +97,7 @@ class SoakResult:
     passed: bool
     command: str
     note: str
-    host: dict[str, str]
-
-
-def resident_mib() -> float:
-    """The current resident set size of this process in MiB (Linux ``/proc``; else the peak)."""
-    statm = Path("/proc/self/statm")
-    if statm.exists():
-        return int(statm.read_text().split()[1]) * _PAGE_BYTES / 2**20
-    # macOS reports ru_maxrss in bytes, Linux in KiB; only the peak is portable.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    environment: dict[str, str]
 
 
 def run_soak(
@@ -138,27 +134,27 @@ def run_soak(
     images = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(options.shots)]
     mask = np.zeros((300, 400), np.uint8)
     mask[80:220, 100:300] = 1
-    latencies = np.empty(options.queries)
+    latencies_ns: list[int] = []
     started = time.perf_counter()
     with Predictor.open(model, intra_op_threads=options.intra_op_threads) as predictor:
-        rss_before = resident_mib()
+        rss_before = rss_bytes() / _MIB
         support = predictor.encode_support(images, [mask] * options.shots)
         for index in range(options.warmup):
             predictor.segment(queries[index % len(queries)], support)
-        rss_start = resident_mib()
-        load_start = _load_average()
+        rss_start = rss_bytes() / _MIB
+        load_start = load_average()
         samples = [rss_start]
         for index in range(options.queries):
-            tick = time.perf_counter_ns()
-            predictor.segment(queries[index % len(queries)], support)
-            latencies[index] = (time.perf_counter_ns() - tick) / 1e6
+            query = partial(predictor.segment, queries[index % len(queries)], support)
+            latencies_ns.append(timed_call(query)[1])
             if (index + 1) % options.window == 0:
-                samples.append(resident_mib())
+                samples.append(rss_bytes() / _MIB)
                 if progress is not None:
                     progress(index + 1)
-        rss_end = resident_mib()
-    first = float(np.percentile(latencies[: options.window], 50))
-    last = float(np.percentile(latencies[-options.window :], 50))
+        rss_end = rss_bytes() / _MIB
+    overall = latency_stats(latencies_ns)
+    first = latency_stats(latencies_ns[: options.window]).p50_ms
+    last = latency_stats(latencies_ns[-options.window :]).p50_ms
     growth = 100.0 * (rss_end - rss_start) / rss_start
     return SoakResult(
         model=str(model),
@@ -176,24 +172,23 @@ def run_soak(
         latency_first_p50_ms=round(first, 3),
         latency_last_p50_ms=round(last, 3),
         latency_drift_pct=round(100.0 * (last - first) / first, 2),
-        latency_p50_ms=round(float(np.percentile(latencies, 50)), 3),
-        latency_p99_ms=round(float(np.percentile(latencies, 99)), 3),
-        latency_max_ms=round(float(latencies.max()), 3),
+        latency_p50_ms=round(overall.p50_ms, 3),
+        latency_p99_ms=round(overall.p99_ms, 3),
+        latency_max_ms=round(overall.max_ms, 3),
         seconds=round(time.perf_counter() - started, 1),
         load_average_start=load_start,
-        load_average_end=_load_average(),
+        load_average_end=load_average(),
         max_rss_growth_pct=options.max_rss_growth_pct,
         passed=growth < options.max_rss_growth_pct,
         command=command,
         note=note,
-        host=_host(),
+        environment=describe_environment(),
     )
 
 
 def to_markdown(result: SoakResult) -> str:
     """A short Markdown report of a soak: command, host, memory and latency tables."""
     verdict = "passed" if result.passed else "FAILED"
-    host = ", ".join(f"{key} {value}" for key, value in result.host.items())
     return "\n".join(
         [
             f"# Soak: {result.queries} queries against one cached support set ({verdict})",
@@ -202,7 +197,9 @@ def to_markdown(result: SoakResult) -> str:
             "",
             *([result.note, ""] if result.note else []),
             f"Model: `{result.model}`, backend {result.backend}, K = {result.shots}, "
-            f"{result.intra_op_threads} thread(s) per operator. Host: {host}.",
+            f"{result.intra_op_threads} thread(s) per operator.",
+            "",
+            *environment_lines(result.environment, result.intra_op_threads),
             "",
             "| resident memory | MiB |",
             "|---|---|",
@@ -227,21 +224,6 @@ def to_markdown(result: SoakResult) -> str:
             "",
         ]
     )
-
-
-def _load_average() -> float:
-    # Other processes on the host slow queries down: the drift is only meaningful beside this.
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
-
-
-def _host() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "machine": platform.machine(),
-        "cpus": str(os.cpu_count()),
-    }
 
 
 app = make_app(

@@ -34,7 +34,7 @@ from typing import Final
 import numpy as np
 
 from dpnet.checkpoint import load_checkpoint
-from dpnet.data import build_dataset, dataset_options
+from dpnet.data import build_dataset
 from dpnet_bench.parity import (
     compare_to_reference,
     mask_agreement,
@@ -145,7 +145,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
         calibration = CalibrationOptions(
             dataset=options.dataset,
             root=options.root,
-            coco_split=options.coco_split,
+            data_options=options.data_options,
             fold=options.fold,
         )
         artifacts, export_failures = stack.enter_context(
@@ -206,7 +206,7 @@ def _check_options(options: BenchOptions) -> None:
     limits = (options.max_miou_delta, options.max_miou_delta_fp16, options.max_miou_delta_int8)
     if min(limits) < 0:
         raise InputError("--max-miou-delta, -fp16 and -int8 must be >= 0 points")
-    dataset_options(options.dataset, coco_split=options.coco_split)
+    options.data_options.keywords(options.dataset)
 
 
 def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared], tuple[int, ...]]:
@@ -218,7 +218,7 @@ def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared]
         shots=options.shots,
         seed=options.seed,
         episodes=options.episodes,
-        **dataset_options(options.dataset, coco_split=options.coco_split),
+        **options.data_options.keywords(options.dataset),
     )
     prepared = []
     for episode in (dataset[index] for index in range(len(dataset))):

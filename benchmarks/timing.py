@@ -30,6 +30,7 @@ __all__ = [
     "describe_environment",
     "environment_lines",
     "latency_stats",
+    "load_average",
     "rss_bytes",
     "timed_call",
     "warm_up",
@@ -37,7 +38,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-_PACKAGES: Final = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "dpnet")
+_PACKAGES: Final = (
+    "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "ray", "dpnet",
+)  # fmt: skip
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 _SAMPLE_PERIOD_S: Final = 0.01
 
@@ -189,8 +192,7 @@ def describe_environment() -> dict[str, str]:
         "usable_cpus": str(len(os.sched_getaffinity(0))),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        # Timings on a shared machine mean little without the load they were taken under.
-        "load_average_1m": f"{os.getloadavg()[0]:.2f}",
+        "load_average_1m": f"{load_average():.2f}",
     }
     for package in _PACKAGES:
         try:
@@ -198,6 +200,14 @@ def describe_environment() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return described
+
+
+def load_average() -> float:
+    """The 1-minute load average, rounded to 0.01 (NaN where the OS has none).
+
+    Timings on a shared machine mean little without the load they were taken under.
+    """
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
 
 
 def _cpu_model() -> str:

@@ -3,7 +3,8 @@
 One file, ``torch.save`` of a plain dict::
 
     {"format": "dpnet-checkpoint", "version": 1, "config": {...}, "state_dict": {...},
-     "meta": {"dataset", "fold", "shots", "epoch", "metrics", "created", "dpnet_version"},
+     "meta": {"dataset", "fold", "shots", "epoch", "metrics", "created", "dpnet_version",
+              "init"},
      "train_state": {...}}            # optional: optimiser, step, RNG for --resume
 
 written atomically and read with ``weights_only=True`` (no arbitrary unpickling). The format and
@@ -23,7 +24,7 @@ import torch
 from dpnet import __version__
 from dpnet.config import DPNetConfig, config_from_dict
 from dpnet.model.dpnet import DPNet
-from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError
+from dpnet_runtime.errors import DpnetError, IncompatibleModelError, ModelFileError, one_line
 from dpnet_runtime.fileio import atomic_path
 
 __all__ = [
@@ -52,9 +53,19 @@ class Checkpoint:
 
 
 def make_meta(
-    *, dataset: str, fold: int, shots: int, epoch: int, metrics: dict[str, float] | None = None
+    *,
+    dataset: str,
+    fold: int,
+    shots: int,
+    epoch: int,
+    metrics: dict[str, float] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``meta`` dict of a checkpoint, stamped with the time and dpnet version."""
+    """The ``meta`` dict of a checkpoint, stamped with the time and dpnet version.
+
+    ``init`` records the checkpoint a fine-tuning run started from (``dpnet-train --init``);
+    ``None`` for a run from scratch.
+    """
     return {
         "dataset": dataset,
         "fold": fold,
@@ -63,6 +74,7 @@ def make_meta(
         "metrics": dict(metrics or {}),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dpnet_version": __version__,
+        "init": init,
     }
 
 
@@ -106,10 +118,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelFileError(f"checkpoint {path} is damaged ({_short(exc)}); re-copy it") from exc
+        raise ModelFileError(
+            f"checkpoint {path} is damaged ({one_line(exc, limit=160)}); re-copy it"
+        ) from exc
     except Exception as exc:  # weights_only refuses pickled objects with its own error types
         raise ModelFileError(
-            f"checkpoint {path} holds objects other than tensors and plain data ({_short(exc)}); "
+            f"checkpoint {path} holds objects other than tensors and plain data "
+            f"({one_line(exc, limit=160)}); "
             "dpnet only loads its own checkpoint format"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -144,11 +159,6 @@ def load_model(path: Path) -> tuple[DPNet, Checkpoint]:
         model.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
         raise ModelFileError(
-            f"checkpoint {path} weights do not match its config: {_short(exc)}"
+            f"checkpoint {path} weights do not match its config: {one_line(exc, limit=160)}"
         ) from exc
     return model.eval(), checkpoint
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:160] + ("..." if len(text) > 160 else "")

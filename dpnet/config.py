@@ -17,9 +17,30 @@ from typing import Any, Literal, get_args
 
 from dpnet_runtime.errors import InputError
 
-__all__ = ["PRESETS", "DPNetConfig", "PseudoPrototype", "config_from_dict", "preset"]
+__all__ = [
+    "PRESETS",
+    "DPNetConfig",
+    "PseudoPrototype",
+    "check_beta",
+    "config_from_dict",
+    "preset",
+]
 
 PseudoPrototype = Literal["none", "global", "cosine", "ccm"]
+
+
+def check_beta(beta: float, name: str = "beta") -> None:
+    """A discriminator threshold lies in [0, 1]: it is compared with a sigmoid's output.
+
+    Args:
+        beta: the threshold.
+        name: what the caller calls it (a config field or a CLI flag), quoted in the error.
+
+    Raises:
+        InputError: ``beta`` outside [0, 1] (or NaN).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise InputError(f"{name} must lie in [0, 1], got {beta}")
 
 
 @dataclass(frozen=True)
@@ -78,10 +99,8 @@ class DPNetConfig:
                 f"pseudo_prototype must be one of {get_args(PseudoPrototype)}, "
                 f"got {self.pseudo_prototype!r}"
             )
-        for name in ("beta_train", "beta_test"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must lie in [0, 1], got {value}")
+        check_beta(self.beta_train, "beta_train")
+        check_beta(self.beta_test, "beta_test")
         if self.feature_channels % self.pim_reduction:
             raise InputError(
                 f"feature_channels ({self.feature_channels}) must be divisible by "

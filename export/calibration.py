@@ -14,14 +14,14 @@ scales and byte-identical graphs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import onnx
 
-from dpnet.data import Episode, build_dataset, dataset_options
+from dpnet.data import DatasetOptions, Episode, build_dataset
 from dpnet_export.onnx_to_int8 import CALIBRATION_METHODS
 from dpnet_runtime.contract import GRAPHS, QUERY_IMAGE, SUPPORT, SUPPORT_IMAGES, SUPPORT_MASKS
 from dpnet_runtime.errors import DatasetError, InputError
@@ -46,10 +46,10 @@ class CalibrationOptions:
     """Where the INT8 calibration episodes come from; the CLI flags are ``--calib-*`` twins.
 
     Args:
-        dataset: ``synthetic`` (embedded), ``pascal``, ``coco`` (any name of
+        dataset: ``synthetic`` (embedded), ``pascal``, ``coco`` or ``folder`` (any name of
             :data:`dpnet.data.DATASETS`).
         root: dataset folder (every dataset but ``synthetic``).
-        coco_split: COCO-20i fold split (``interleaved`` or ``consecutive``).
+        data_options: the dataset-specific options (COCO split, episode lists, folder classes).
         fold: the fold whose training classes calibrate.
         episodes: number of calibration episodes (each gives a support and a query image).
         seed: episode seed.
@@ -59,7 +59,7 @@ class CalibrationOptions:
 
     dataset: str = "synthetic"
     root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int = 0
     episodes: int = 64
     seed: int = 0
@@ -96,7 +96,7 @@ def check_calibration_options(options: CalibrationOptions) -> None:
 
     Raises:
         InputError: no episodes, an unknown method, a dataset that needs ``--data-root``
-            without one, or a bad COCO split.
+            without one, or a dataset option the dataset does not take.
     """
     if options.episodes < 1:
         raise InputError(
@@ -113,7 +113,7 @@ def check_calibration_options(options: CalibrationOptions) -> None:
             f"--int8 calibrates on {options.dataset} episodes, which need --data-root "
             "(or calibrate on the embedded data: --calib-dataset synthetic)"
         )
-    dataset_options(options.dataset, coco_split=options.coco_split)
+    options.data_options.keywords(options.dataset)
 
 
 def load_calibration_set(
@@ -135,7 +135,7 @@ def load_calibration_set(
         shots=_SHOTS,
         seed=options.seed,
         episodes=options.episodes,
-        **dataset_options(options.dataset, coco_split=options.coco_split),
+        **options.data_options.keywords(options.dataset),
     )
     if len(dataset) == 0:
         raise DatasetError(

@@ -1,7 +1,8 @@
 """Engine-cache key, cache lookup and the atomic write of an engine with its sidecar.
 
 A TensorRT build takes minutes; the result depends only on the ONNX bytes, the TensorRT
-version, the GPU (name and compute capability) and the build settings. The key hashes exactly
+version, the GPU (name and compute capability) and the build settings (precision, typing, TF32,
+profile, workspace). The key hashes exactly
 those, the sidecar records it, and a build whose key matches an existing engine (whose bytes
 still match the sidecar's sha256) reuses that engine instead of building again.
 """
@@ -16,9 +17,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dpnet_runtime.backends.cuda import GpuInfo
-from dpnet_runtime.backends.trt import EngineSidecar, TensorProfile, read_sidecar, sidecar_path
+from dpnet_runtime.backends.trt_sidecar import (
+    EngineSidecar,
+    TensorProfile,
+    read_sidecar,
+    sidecar_path,
+)
 from dpnet_runtime.errors import ModelFileError
-from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
 __all__ = ["cached_engine", "engine_cache_key", "write_engine"]
 
@@ -30,6 +36,7 @@ def engine_cache_key(
     gpu: GpuInfo,
     precision: str,
     strongly_typed: bool,
+    tf32: bool,
     profiles: Sequence[TensorProfile],
     workspace_bytes: int,
 ) -> str:
@@ -41,6 +48,7 @@ def engine_cache_key(
         gpu: device name and compute capability.
         precision: ``"fp16"`` or ``"fp32"``.
         strongly_typed: whether the network is strongly typed.
+        tf32: whether FP32 layers may use TF32 inner products (``BuilderFlag.TF32``).
         profiles: the optimisation profile, one entry per input.
         workspace_bytes: the workspace pool limit (it bounds the tactics TensorRT may pick).
 
@@ -53,6 +61,7 @@ def engine_cache_key(
         "compute_capability": gpu.compute_capability,
         "precision": precision,
         "strongly_typed": strongly_typed,
+        "tf32": tf32,
         "profiles": [asdict(profile) for profile in profiles],
         "workspace_bytes": workspace_bytes,
     }
@@ -83,13 +92,13 @@ def cached_engine(engine_path: str | os.PathLike[str], key: str) -> EngineSideca
 def write_engine(
     engine_path: str | os.PathLike[str], engine: bytes, sidecar: EngineSidecar
 ) -> Path:
-    """Write the engine, then its sidecar, each atomically; returns the sidecar's path.
+    """Swap in the engine and its sidecar as one set; returns the sidecar's path.
 
-    The sidecar goes last, so a crash between the two leaves an engine whose sidecar is
-    missing or stale: the runtime and the cache both reject that pair rather than trust it.
+    Both are written in full before either is renamed, so a failure leaves the earlier pair
+    as it was. The sidecar is renamed last: a crash between the two renames leaves a new engine
+    with the old sidecar, whose sha256 the runtime and the cache both reject.
     """
     path = Path(engine_path)
-    atomic_write_bytes(path, engine)
     side = sidecar_path(path)
-    atomic_write_text(side, sidecar.to_json())
+    atomic_write_files({path: engine, side: sidecar.to_json().encode("utf-8")})
     return side

@@ -7,13 +7,20 @@ the table cannot express:
 
 - an op that is missing from the table, marked unsupported, or in ``not_listed`` is an error
   (the parser would look for a plugin of that name);
-- control flow and ops with data-dependent output shapes (Loop, If, Scan, NonZero, Compress,
-  Unique, NonMaxSuppression, TopK, Scatter*) are errors: DESIGN.md forbids them outright;
+- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: DESIGN.md
+  forbids them outright (:data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
 - INT64 or BOOL graph inputs and outputs are errors (TensorRT I/O is float, int32 or uint8 in
   dpnet's contract), and a UINT8 tensor that is not graph I/O is an error (the parser accepts
   UINT8 only at the boundary);
-- an input that must be known at build time (Reduce* and Squeeze/Unsqueeze axes, CumSum axis,
-  OneHot depth) and is computed instead of taken from an initializer or Constant is an error;
+- an input that must be known at build time is an error when it is not: Reduce* axes must be
+  an initializer or Constant (the table: "must be an initializer"); Squeeze/Unsqueeze axes,
+  the CumSum axis and the OneHot depth must *resolve* to a constant (the table: "must resolve
+  to a build-time constant"), so a chain of ops over constants (Identity, Cast, Concat...) and
+  the Shape of a tensor whose dims are all static count as constant too;
+- pooling with ``ceil_mode=1`` whose last window hangs over the border (a partial window) is an
+  error for AveragePool (runtimes disagree on its divisor: ONNX Runtime follows PyTorch, the
+  ONNX reference implementation does not) and a warning for MaxPool; unknown spatial sizes
+  give a warning;
 - a QuantizeLinear/DequantizeLinear that TensorRT's explicit quantization refuses (asymmetric,
   UINT8 or INT32, computed scales, per-channel off a weight's output-channel axis) is an error
   (:mod:`dpnet_export.lint_qdq`);
@@ -36,6 +43,8 @@ import onnx
 from onnx import TensorProto
 
 from dpnet_export.lint_qdq import QDQ_OPS, qdq_problems
+from dpnet_export.lint_static import partial_window_axes, resolvable_names, static_shapes
+from dpnet_export.op_rules import FORBIDDEN_OPS
 from dpnet_runtime.errors import ModelFileError
 
 __all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
@@ -44,25 +53,16 @@ Severity = Literal["error", "warning", "info"]
 
 _TABLE_FILE = "tensorrt_onnx_operators.json"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_FORBIDDEN_OPS: Mapping[str, str] = {
-    "Loop": "control flow",
-    "If": "control flow",
-    "Scan": "control flow",
-    "NonZero": "its output shape depends on the data",
-    "Compress": "its output shape depends on the data",
-    "Unique": "its output shape depends on the data",
-    "NonMaxSuppression": "its output shape depends on the data",
-    "TopK": "forbidden in dpnet graphs (use ArgMax; K must be static)",
-}
-# Inputs (by position) that TensorRT must know at build time.
-_BUILD_TIME_INPUTS: Mapping[str, tuple[int, str]] = {
+# Inputs (by position) that must resolve to a build-time constant (computed from constants).
+_RESOLVABLE_INPUTS: Mapping[str, tuple[int, str]] = {
     "Squeeze": (1, "axes"),
     "Unsqueeze": (1, "axes"),
     "CumSum": (1, "axis"),
     "OneHot": (1, "depth"),
 }
+_CEIL_POOLING_SEVERITY: Mapping[str, Severity] = {"AveragePool": "error", "MaxPool": "warning"}
 # Restrictions the lint verifies itself: no generic warning for them.
-_VERIFIED_RESTRICTION_OPS = frozenset(_BUILD_TIME_INPUTS) | QDQ_OPS
+_VERIFIED_RESTRICTION_OPS = frozenset(_RESOLVABLE_INPUTS) | QDQ_OPS
 _IO_FORBIDDEN_TYPES = {TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL"}
 _TABLE_TYPE_NAMES: Mapping[int, str] = {
     TensorProto.FLOAT: "FP32",
@@ -169,11 +169,14 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
         notes.append(LintFinding("info", "", "", " ".join(message.split())))
     graph = proto.graph
     types = _tensor_types(graph)
+    shapes = static_shapes(graph)
     nodes = list(_walk(graph))
     findings = [
         *notes,
         *_io_findings(graph),
-        *_node_findings(nodes, table, _constant_names(graph)),
+        *_node_findings(nodes, table),
+        *_build_time_input_findings(nodes, _constant_names(graph), shapes),
+        *_ceil_pooling_findings(nodes, shapes),
         *_uint8_findings(graph, nodes, types),
         *(LintFinding("error", *problem) for problem in qdq_problems(graph, types)),
         *_restriction_findings(nodes, table),
@@ -249,9 +252,7 @@ def _io_findings(graph: onnx.GraphProto) -> Iterator[LintFinding]:
             )
 
 
-def _node_findings(
-    nodes: list[onnx.NodeProto], table: Mapping[str, Any], constants: frozenset[str]
-) -> Iterator[LintFinding]:
+def _node_findings(nodes: list[onnx.NodeProto], table: Mapping[str, Any]) -> Iterator[LintFinding]:
     operators: Mapping[str, Any] = table["operators"]
     not_listed = set(table["not_listed"])
     for node in nodes:
@@ -261,33 +262,12 @@ def _node_findings(
             yield LintFinding(
                 "error", label, op, f"custom domain {node.domain!r}: needs a TensorRT plugin"
             )
-        elif op in _FORBIDDEN_OPS:
-            yield LintFinding("error", label, op, f"{op} is forbidden: {_FORBIDDEN_OPS[op]}")
-        elif op.startswith("Scatter"):
-            yield LintFinding(
-                "error", label, op, f"{op} is forbidden in dpnet graphs (use one-hot MatMul)"
-            )
+        elif op in FORBIDDEN_OPS:
+            yield LintFinding("error", label, op, f"{op} is forbidden: {FORBIDDEN_OPS[op]}")
         elif op in not_listed or op not in operators:
             yield LintFinding("error", label, op, f"{op} has no row in the TensorRT parser table")
         elif not operators[op]["supported"]:
             yield LintFinding("error", label, op, f"{op} is not supported by the TensorRT parser")
-        required = _required_constant_input(op)
-        if required is not None:
-            index, what = required
-            if len(node.input) > index and node.input[index] and node.input[index] not in constants:
-                yield LintFinding(
-                    "error",
-                    label,
-                    op,
-                    f"{op} {what} come from computed tensor {node.input[index]!r}; TensorRT needs "
-                    "them at build time: make them an initializer or Constant",
-                )
-
-
-def _required_constant_input(op: str) -> tuple[int, str] | None:
-    if op.startswith("Reduce"):
-        return 1, "axes"
-    return _BUILD_TIME_INPUTS.get(op)
 
 
 def _uint8_findings(
@@ -321,7 +301,7 @@ def _restriction_findings(
     for op, (first, count) in _first_by_op(nodes).items():
         row = operators.get(op)
         verified = op in _VERIFIED_RESTRICTION_OPS or op.startswith("Reduce")
-        if row is None or not row["restrictions"] or verified or op in _FORBIDDEN_OPS:
+        if row is None or not row["restrictions"] or verified or op in FORBIDDEN_OPS:
             continue
         yield LintFinding(
             "warning",
@@ -361,3 +341,60 @@ def _code_note_findings(
     for op, (first, _) in _first_by_op(nodes).items():
         if op in notes:
             yield LintFinding("info", _label(first), op, f"importer note (10.1 code): {notes[op]}")
+
+
+def _build_time_input_findings(
+    nodes: list[onnx.NodeProto],
+    constants: frozenset[str],
+    shapes: Mapping[str, tuple[int | None, ...]],
+) -> Iterator[LintFinding]:
+    resolvable = resolvable_names(nodes, constants, shapes)
+    for node in nodes:
+        op = node.op_type
+        strict = op.startswith("Reduce")
+        index, what = (1, "axes") if strict else _RESOLVABLE_INPUTS.get(op, (-1, ""))
+        if index < 0 or len(node.input) <= index or not node.input[index]:
+            continue
+        name = node.input[index]
+        if strict and name not in constants:
+            fix = "make them an initializer or Constant"
+        elif not strict and name not in resolvable:
+            fix = "compute them from initializers or Constants only"
+        else:
+            continue
+        yield LintFinding(
+            "error",
+            _label(node),
+            op,
+            f"{op} {what} come from computed tensor {name!r}; TensorRT needs them at build "
+            f"time: {fix}",
+        )
+
+
+def _ceil_pooling_findings(
+    nodes: list[onnx.NodeProto], shapes: Mapping[str, tuple[int | None, ...]]
+) -> Iterator[LintFinding]:
+    for node in nodes:
+        severity = _CEIL_POOLING_SEVERITY.get(node.op_type)
+        if severity is None or not node.input:
+            continue
+        axes = partial_window_axes(node, shapes.get(node.input[0]))
+        if axes == []:
+            continue
+        if axes is None:
+            yield LintFinding(
+                "warning",
+                _label(node),
+                node.op_type,
+                "ceil_mode=1 on an input of unknown spatial size: cannot prove every window "
+                "is full; export with static spatial sizes",
+            )
+            continue
+        yield LintFinding(
+            severity,
+            _label(node),
+            node.op_type,
+            f"ceil_mode=1 leaves a partial last window on spatial axes {axes}: runtimes "
+            "disagree on its divisor; zero-pad to a multiple of the kernel and pool with "
+            "ceil_mode=0 (see dpnet.model.msf.ceil_avg_pool2d)",
+        )

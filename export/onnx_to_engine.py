@@ -1,17 +1,11 @@
 """ONNX -> serialized TensorRT engine (``dpnet-export trt``), for TensorRT 10.x and 11.
 
-Precision, the version branch (:func:`plan_precision`): TensorRT 11 removed weak typing
-(``BuilderFlag.FP16`` is gone), so FP16 comes from the mixed-precision ``*_fp16.onnx`` graph
-built as a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, accepted
-and always on in 11). TensorRT 10 builds the FP32 graph with ``BuilderFlag.FP16``, letting the
-builder pick FP16 kernels; given an ``*_fp16.onnx`` file, 10.x also builds it strongly typed.
-INT8 is explicit quantization on 10 and 11 alike: the TensorRT-flavoured QDQ graph
-(``*_int8_trt.onnx``, the ``trt-int8`` row's source) built strongly typed, no builder flag:
-the Q/DQ scales say where INT8 runs and every other layer keeps its FP32 type.
-
-The optimisation profile covers B (batch) and K (shots) on every input that has them
-(:func:`build_profiles`); the build reuses a timing cache file and an engine cache
-(``dpnet_export.engine_cache``). Everything but :func:`onnx_to_engine` runs without TensorRT.
+The precision plan (graph, typing, flags, TF32) is :mod:`dpnet_export.engine_precision`'s;
+the builder calls are :mod:`dpnet_export.engine_builder`'s. This module holds the options,
+the optimisation profile over B (batch) and K (shots) on every input that has them
+(:func:`build_profiles`), the engine cache (``dpnet_export.engine_cache``), the equivalent
+trtexec line (:func:`onnx_to_trtexec`; ``dpnet_export.engine_adopt`` gives the engine it
+writes a sidecar). Everything but :func:`onnx_to_engine` runs without TensorRT.
 """
 
 from __future__ import annotations
@@ -27,27 +21,24 @@ from typing import Any
 
 import onnx
 
+from dpnet_export.engine_builder import build_serialized
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
+from dpnet_export.engine_precision import PrecisionPlan, plan_precision
 from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
-from dpnet_runtime.backends.trt import (
-    EngineSidecar,
-    TensorProfile,
-    capture_logger,
-    import_tensorrt,
-    sidecar_path,
-    tensorrt_major,
-)
-from dpnet_runtime.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
-from dpnet_runtime.fileio import atomic_write_bytes, sha256_bytes
+from dpnet_runtime.backends.trt import import_tensorrt
+from dpnet_runtime.backends.trt_sidecar import EngineSidecar, TensorProfile, sidecar_path
+from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from dpnet_runtime.fileio import sha256_bytes
 
 __all__ = [
+    "BuildTarget",
     "EngineBuildOptions",
     "EngineBuildResult",
-    "PrecisionPlan",
     "ShapeRange",
     "build_profiles",
+    "build_target",
     "installed_tensorrt_version",
     "onnx_input_shapes",
     "onnx_metadata",
@@ -55,12 +46,10 @@ __all__ = [
     "onnx_to_trtexec",
     "parse_shape_range",
     "parse_workspace",
-    "plan_precision",
 ]
 
 _LOG = logging.getLogger(__name__)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_MIN_TENSORRT_MAJOR = 10
 
 
 @dataclass(frozen=True)
@@ -193,95 +182,17 @@ def build_profiles(
 
 
 @dataclass(frozen=True)
-class PrecisionPlan:
-    """How the installed TensorRT gets the requested precision.
-
-    Attributes:
-        onnx_path: the graph to parse (the ``*_fp16.onnx`` copy for strongly typed FP16, the
-            ``*_int8_trt.onnx`` QDQ graph for INT8).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
-        strongly_typed: create the network with ``STRONGLY_TYPED``.
-        fp16_flag: set ``BuilderFlag.FP16`` (TensorRT 10 only).
-    """
-
-    onnx_path: Path
-    precision: str
-    strongly_typed: bool
-    fp16_flag: bool
-
-
-def plan_precision(onnx_path: Path, *, precision: str, tensorrt_version: str) -> PrecisionPlan:
-    """The version branch: strongly typed FP16 ONNX on TensorRT >= 11, ``BuilderFlag.FP16`` on 10.x.
-
-    Args:
-        onnx_path: the graph given on the command line (``dpnet.onnx``, ``dpnet_fp16.onnx`` or
-            ``dpnet_int8_trt.onnx``).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
-        tensorrt_version: the installed (or targeted) TensorRT version.
-
-    Raises:
-        InputError: TensorRT older than 10, an unknown precision, FP32 asked of an FP16 graph,
-            a low-precision graph given for another precision, or the FP16 copy that
-            TensorRT 11 needs (the INT8 graph) is missing.
-    """
-    major = tensorrt_major(tensorrt_version)
-    if major < _MIN_TENSORRT_MAJOR:
-        raise InputError(
-            f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
-        )
-    if precision not in contract.PRECISIONS:
-        raise InputError(
-            f"precision must be one of {', '.join(contract.PRECISIONS)}, got {precision!r}"
-        )
-    int8_tag = contract.find_format("trt", "int8").source_tag
-    if precision == "int8" or onnx_path.stem.endswith(int8_tag):
-        return _int8_plan(onnx_path, precision, int8_tag)
-    fp16 = precision == "fp16"
-    fp16_tag = contract.FORMATS["ort-fp16"].tag
-    is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
-    if is_fp16_graph and not fp16:
-        raise InputError(
-            f"{onnx_path} is the mixed-precision graph: add --fp16, or pass the FP32 graph"
-        )
-    if not fp16:
-        return PrecisionPlan(onnx_path, "fp32", major >= 11, False)
-    if is_fp16_graph:
-        return PrecisionPlan(onnx_path, "fp16", True, False)
-    if major == _MIN_TENSORRT_MAJOR:
-        return PrecisionPlan(onnx_path, "fp16", False, True)
-    fp16_path = onnx_path.with_name(f"{onnx_path.stem}{fp16_tag}.onnx")
-    if not fp16_path.is_file():
-        raise InputError(
-            f"TensorRT {tensorrt_version} builds FP16 only from the mixed-precision graph "
-            f"{fp16_path}, which is missing: run `dpnet-export onnx --fp16` first"
-        )
-    return PrecisionPlan(fp16_path, "fp16", True, False)
-
-
-def _int8_plan(onnx_path: Path, precision: str, int8_tag: str) -> PrecisionPlan:
-    # Explicit quantization: the QDQ graph, strongly typed, on TensorRT 10 and 11 alike.
-    if precision != "int8":
-        raise InputError(f"{onnx_path} is the INT8 QDQ graph: add --int8, or pass dpnet.onnx")
-    source = onnx_path
-    if not onnx_path.stem.endswith(int8_tag):
-        source = onnx_path.with_name(f"{onnx_path.stem}{int8_tag}.onnx")
-    if not source.is_file():
-        raise InputError(
-            f"INT8 engines are built from the TensorRT-flavoured QDQ graph {source}, which is "
-            "missing: run `dpnet-export onnx --int8` first"
-        )
-    return PrecisionPlan(source, "int8", True, False)
-
-
-@dataclass(frozen=True)
 class EngineBuildOptions:
     """Everything ``dpnet-export trt`` needs; the CLI flags are its kebab-case twins.
 
     Attributes:
         onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` / ``_int8_trt`` copy.
         out_path: engine file; ``None`` means the format's engine beside the ONNX file
-            (``dpnet.engine``, ``dpnet_int8.engine`` for INT8).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see :func:`plan_precision`).
+            (``dpnet.engine``; ``dpnet_int8.engine`` for INT8).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see
+            :func:`~dpnet_export.engine_precision.plan_precision`).
+        weak_typing: TensorRT 10's FP16 fallback from the FP32 graph (``--weak-typing``).
+        tf32: allow TF32 in FP32 layers (``--tf32``; off by default).
         batch: B range of the profile.
         shots: K range of the profile.
         workspace_bytes: builder workspace pool limit.
@@ -293,6 +204,8 @@ class EngineBuildOptions:
     onnx_path: Path
     out_path: Path | None = None
     precision: str = "fp32"
+    weak_typing: bool = False
+    tf32: bool = False
     batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 4))
     shots: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 5))
     workspace_bytes: int = 4 << 30
@@ -317,7 +230,8 @@ class EngineBuildResult:
         engine_path: the engine file.
         sidecar_path: its ``.engine.json``.
         sidecar: what was recorded in it.
-        reused: True when the engine cache served it and nothing was built.
+        reused: True when the engine cache served it (or an engine was adopted) and
+            nothing was built.
     """
 
     engine_path: Path
@@ -334,21 +248,106 @@ def installed_tensorrt_version() -> str | None:
         return None
 
 
-def onnx_to_trtexec(options: EngineBuildOptions, *, tensorrt_version: str) -> str:
-    """The trtexec command equivalent to ``onnx_to_engine(options)`` on that TensorRT version."""
-    plan = plan_precision(
-        options.onnx_path, precision=options.precision, tensorrt_version=tensorrt_version
+def _plan(options: EngineBuildOptions, tensorrt_version: str) -> PrecisionPlan:
+    return plan_precision(
+        options.onnx_path,
+        precision=options.precision,
+        tensorrt_version=tensorrt_version,
+        weak_typing=options.weak_typing,
+        tf32=options.tf32,
     )
+
+
+def onnx_to_trtexec(options: EngineBuildOptions, *, tensorrt_version: str) -> str:
+    """The trtexec command equivalent to ``onnx_to_engine(options)`` on that TensorRT version.
+
+    The engine it writes has no sidecar: give it one with
+    :func:`dpnet_export.engine_adopt.adopt_engine` (``dpnet-export trt --adopt``).
+    """
+    plan = _plan(options, tensorrt_version)
     shapes = onnx_input_shapes(plan.onnx_path)
     return trtexec_command(
         onnx_path=plan.onnx_path,
         engine_path=options.engine_path,
         profiles=build_profiles(shapes, batch=options.batch, shots=options.shots),
         strongly_typed=plan.strongly_typed,
-        fp16_flag=plan.fp16_flag,
+        builder_flags=plan.builder_flags,
+        tf32=plan.tf32,
         workspace_bytes=options.workspace_bytes,
         timing_cache=options.timing_cache,
     )
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What a build (or an adoption) is for: the plan, its graph bytes, the GPU, TensorRT.
+
+    Attributes:
+        plan: graph, typing and flags.
+        onnx_bytes: the bytes of ``plan.onnx_path``.
+        gpu: the device built for.
+        tensorrt_version: ``trt.__version__``.
+        workspace_bytes: the workspace pool limit.
+    """
+
+    plan: PrecisionPlan
+    onnx_bytes: bytes
+    gpu: cuda.GpuInfo
+    tensorrt_version: str
+    workspace_bytes: int
+
+    def key(self, profiles: Sequence[TensorProfile]) -> str:
+        """The engine-cache key of this target with ``profiles``."""
+        return engine_cache_key(
+            self.onnx_bytes,
+            tensorrt_version=self.tensorrt_version,
+            gpu=self.gpu,
+            precision=self.plan.precision,
+            strongly_typed=self.plan.strongly_typed,
+            tf32=self.plan.tf32,
+            profiles=profiles,
+            workspace_bytes=self.workspace_bytes,
+        )
+
+    def sidecar(
+        self, engine: bytes, profiles: tuple[TensorProfile, ...], seconds: float, adopted: bool
+    ) -> EngineSidecar:
+        """The sidecar of ``engine`` built (or adopted) for this target."""
+        return EngineSidecar(
+            onnx_file=self.plan.onnx_path.name,
+            onnx_sha256=sha256_bytes(self.onnx_bytes),
+            engine_sha256=sha256_bytes(engine),
+            cache_key=self.key(profiles),
+            tensorrt_version=self.tensorrt_version,
+            gpu_name=self.gpu.name,
+            compute_capability=self.gpu.compute_capability,
+            precision=self.plan.precision,
+            strongly_typed=self.plan.strongly_typed,
+            tf32=self.plan.tf32,
+            profiles=profiles,
+            workspace_bytes=self.workspace_bytes,
+            build_seconds=round(seconds, 3),
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            dpnet_version=__version__,
+            graph_metadata=onnx_metadata(self.plan.onnx_path),
+            adopted=adopted,
+        )
+
+
+def build_target(trt: Any, options: EngineBuildOptions) -> BuildTarget:
+    """Plan the precision, read the graph and make ``options.device`` current.
+
+    Raises:
+        InputError: bad precision options.
+        ModelFileError: the graph is missing or not ONNX.
+        BackendUnavailableError: no such CUDA device.
+    """
+    plan = _plan(options, trt.__version__)
+    _load_graph(plan.onnx_path)  # a clear ModelFileError for a missing or broken graph
+    onnx_bytes = plan.onnx_path.read_bytes()
+    cuda.set_device(options.device)
+    gpu = cuda.gpu_info(options.device)
+    return BuildTarget(plan, onnx_bytes, gpu, trt.__version__, options.workspace_bytes)
 
 
 def onnx_to_engine(
@@ -358,7 +357,8 @@ def onnx_to_engine(
 
     Args:
         options: the build settings.
-        progress: called with a short status line at each stage.
+        progress: called with a short status line at each stage, each build phase and each
+            TensorRT warning or error.
 
     Returns:
         The :class:`EngineBuildResult`.
@@ -371,102 +371,32 @@ def onnx_to_engine(
     """
     report = progress or _LOG.info
     trt = import_tensorrt()
-    plan = plan_precision(
-        options.onnx_path, precision=options.precision, tensorrt_version=trt.__version__
-    )
+    target = build_target(trt, options)
+    plan = target.plan
     profiles = build_profiles(
         onnx_input_shapes(plan.onnx_path), batch=options.batch, shots=options.shots
     )
-    onnx_bytes = plan.onnx_path.read_bytes()
-    cuda.set_device(options.device)
-    gpu = cuda.gpu_info(options.device)
-    key = engine_cache_key(
-        onnx_bytes,
-        tensorrt_version=trt.__version__,
-        gpu=gpu,
-        precision=plan.precision,
-        strongly_typed=plan.strongly_typed,
-        profiles=profiles,
-        workspace_bytes=options.workspace_bytes,
-    )
+    key = target.key(profiles)
     engine_path = options.engine_path
     cached = None if options.rebuild else cached_engine(engine_path, key)
     if cached is not None:
         report(f"engine cache hit: {engine_path} (key {key[:12]})")
         return EngineBuildResult(engine_path, sidecar_path(engine_path), cached, reused=True)
+    typing = "strongly typed" if plan.strongly_typed else "weakly typed"
     report(
-        f"building {plan.precision} engine from {plan.onnx_path} with TensorRT {trt.__version__}"
+        f"building {plan.precision} engine ({typing}, TF32 {'on' if plan.tf32 else 'off'}) "
+        f"from {plan.onnx_path} with TensorRT {trt.__version__}"
     )
     start = time.perf_counter()
-    engine = _build_serialized(trt, plan, profiles, options)
-    sidecar = EngineSidecar(
-        onnx_file=plan.onnx_path.name,
-        onnx_sha256=sha256_bytes(onnx_bytes),
-        engine_sha256=sha256_bytes(engine),
-        cache_key=key,
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
-        precision=plan.precision,
-        strongly_typed=plan.strongly_typed,
-        profiles=profiles,
+    engine = build_serialized(
+        trt,
+        plan,
+        profiles,
         workspace_bytes=options.workspace_bytes,
-        build_seconds=round(time.perf_counter() - start, 3),
-        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        dpnet_version=__version__,
-        graph_metadata=onnx_metadata(plan.onnx_path),
+        timing_cache=options.timing_cache,
+        report=report,
     )
+    sidecar = target.sidecar(engine, profiles, time.perf_counter() - start, adopted=False)
     side = write_engine(engine_path, engine, sidecar)
     report(f"wrote {engine_path} and {side.name} in {sidecar.build_seconds:.0f} s")
     return EngineBuildResult(engine_path, side, sidecar, reused=False)
-
-
-def _build_serialized(
-    trt: Any, plan: PrecisionPlan, profiles: Sequence[TensorProfile], options: EngineBuildOptions
-) -> bytes:
-    logger = capture_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    # parse_from_file (not parse(bytes)) so external-data files beside the graph are found.
-    if not parser.parse_from_file(str(plan.onnx_path)):
-        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(
-            f"TensorRT's ONNX parser rejected {plan.onnx_path} ({len(errors)} error(s)): "
-            f"{'; '.join(errors[:3])} (run `dpnet-export check` on it)",
-            log="\n".join([*errors, *logger.messages]),
-        )
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    for item in profiles:
-        profile.set_shape(item.name, item.min, item.opt, item.max)
-    config.add_optimization_profile(profile)
-    _load_timing_cache(config, options.timing_cache)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        tail = " | ".join(logger.messages[-3:]) or "no message from TensorRT"
-        raise ExportError(
-            f"TensorRT could not build an engine from {plan.onnx_path}: {tail}",
-            log="\n".join(logger.messages),
-        )
-    if options.timing_cache is not None:
-        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
-
-
-def _parser_error(error: Any) -> str:
-    return f"node {error.node()} {error.node_name()!r} ({error.node_operator()}): {error.desc()}"
-
-
-def _load_timing_cache(config: Any, path: Path | None) -> None:
-    data = path.read_bytes() if path is not None and path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if cache is None and data:
-        # A cache from another TensorRT version is useless, not fatal: start an empty one.
-        _LOG.warning("timing cache %s is unusable; starting a new one", path)
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)

@@ -47,7 +47,7 @@ from dpnet_export.lint_qdq import QDQ_OPS
 from dpnet_export.onnx_to_fp16 import fp32_keep_list, node_scopes, nodes_in_scope
 from dpnet_runtime import contract
 from dpnet_runtime.backends.ort import OrtRunner
-from dpnet_runtime.errors import ExportError, InputError
+from dpnet_runtime.errors import ExportError, InputError, one_line
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -334,9 +334,8 @@ def _quantize(
         onnx.checker.ValidationError,
         *OrtRunner.backend_errors,
     ) as exc:
-        raise ExportError(
-            f"ONNX Runtime's quantizer failed ({flavour.backend} INT8): {exc}", str(exc)
-        ) from exc
+        message = f"ONNX Runtime's quantizer failed ({flavour.backend} INT8): {one_line(exc, 200)}"
+        raise ExportError(message, str(exc)) from exc
     logger.debug("quantize_static (%s): %s", flavour.backend, chatter.getvalue())
     quantized = onnx.load(str(target))
     for key in _ORT_METADATA:

@@ -8,11 +8,12 @@ graph is exported with ``torch.onnx.export(dynamo=True)`` at a static image size
 and shots K as dynamic axes, simplified by the onnxscript optimizer (constant folding, dead
 code), stamped with the ``META_*`` metadata, verified (``onnx.checker`` full check, strict
 shape inference, the op rules below) and only then written: every graph is built in memory
-first and each file lands atomically, so a failure leaves no partial file behind.
+first, and the files are swapped in as one set (:func:`dpnet_runtime.fileio.atomic_write_files`),
+so a failure leaves the earlier export in the folder exactly as it was.
 
-Op rules, checked on every graph: the nodes under the scope ``ccm`` use only
-:data:`CCM_ALLOWED_OPS` and no QuantizeLinear/DequantizeLinear feeds or follows them; no node
-anywhere is one of :data:`FORBIDDEN_OPS`.
+Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
+nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS`` and no QuantizeLinear/
+DequantizeLinear feeds or follows them; no node anywhere is one of ``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from dpnet import __version__
 from dpnet.checkpoint import load_model
+from dpnet.config import check_beta
 from dpnet.model.dpnet import DPNet
 from dpnet_export.calibration import (
     CalibrationOptions,
@@ -44,15 +46,14 @@ from dpnet_export.calibration import (
 )
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
 from dpnet_export.onnx_to_int8 import float32_to_int8, qdq_nodes_touching
+from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
 from dpnet_runtime.contract import FORMATS, GRAPHS, SUPPORT, GraphSpec, find_format
-from dpnet_runtime.errors import DpnetError, ExportError, InputError
-from dpnet_runtime.fileio import atomic_path, sha256_file
+from dpnet_runtime.errors import ExportError, InputError, one_line
+from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
 __all__ = [
-    "CCM_ALLOWED_OPS",
-    "FORBIDDEN_OPS",
     "ExportOptions",
     "ExportResult",
     "check_graph",
@@ -61,16 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# DESIGN.md section 5. Gather covers the static [:, :, 0] pick of the one-hot MatMul's result.
-CCM_ALLOWED_OPS: Final = frozenset(
-    {
-        "MatMul", "ArgMax", "Gather", "GatherElements", "ReduceL2", "ReduceSum", "Div",
-        "Equal", "Greater", "And", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze", "Expand",
-    }
-)  # fmt: skip
-FORBIDDEN_OPS: Final = frozenset(
-    {"Loop", "If", "Scan", "NonZero", "Compress", "TopK", "Scatter", "ScatterND", "ScatterElements"}
-)
 _MIN_SIZE: Final = 33  # DPNetConfig's smallest input_size
 _EXAMPLE_BATCH: Final = 2  # torch.export specialises axes whose example size is 0 or 1
 
@@ -197,7 +188,6 @@ def export_onnx(
         graphs.update(_int8_copies(fp32_graphs, calibration, report))
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
-    _remove_stale_copies(Path(out_dir), files)
     seconds = time.perf_counter() - start
     logger.info("exported %d graphs to %s in %.1f s", len(files), out_dir, seconds)
     return ExportResult(Path(out_dir), files, size, beta, digest, seconds)
@@ -213,8 +203,9 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"{name} failed the ONNX checker: {_first_line(exc)}", str(exc)) from exc
-    forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS)
+        message = f"{name} failed the ONNX checker: {one_line(exc, limit=200)}"
+        raise ExportError(message, str(exc)) from exc
+    forbidden = sorted({node.op_type for node in proto.graph.node} & FORBIDDEN_OPS.keys())
     ccm_ops = {node.op_type for node in nodes_in_scope(proto, CCM_SCOPE)}
     stray = sorted(ccm_ops - CCM_ALLOWED_OPS)
     if forbidden or stray:
@@ -235,8 +226,8 @@ def _check_options(options: ExportOptions) -> None:
         raise InputError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
     if not 1 <= options.max_shots <= 64:
         raise InputError(f"--max-shots must lie in 1..64, got {options.max_shots}")
-    if options.beta is not None and not 0.0 <= options.beta <= 1.0:
-        raise InputError(f"--beta must lie in [0, 1], got {options.beta}")
+    if options.beta is not None:
+        check_beta(options.beta, "--beta")
     if options.opset < 18:
         raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
     if options.int8:
@@ -329,7 +320,7 @@ def _torch_to_proto(
             )
     except Exception as exc:  # torch.export and the ONNX translator raise many exception types
         raise ExportError(
-            f"torch.onnx.export failed for {name}: {_first_line(exc)} (rerun with --debug)",
+            f"torch.onnx.export failed for {name}: {one_line(exc, limit=200)} (rerun with --debug)",
             str(exc),
         ) from exc
     if program is None:
@@ -378,35 +369,25 @@ def _int8_copies(
 
 
 def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
+    """Swap the new graphs in as one set: all of them, or the earlier export untouched.
+
+    Graphs of an earlier export that this one does not write (its FP16 or INT8 copies) go in
+    the same swap: they would not match the new FP32 graphs.
+    """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
-    written: list[Path] = []
-    try:
-        for name, proto in graphs.items():
-            path = out_dir / name
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(proto.SerializeToString())
-            written.append(path)
-    except (OSError, DpnetError) as exc:
-        # All or nothing: a half-written set would pair graphs of two exports.
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise DpnetError(f"cannot write the graphs to {out_dir}: {exc}") from exc
-    return tuple(written)
-
-
-def _remove_stale_copies(out_dir: Path, written: tuple[Path, ...]) -> None:
-    # Low-precision copies of an older export would not match the new FP32 graphs.
-    for fmt in FORMATS.values():
-        for role in GRAPHS if fmt.artifact != "checkpoint" else ():
-            stale = out_dir / fmt.onnx_name(role)
-            if stale not in written and stale.exists():
-                logger.info("removing %s from an earlier export", stale)
-                stale.unlink()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+    files = {out_dir / name: proto.SerializeToString() for name, proto in graphs.items()}
+    # Every ONNX graph a format reads: its own copies, and the graphs an engine is built from.
+    graph_files = {
+        out_dir / fmt.onnx_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact != "checkpoint"
+        for role in GRAPHS
+    }
+    stale = sorted(path for path in graph_files - files.keys() if path.exists())
+    for path in stale:
+        logger.info("removing %s from an earlier export", path)
+    atomic_write_files(files, remove=stale)
+    return tuple(files)

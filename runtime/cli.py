@@ -1,24 +1,29 @@
-"""dpnet-segment: segment a query image from support image/mask pairs with exported graphs.
+"""dpnet-segment: segment query images from support image/mask pairs with exported graphs.
 
 dpnet-segment --model out/ --support cat1.jpg:cat1.png --query q.jpg --out mask.png
+dpnet-segment --model out/ --support cat1.jpg:cat1.png --query photos/ --out-dir masks/ \\
+    --labels truth/ --json iou.json --sheet sheet.png
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from dpnet_runtime.console import make_app, run_app, stdout_console
+from dpnet_runtime.batch import SegmentReport, SegmentRequest, expand_queries, segment_files
+from dpnet_runtime.console import make_app, make_progress, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import InputError
-from dpnet_runtime.predictor import segment_files
+from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = ["app", "main"]
 
 app = make_app(
     name="dpnet-segment",
-    help="Segment a query image with a DPNet export, from a few annotated support images.",
+    help="Segment query images with a DPNet export, from a few annotated support images.",
     no_args_is_help=True,
 )
 
@@ -29,13 +34,42 @@ def command(
         Path, typer.Option(help="Export directory (dpnet-export onnx --out) or graph.")
     ],
     support: Annotated[
-        list[str],
-        typer.Option(help="IMAGE:MASK support pair; repeat for K shots (object: 1 or > 127)."),
+        list[str], typer.Option(help="IMAGE:MASK support pair; repeat for K shots.")
     ],
-    query: Annotated[Path, typer.Option(help="Query image to segment.")],
-    out: Annotated[Path, typer.Option(help="Mask PNG to write (object 255, background 0).")],
+    query: Annotated[
+        list[str],
+        typer.Option(help="Query image, folder or quoted glob ('photos/*.jpg'); repeatable."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Mask PNG of a single query (object 255, background 0).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Folder for NAME_mask.png of every query (created).")
+    ] = None,
     overlay: Annotated[
-        Path | None, typer.Option(help="Also write the query with the object tinted red.")
+        Path | None,
+        typer.Option(
+            help="Object tinted red: a PNG with --out, a folder (NAME_overlay.png) with --out-dir."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of ground-truth masks NAME_mask.png or NAME.png: IoU per image and mean."
+        ),
+    ] = None,
+    class_id: Annotated[
+        int | None,
+        typer.Option(
+            help="Mask files are label maps (VOC/COCO): N = object, 255 = ignore, rest background."
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every query's result and IoU as JSON.")
+    ] = None,
+    sheet: Annotated[
+        Path | None,
+        typer.Option(help="Contact sheet PNG: supports, each query, prediction, ground truth."),
     ] = None,
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = "ort",
     precision: Annotated[
@@ -49,23 +83,69 @@ def command(
         int | None, typer.Option(help="CPU threads per operator (ort backend).", min=1)
     ] = None,
 ) -> None:
-    """Segment QUERY from the support pairs and write the mask PNG."""
+    """Segment every query from the support pairs; the support set is encoded once.
+
+    Mask files (--support and --labels) by their values:
+
+    - 0 and 1: 1 = object
+    - 0 and 255: 255 = object
+    - 0, 1 and 255: 1 = object, 255 = ignore
+    - other grey levels (soft edges, JPEG): object above 127
+    - with --class-id N (VOC/COCO label maps): N = object, 255 = ignore, the rest background
+
+    A label map read without --class-id is refused. Python arrays: 0 / 1 / 255 always.
+    """
+    request = SegmentRequest(
+        supports=tuple(_split_pair(pair) for pair in support),
+        queries=expand_queries(query),
+        out=out, out_dir=out_dir, overlay=overlay, labels=labels, class_id=class_id, sheet=sheet,
+    )  # fmt: skip
     options = {} if threads is None else {"intra_op_threads": threads}
-    result = segment_files(
-        model,
-        [_split_pair(pair) for pair in support],
-        query,
-        out,
-        overlay=overlay,
-        backend=backend,
-        precision=precision,
-        **options,
-    )
-    stdout_console.print(
-        f"wrote {out} ({int(result.mask.sum())} object pixels of {result.mask.size}, "
-        f"pseudo_count {result.pseudo_count})",
-        highlight=False,
-    )
+    with make_progress(transient=True) as progress:
+        task = progress.add_task("segmenting", total=len(request.queries), status="")
+        report = segment_files(
+            model,
+            request,
+            backend=backend,
+            precision=precision,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            **options,
+        )
+    _print(report, request)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _print(report: SegmentReport, request: SegmentRequest) -> None:
+    # What was written goes to stderr, so `--out /dev/stdout` gets the PNG alone; the IoU
+    # table and mean, the command's results, stay on stdout.
+    if request.out is not None:
+        result = report.results[0]
+        iou = "" if result.iou_pct is None else f", IoU {result.iou_pct:.1f}"
+        stderr_console.print(
+            f"wrote {result.mask} ({result.object_pixels} object pixels of {result.pixels}, "
+            f"pseudo_count {result.pseudo_count}{iou})",
+            highlight=False,
+        )
+    else:
+        if report.mean_iou_pct is not None:
+            table = Table(title=f"IoU per query (%), {len(request.supports)}-shot")
+            table.add_column("query", no_wrap=True)
+            table.add_column("IoU", justify="right")
+            for result in report.results:
+                table.add_row(result.query.name, f"{result.iou_pct:.1f}")
+            stdout_console.print(table)
+        stderr_console.print(
+            f"wrote {len(report.results)} masks to {request.out_dir}", highlight=False
+        )
+    if report.mean_iou_pct is not None and len(report.results) > 1:
+        stdout_console.print(
+            f"mean IoU {report.mean_iou_pct:.1f} over {len(report.results)} queries "
+            f"(pooled {report.pooled_iou_pct:.1f})",
+            highlight=False,
+        )
+    if report.sheet is not None:
+        stderr_console.print(f"wrote {report.sheet}", highlight=False)
 
 
 def _split_pair(pair: str) -> tuple[Path, Path]:

@@ -4,14 +4,21 @@ Library code never prints or exits; a console script calls :func:`run_app`, whic
 :class:`~dpnet_runtime.errors.DpnetError` into one line on stderr and exit code 1, and any
 other exception (a bug) into "internal error" with exit code 70 (``--debug`` or
 ``DPNET_DEBUG=1`` shows the traceback).
+
+An optional package that is not installed (torch, onnx, tensorrt: ``ModuleNotFoundError``) is
+a user error too: one line naming the extra that installs it. The base install
+(``pip install dpnet``, no torch) puts every console script on PATH, so the scripts that need
+torch name their app as ``"module:attribute"``: :func:`run_app` imports it inside the boundary.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, TypeVar
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from dpnet_runtime.errors import DpnetError
+from dpnet_runtime.errors import BackendUnavailableError, DpnetError, one_line
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -45,34 +52,48 @@ EXIT_INTERNAL: Final = 70
 
 T = TypeVar("T")
 
+# Optional packages -> the extra of pyproject.toml that installs them.
+_EXTRAS: Final = {
+    "torch": "train",
+    "torchvision": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "matplotlib": "train",
+    "tensorrt": "trt",
+    "cuda": "trt",
+}
+
 # Soft wrap: a message holds paths a user copies; rich would break them at 80 columns in a pipe.
 stdout_console = Console(soft_wrap=True)
 stderr_console = Console(stderr=True, soft_wrap=True)
 
 
-def run_app(app: Callable[..., Any], argv: list[str] | None = None) -> None:
+def run_app(app: Callable[..., Any] | str, argv: list[str] | None = None) -> None:
     """Run a typer app (or any callable CLI) inside the dpnet error boundary; never returns.
 
     Args:
-        app: a ``typer.Typer`` (created with ``pretty_exceptions_enable=False``) or callable.
+        app: a ``typer.Typer`` (created with ``pretty_exceptions_enable=False``) or callable,
+            or ``"module:attribute"`` naming one, imported inside the boundary.
         argv: arguments without the program name; ``None`` reads ``sys.argv``.
+
+    >>> run_app("dpnet.train.cli:app")  # doctest: +SKIP
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("DPNET_DEBUG") == "1"
     args = [arg for arg in args if arg != "--debug"]
     try:
-        app(args=args, standalone_mode=True)
+        _load(app)(args=args, standalone_mode=True)
     except SystemExit as exc:
         raise SystemExit(exc.code) from None
     except DpnetError as exc:
-        if debug:
-            raise
-        stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        _user_error(exc, debug)
     except KeyboardInterrupt:
         stderr_console.print("interrupted")
         raise SystemExit(130) from None
     except Exception as exc:
+        missing = _missing_extra(exc)
+        if missing is not None and not debug:
+            _user_error(missing, debug)
         if debug:
             raise
         stderr_console.print(
@@ -116,6 +137,35 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.advance(task)
 
 
+def _load(app: Callable[..., Any] | str) -> Callable[..., Any]:
+    if not isinstance(app, str):
+        return app
+    module, _, attribute = app.partition(":")
+    loaded: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return loaded
+
+
+def _missing_extra(exc: Exception) -> BackendUnavailableError | None:
+    """The user error for an optional package that is not installed, else ``None`` (a bug)."""
+    if not isinstance(exc, ModuleNotFoundError) or exc.name is None:
+        return None
+    package = exc.name.partition(".")[0]
+    if package not in _EXTRAS:
+        return None
+    program = Path(sys.argv[0]).name
+    return BackendUnavailableError(
+        f"{program} needs {package}, which is not installed; install it with "
+        f"pip install 'dpnet[{_EXTRAS[package]}]'"
+    )
+
+
+def _user_error(exc: DpnetError, debug: bool) -> NoReturn:
+    if debug:
+        raise exc
+    stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
+    raise SystemExit(EXIT_USER_ERROR) from None
+
+
 def _one_line(exc: BaseException) -> str:
     # Escaped: messages such as "pip install 'dpnet[trt]'" must not be read as rich markup.
-    return escape(" ".join(str(exc).split()) or type(exc).__name__)
+    return escape(one_line(exc))

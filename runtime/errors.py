@@ -14,6 +14,7 @@ __all__ = [
     "IncompatibleModelError",
     "InputError",
     "ModelFileError",
+    "one_line",
 ]
 
 
@@ -47,3 +48,21 @@ class ExportError(DpnetError):
     def __init__(self, message: str, log: str = "") -> None:
         super().__init__(message)
         self.log = log
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line, for a message of our own or the CLI's error line.
+
+    Whitespace runs (newlines included) become one space; an empty message gives the type name.
+
+    Args:
+        exc: any exception, often a third-party one whose message spans lines.
+        limit: at most this many characters are kept, then ``...``; ``None`` keeps all.
+
+    >>> one_line(ValueError("bad\\n  value"))
+    'bad value'
+    >>> one_line(KeyError()), one_line(OSError("x" * 9), limit=4)
+    ('KeyError', 'xxxx...')
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,7 @@ from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_bytes
 
 __all__ = [
+    "RED",
     "logits_to_probabilities",
     "merge_scales",
     "overlay_mask",
@@ -30,7 +32,7 @@ __all__ = [
     "save_png",
 ]
 
-_OVERLAY_COLOR = np.array([255, 0, 0], dtype=np.float32)
+RED: Final = (255, 0, 0)
 _OVERLAY_ALPHA = 0.5
 
 
@@ -106,19 +108,23 @@ def probabilities_to_mask(probabilities: np.ndarray) -> np.ndarray:
     return (probabilities[1] > probabilities[0]).astype(np.uint8)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Tint the object pixels of an image red, for a quick visual check.
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = RED
+) -> np.ndarray:
+    """Tint the selected pixels of an image (red by default), for a quick visual check.
 
     Args:
         image: ``uint8 [H, W, 3]`` RGB.
-        mask: ``uint8 [H, W]``, 1 = object.
+        mask: ``[H, W]`` bool, or ``uint8`` with 1 = object (other values are not tinted).
+        color: RGB tint.
 
     Returns:
         ``uint8 [H, W, 3]``.
     """
     blended = image.astype(np.float32)
-    selected = mask.astype(bool)
-    blended[selected] = (1 - _OVERLAY_ALPHA) * blended[selected] + _OVERLAY_ALPHA * _OVERLAY_COLOR
+    selected = mask == 1
+    tint = np.asarray(color, dtype=np.float32)
+    blended[selected] = (1 - _OVERLAY_ALPHA) * blended[selected] + _OVERLAY_ALPHA * tint
     return blended.round().astype(np.uint8)
 
 

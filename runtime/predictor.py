@@ -46,21 +46,10 @@ from dpnet_runtime.contract import (
     find_format,
 )
 from dpnet_runtime.errors import IncompatibleModelError, InputError
-from dpnet_runtime.postprocess import (
-    merge_scales,
-    overlay_mask,
-    probabilities_to_mask,
-    save_png,
-)
-from dpnet_runtime.preprocess import (
-    check_image,
-    load_image,
-    load_mask,
-    prepare_query,
-    prepare_support,
-)
+from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
+from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support, scale_sides
 
-__all__ = ["Predictor", "SegmentResult", "SupportSet", "segment_files"]
+__all__ = ["Predictor", "SegmentResult", "SupportSet"]
 
 
 @dataclass(frozen=True)
@@ -229,17 +218,69 @@ class Predictor:
         Raises:
             InputError: bad query image, or a support set from another predictor.
         """
+        return self.segment_batch([query], support)[0]
+
+    def segment_batch(
+        self, queries: Sequence[np.ndarray], support: SupportSet
+    ) -> list[SegmentResult]:
+        """Segment B query images against one support set, one graph call per scale.
+
+        The support feed is repeated along B. Each result is the one :meth:`segment` gives
+        for that query alone (ONNX Runtime on CPU computes every batch item with the same
+        arithmetic, so the masks are bit-identical).
+
+        Args:
+            queries: B images ``uint8 [H_b, W_b, 3]`` RGB, any sizes; B at most
+                :attr:`max_batch`.
+            support: from :meth:`encode_support` of this predictor.
+
+        Returns:
+            B results, each at its query's original size.
+
+        Raises:
+            InputError: a bad query image, no query, or a support set from another predictor.
+        """
         role = QUERY if self.has_split else EPISODE
         if len(support.feeds) != len(self.sizes) or any(
             set(feed) - set(self._runners[role].get_input_metadata()) for feed in support.feeds
         ):
             raise InputError("this support set was encoded by another Predictor; encode it again")
-        image = check_image(query, "query image")
+        if not queries:
+            raise InputError("segment_batch needs at least one query image")
+        images = [
+            check_image(query, "query image" if len(queries) == 1 else f"query image {index}")
+            for index, query in enumerate(queries, start=1)
+        ]
         outputs = [
-            self._infer(role, {QUERY_IMAGE: self._query_input(image, size), **feed})
+            self._infer(
+                role,
+                {
+                    QUERY_IMAGE: np.concatenate([self._query_input(i, size) for i in images]),
+                    **_repeat_batch(feed, len(images)),
+                },
+            )
             for size, feed in zip(self.sizes, support.feeds, strict=True)
         ]
-        return self._result(outputs, image.shape[0], image.shape[1])
+        return [
+            self._result(
+                [
+                    {name: value[index : index + 1] for name, value in out.items()}
+                    for out in outputs
+                ],
+                image.shape[0],
+                image.shape[1],
+            )
+            for index, image in enumerate(images)
+        ]
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most queries :meth:`segment_batch` takes at once: the query graph's B bound
+        (a static B, or a TensorRT profile's maximum), ``None`` when B is unbounded."""
+        spec = self._runners[QUERY if self.has_split else EPISODE].get_input_metadata()[QUERY_IMAGE]
+        if isinstance(spec.shape[0], int):
+            return spec.shape[0]
+        return None if spec.max_shape is None else spec.max_shape[0]
 
     def run_episode(
         self,
@@ -383,41 +424,12 @@ class Predictor:
         )
 
 
-def segment_files(
-    model: str | os.PathLike[str],
-    supports: Sequence[tuple[Path, Path]],
-    query: Path,
-    out: Path,
-    *,
-    overlay: Path | None = None,
-    backend: str = "ort",
-    precision: str | None = None,
-    **runner_options: Any,
-) -> SegmentResult:
-    """Segment one query image file from support image/mask files; write the mask PNG.
-
-    Args:
-        model: export directory or graph file.
-        supports: (image file, mask file) pairs; mask files as :func:`load_mask` reads them.
-        query: the query image file.
-        out: the mask PNG to write (0 / 255), atomically.
-        overlay: where to write the query with the object tinted red, or ``None``.
-        backend: runtime backend name.
-        precision: the format's precision (see :meth:`Predictor.open`).
-        **runner_options: runner keywords (``intra_op_threads``...).
-
-    Raises:
-        InputError, ModelFileError, BackendUnavailableError: see :meth:`Predictor.open`.
-    """
-    images = [load_image(image) for image, _ in supports]
-    masks = [load_mask(mask) for _, mask in supports]
-    query_image = load_image(query)
-    with Predictor.open(model, backend, precision=precision, **runner_options) as predictor:
-        result = predictor.run_episode(images, masks, query_image)
-    save_png(out, result.mask)
-    if overlay is not None:
-        save_png(overlay, overlay_mask(query_image, result.mask))
-    return result
+def _repeat_batch(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    # One episode's support feed [1, ...] for B queries: [B, ...] (no copy when B is 1).
+    return {
+        name: value if batch == 1 else np.repeat(value, batch, axis=0)
+        for name, value in feed.items()
+    }
 
 
 def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
@@ -451,11 +463,7 @@ def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:
 def _scale_sizes(
     scales: Sequence[float], info: GraphInfo, infos: list[GraphInfo]
 ) -> tuple[int, ...]:
-    if not scales or any(scale <= 0 for scale in scales):
-        raise InputError(
-            f"multi_scale must be positive scales such as (0.7, 1.0, 1.3), got {scales}"
-        )
-    sizes = tuple(max(1, round(info.input_size * scale)) for scale in scales)
+    sizes = scale_sides(info.input_size, scales)
     if not info.dynamic_size and set(sizes) != {info.input_size}:
         fixed = [i.graph for i in infos if not i.dynamic_size]
         raise InputError(

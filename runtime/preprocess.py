@@ -1,8 +1,8 @@
 """Numpy pre-processing: input validation, the canonical resize, normalisation, graph feeds.
 
 The resize here is the one evaluation resize of the project: the PyTorch eval path calls
-:func:`resize_image` and :func:`resize_mask` too, so every backend and PyTorch see the same
-pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
+:func:`resize_image` and :func:`resize_label_nearest` too, so every backend and PyTorch see the
+same pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
 
 Caller images are ``uint8 [H, W, 3]`` RGB; masks are ``[H, W]`` bool, or integers/floats with
 values in {0, 1} plus 255 (ignore), which counts as background for a support mask.
@@ -10,7 +10,9 @@ values in {0, 1} plus 255 (ignore), which counts as background for a support mas
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import DpnetError, InputError
+from dpnet_runtime.masks import decode_mask
 
 __all__ = [
     "check_image",
@@ -26,11 +29,15 @@ __all__ = [
     "load_image",
     "load_mask",
     "normalize_images",
+    "open_image_file",
     "prepare_query",
     "prepare_support",
     "resize_image",
-    "resize_mask",
+    "resize_label_nearest",
+    "scale_sides",
 ]
+
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -48,7 +55,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def resize_label_nearest(mask: np.ndarray, size: int) -> np.ndarray:
     """Resize a label mask to ``size x size`` with nearest neighbour (labels never blend).
 
     Args:
@@ -62,6 +69,30 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if labels.shape == (size, size):
         return labels
     return np.asarray(Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST))
+
+
+def scale_sides(size: int, scales: Sequence[float], name: str = "multi_scale") -> tuple[int, ...]:
+    """The image side of each inference scale: ``round(size * scale)``, at least 1 pixel.
+
+    PyTorch evaluation and every runtime backend run scale ``s`` at this side, so multi-scale
+    results agree across them.
+
+    Args:
+        size: the model's input side S.
+        scales: inference scales of S, such as (0.7, 1.0, 1.3).
+        name: the caller's name for ``scales``, quoted in the error.
+
+    Raises:
+        InputError: no scales, or one that is not a positive number.
+
+    >>> scale_sides(321, (0.7, 1.0, 1.3))
+    (225, 321, 417)
+    """
+    if not scales or not all(scale > 0 for scale in scales):
+        raise InputError(
+            f"{name} must be positive scales such as (0.7, 1.0, 1.3), got {tuple(scales)}"
+        )
+    return tuple(max(1, round(size * scale)) for scale in scales)
 
 
 def normalize_images(
@@ -195,7 +226,7 @@ def prepare_support(
     for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
         checked = check_image(image, f"support image {shot}")
         binary = check_mask(mask, f"support mask {shot}", checked.shape)
-        small = resize_mask(binary, size)
+        small = resize_label_nearest(binary, size)
         if not small.any():
             raise InputError(
                 f"support mask {shot}: the object vanishes when resized to {size}x{size}; "
@@ -231,34 +262,83 @@ def prepare_query(
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped).
+    """Read an image file as ``uint8 [H, W, 3]`` RGB (any mode PIL reads; alpha dropped;
+    16-bit grey scaled to 8 bits).
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: missing or unreadable file, a floating-point image, or one over the
+            pixel limit (:func:`open_image_file`).
     """
     with _open_image(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return _to_rgb(image, path)
 
 
-def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a mask file as ``uint8 [H, W]`` 0/1.
+def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> np.ndarray:
+    """Read a mask file as ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
-    A 0/1 label PNG (max <= 1) marks the object with 1; any other mask (0/255, anti-aliased
-    grey, RGB) marks it with pixels above 127. Colour masks are converted to grey first.
+    The file's values are decoded by :func:`dpnet_runtime.masks.decode_mask` (0/1, 0/255,
+    0/1/255, grey, or a class-label map with ``class_id``). Colour masks are converted to grey.
 
     Raises:
-        InputError: missing or unreadable file.
+        InputError: missing or unreadable file, one over the pixel limit
+            (:func:`open_image_file`), or a class-label map without ``class_id``.
     """
     with _open_image(path) as image:
+        palette = image.mode == "P"
         values = np.asarray(
-            image if image.mode in ("1", "L", "P", "I", "I;16") else image.convert("L")
+            image if image.mode in ("1", "L", "P", *_SIXTEEN_BIT_MODES) else image.convert("L")
         )
     if values.ndim != 2:
         raise InputError(
             f"mask {path} has shape {list(values.shape)}; expected a one-channel image"
         )
-    threshold = 0 if values.max() <= 1 else 127
-    return (values > threshold).astype(np.uint8)
+    return decode_mask(values, f"mask {path}", class_id=class_id, palette=palette)
+
+
+def _to_rgb(image: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
+    # PIL's own conversion clips 16-bit grey at 255 (a white picture): scale it instead.
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.size and grey.max() > 255:
+            grey = np.round(grey / 257)
+        return np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode == "F":
+        raise InputError(f"image {path} holds 32-bit floats; save it as an 8- or 16-bit image")
+    return np.asarray(image.convert("RGB"))
+
+
+def open_image_file(
+    path: str | os.PathLike[str], error: type[DpnetError] = InputError
+) -> Image.Image:
+    """Open an image file (header only, lazily) if its size is within PIL's pixel limit.
+
+    PIL refuses (``DecompressionBombError``) or warns about images of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485 by default, about 9459 x 9459): so large
+    an image is a mistake or a decompression bomb, not a photo to segment, and decoding it
+    would take gigabytes. Every image and mask reader of dpnet opens files here and refuses
+    all of them in one line; a caller who raises PIL's limit raises dpnet's with it.
+
+    Args:
+        path: the image file.
+        error: the error to raise: ``InputError`` for caller files, ``DatasetError`` for a
+            dataset's.
+
+    Raises:
+        error: the image has more pixels than the limit.
+        OSError, UnidentifiedImageError: as ``PIL.Image.open``.
+    """
+    with warnings.catch_warnings():
+        # PIL warns between 1x and 2x its limit and raises above; both mean the same here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            limit = Image.MAX_IMAGE_PIXELS or 0
+            raise error(
+                f"image {path} is too large: dpnet reads images of at most {limit:,} pixels "
+                f"(about {math.isqrt(limit)} x {math.isqrt(limit)}, PIL's "
+                "Image.MAX_IMAGE_PIXELS); downscale it first"
+            ) from exc
 
 
 def _open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -266,7 +346,7 @@ def _open_image(path: str | os.PathLike[str]) -> Image.Image:
     if not file.is_file():
         raise InputError(f"image file {file} does not exist")
     try:
-        image = Image.open(file)
+        image = open_image_file(file)
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"cannot read image {file}: {exc}") from exc

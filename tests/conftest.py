@@ -1,13 +1,27 @@
 """Shared session fixtures: tiny checkpoints (random and briefly trained) and their ONNX exports.
 
 Exporting is the slow part (seconds per graph), so each checkpoint is exported once per session,
-with the FP16 copies, and every test that needs graphs reuses the folder (read-only). The INT8
-tests need a model that segments (quantization must be able to change its masks): a tiny DPNet
-trained for 150 steps, exported with its INT8 copies.
+with the FP16 copies, and every test that needs graphs reuses the folder (read-only).
+
+Two sizes: the tiny preset's own 129 x 129 (``tiny_*``: parity and precision tests) and a
+65 x 65 variant with K in 1..2 (``small_*``: the real graphs the runtime and hardening tests
+drive, a few milliseconds per query), the latter also with ``--raw-input``.
+
+The INT8 tests need a model that segments (quantization must be able to change its masks):
+``tiny_segmenting_checkpoint``, a tiny DPNet trained for 150 steps, exported with its INT8
+copies (``tiny_int8_export_dir``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +40,8 @@ from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_runtime.preprocess import normalize_images
 
 TINY_SIZE = 129  # the tiny preset's input size
+SMALL_SIZE = 65
+SMALL_MAX_SHOTS = 2
 _TRAIN_STEPS = 6
 SEGMENTING_STEPS = 150
 CALIBRATION_EPISODES = 12  # INT8 calibration in the tests: small, for test time
@@ -36,12 +52,24 @@ def _save(model: DPNet, path: Path, epoch: int) -> Path:
     return path
 
 
+def _random_tiny(factory: pytest.TempPathFactory, name: str, **overrides: int) -> Path:
+    torch.manual_seed(0)
+    model = build_dpnet(preset("tiny", **overrides), pretrained_backbone=False)
+    return _save(model, factory.mktemp("ckpt") / name, epoch=0)
+
+
+def _export(
+    checkpoint: Path, factory: pytest.TempPathFactory, name: str, options: ExportOptions
+) -> Path:
+    out_dir = factory.mktemp("export") / name
+    export_onnx(checkpoint, out_dir, options)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init tiny DPNet checkpoint (129 x 129 input)."""
-    torch.manual_seed(0)
-    model = build_dpnet(preset("tiny"), pretrained_backbone=False)
-    return _save(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", epoch=0)
+    """A random-init tiny DPNet checkpoint (129 x 129 input, seed 0)."""
+    return _random_tiny(tmp_path_factory, "tiny.pt")
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +120,7 @@ def tiny_trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``export_onnx(tiny_checkpoint, fp16=True)``: the FP32 graphs and their FP16 copies."""
-    out_dir = tmp_path_factory.mktemp("export") / "tiny"
-    export_onnx(tiny_checkpoint, out_dir, ExportOptions(fp16=True))
-    return out_dir
+    return _export(tiny_checkpoint, tmp_path_factory, "tiny", ExportOptions(fp16=True))
 
 
 @pytest.fixture(scope="session")
@@ -102,9 +128,90 @@ def tiny_trained_export_dir(
     tiny_trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """``export_onnx(tiny_trained_checkpoint, fp16=True)``."""
-    out_dir = tmp_path_factory.mktemp("export") / "tiny_trained"
-    export_onnx(tiny_trained_checkpoint, out_dir, ExportOptions(fp16=True))
-    return out_dir
+    return _export(
+        tiny_trained_checkpoint, tmp_path_factory, "tiny_trained", ExportOptions(fp16=True)
+    )
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny DPNet checkpoint at 65 x 65 (seed 0)."""
+    return _random_tiny(tmp_path_factory, "small.pt", input_size=SMALL_SIZE)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three FP32 graphs of :func:`small_checkpoint`: normalised float input, K in 1..2."""
+    options = ExportOptions(max_shots=SMALL_MAX_SHOTS)
+    return _export(small_checkpoint, tmp_path_factory, "small", options)
+
+
+@pytest.fixture(scope="session")
+def small_raw_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with ``--raw-input`` (uint8 NHWC images and masks) and the FP16 copies."""
+    options = ExportOptions(max_shots=SMALL_MAX_SHOTS, raw_input=True, fp16=True)
+    return _export(small_checkpoint, tmp_path_factory, "small_raw", options)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _write_bilevel_png(path: Path, width: int, height: int) -> Path:
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunks = ((b"IHDR", header), (b"IDAT", data), (b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(*chunk) for chunk in chunks))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bilevel_png() -> Callable[[Path, int, int], Path]:
+    """``write(path, width, height)``: a valid all-black 1-bit PNG, written without PIL.
+
+    A few kB of deflated zeros hold hundreds of millions of pixels: a real file over PIL's
+    pixel limit, made in a fraction of a second.
+    """
+    return _write_bilevel_png
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    chattr = shutil.which("chattr") or "chattr"
+    try:
+        done = subprocess.run([chattr, "+i", str(path)], capture_output=True, check=False)
+    except FileNotFoundError:
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and ext4, xfs or btrfs)")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def immutable() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
+    """``with immutable(path):`` the file can be neither replaced nor removed, by root either
+    (``chattr +i``): a real obstacle for a rename. Skips the test where chattr cannot do it."""
+    return _immutable
+
+
+def _char_device(path: Path, number: int) -> Path:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, number)
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    return path
+
+
+@pytest.fixture
+def char_device() -> Callable[[Path, int], Path]:
+    """``make(path, os.makedev(major, minor))``: a real character device node at ``path``
+    (``os.makedev(1, 3)`` is ``/dev/null``, ``(1, 7)`` ``/dev/full``). Skips without root."""
+    return _char_device
 
 
 @pytest.fixture(scope="session")
@@ -123,9 +230,6 @@ def tiny_int8_export_dir(
 ) -> Path:
     """``export_onnx(tiny_segmenting_checkpoint, int8=True)``, calibrated on
     :data:`CALIBRATION_EPISODES` synthetic episodes: FP32 and INT8 graphs."""
-    out_dir = tmp_path_factory.mktemp("export") / "tiny_int8"
     calibration = CalibrationOptions(episodes=CALIBRATION_EPISODES)
-    export_onnx(
-        tiny_segmenting_checkpoint, out_dir, ExportOptions(int8=True, calibration=calibration)
-    )
-    return out_dir
+    options = ExportOptions(int8=True, calibration=calibration)
+    return _export(tiny_segmenting_checkpoint, tmp_path_factory, "tiny_int8", options)

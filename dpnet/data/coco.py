@@ -13,7 +13,10 @@ fold i = classes c with (c - 1) mod 4 == i) or ``consecutive`` (fold i = 20i+1..
 ``train`` episodes use train2014 and the 60 other classes, ``val`` episodes val2014 and the
 fold's 20. The class is drawn uniformly, then query and supports among the images holding it
 (HSNet's COCO protocol). Image pools come from the annotations, or with
-``split_lists=True`` (interleaved only) from HSNet's packaged lists.
+``split_lists=True`` (interleaved only) from HSNet's packaged lists, or from custom lists in
+``splits_dir`` (``{trn,val}/fold{i}.json.gz``: ``{"<class - 1>": ["val2014/<file>", ...]}``).
+Every pooled image must exist under the root: otherwise the error says how many are missing
+and which first; ``skip_missing`` leaves them out (a subset of COCO) with a warning.
 
 Class masks: every instance (crowd included, as in pycocotools' ``annToMask``) is painted
 with its class, larger instances first so that small objects stay visible. Polygons are
@@ -33,12 +36,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dpnet.data import COCO_SPLITS
 from dpnet.data.episode import PooledDataset, split_class_ids
-from dpnet.data.pascal import check_root, packaged_splits, read_image
+from dpnet.data.pascal import check_root, find_missing, list_folder, read_image
 from dpnet_runtime.errors import DatasetError, InputError
 
-__all__ = ["CocoDataset", "annotations_to_label", "rle_to_mask"]
+__all__ = ["COCO_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
+
+COCO_SPLITS = ("interleaved", "consecutive")
+"""COCO-20i fold splits: PFENet/HSNet's interleaved classes (default) or 20 consecutive ones."""
 
 NUM_CLASSES = 80
 DEFAULT_VAL_EPISODES = 1000
@@ -48,6 +53,7 @@ _LAYOUT = (
     "ROOT/annotations/instances_{train,val}2014.json (COCO 2014)"
 )
 _SPLIT_FOLDER = {"train": "train2014", "val": "val2014"}
+_LIST_FOLDER = {"train": "trn", "val": "val"}
 
 
 def _rle_string_counts(text: str) -> list[int]:
@@ -138,10 +144,13 @@ class CocoDataset(PooledDataset):
         episodes: number of episodes; None: 20000 for ``train``, 1000 for ``val``.
         fold_split: ``interleaved`` (default) or ``consecutive``.
         split_lists: take the image pools from HSNet's lists (interleaved only).
-        splits_dir: folder holding ``hsnet/coco/{trn,val}/fold*.json.gz`` (default: packaged).
+        splits_dir: folder holding ``{trn,val}/fold*.json.gz`` (or ``hsnet/coco/...``);
+            ``Path`` or ``str``; implies ``split_lists``; default: the packaged lists.
+        skip_missing: leave out pooled images the root lacks instead of failing.
 
     Raises:
-        DatasetError: missing root, folder, annotation file or list; unreadable image.
+        DatasetError: missing root, folder, annotation file or list; pooled images missing
+            under the root (without ``skip_missing``); unreadable image.
         InputError: unknown fold split, or split lists with the consecutive split.
     """
 
@@ -156,10 +165,12 @@ class CocoDataset(PooledDataset):
         episodes: int | None = None,
         fold_split: str = "interleaved",
         split_lists: bool = False,
-        splits_dir: Path | None = None,
+        splits_dir: Path | str | None = None,
+        skip_missing: bool = False,
     ) -> None:
         if fold_split not in COCO_SPLITS:
             raise InputError(f"fold_split must be one of {COCO_SPLITS}, got {fold_split!r}")
+        split_lists = split_lists or splits_dir is not None
         if split_lists and fold_split != "interleaved":
             raise InputError("HSNet's COCO split lists exist for the interleaved fold split only")
         self.root = check_root(root, ("train2014", "val2014", "annotations"), _LAYOUT, "COCO-20i")
@@ -189,9 +200,19 @@ class CocoDataset(PooledDataset):
                 f"{NUM_CLASSES}; use the COCO 2014 instance annotations"
             )
         if split_lists:
-            pools = self._list_pools(splits_dir or packaged_splits(), split, fold)
+            source = list_folder(splits_dir, "coco") / _LIST_FOLDER[split] / f"fold{fold}.json.gz"
+            pools = self._list_pools(source)
         else:
+            source = self.root / "annotations" / f"instances_{folder}.json"
             pools = self._annotation_pools()
+        missing = find_missing(
+            (name for c in class_ids for name in pools.get(c, ())),
+            lambda name: (self.root / name,),
+            skip_missing=skip_missing,
+            source=str(source),
+            root=self.root,
+        )
+        pools = {c: tuple(n for n in names if n not in missing) for c, names in pools.items()}
         default = DEFAULT_TRAIN_EPISODES if split == "train" else DEFAULT_VAL_EPISODES
         super().__init__(
             pools=pools,
@@ -214,9 +235,7 @@ class CocoDataset(PooledDataset):
         return {class_id: tuple(names) for class_id, names in pools.items()}
 
     @staticmethod
-    def _list_pools(splits_dir: Path, split: str, fold: int) -> dict[int, tuple[str, ...]]:
-        path = splits_dir / "hsnet" / "coco" / ("trn" if split == "train" else "val")
-        path = path / f"fold{fold}.json.gz"
+    def _list_pools(path: Path) -> dict[int, tuple[str, ...]]:
         try:
             with gzip.open(path, "rt", encoding="utf-8") as stream:
                 lists = json.load(stream)

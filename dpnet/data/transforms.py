@@ -2,7 +2,7 @@
 
 Evaluation resizing is *not* defined here: it is the runtime's canonical
 :func:`dpnet_runtime.preprocess.resize_image` (PIL bilinear) and
-:func:`~dpnet_runtime.preprocess.resize_mask` (PIL nearest), with
+:func:`~dpnet_runtime.preprocess.resize_label_nearest` (PIL nearest), with
 :func:`~dpnet_runtime.preprocess.normalize_images`, so PyTorch and every exported backend
 see the same pixels. Augmentation (train only, as the paper and PFENet): horizontal flip,
 rotation by up to ±10°, a random crop of 60-100 % of each side, then that same resize.
@@ -19,7 +19,7 @@ from PIL import Image
 from dpnet.data.episode import Episode
 from dpnet_runtime.contract import IGNORE_LABEL, IMAGENET_MEAN
 from dpnet_runtime.errors import InputError
-from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
+from dpnet_runtime.preprocess import normalize_images, resize_image, resize_label_nearest
 
 __all__ = ["EpisodeTensors", "collate", "episode_to_tensors", "train_augment"]
 
@@ -95,7 +95,8 @@ def train_augment(
         rotated_image, rotated_mask = image, mask  # the object rotated out of the frame
     top, left, crop_h, crop_w = _crop_box(rotated_mask, rng)
     window = (slice(top, top + crop_h), slice(left, left + crop_w))
-    return resize_image(rotated_image[window], size), resize_mask(rotated_mask[window], size)
+    cropped_image, cropped_mask = rotated_image[window], rotated_mask[window]
+    return resize_image(cropped_image, size), resize_label_nearest(cropped_mask, size)
 
 
 def episode_to_tensors(
@@ -122,7 +123,9 @@ def episode_to_tensors(
             raise InputError("episode_to_tensors(augment=True) needs rng, a numpy Generator")
         resized = [train_augment(image, mask, size, rng) for image, mask in pairs]
     else:
-        resized = [(resize_image(image, size), resize_mask(mask, size)) for image, mask in pairs]
+        resized = [
+            (resize_image(image, size), resize_label_nearest(mask, size)) for image, mask in pairs
+        ]
     images = normalize_images(np.stack([image for image, _ in resized]))
     masks = np.stack([mask for _, mask in resized])
     return EpisodeTensors(

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    DatasetOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet.eval.evaluate import EvalOptions, EvalRequest, EvalResult, evaluate_checkpoint
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
 from dpnet_runtime.errors import InputError
@@ -25,6 +34,7 @@ app = make_app(
 # Defaults live once, in EvalRequest / EvalOptions; the CLI reads them from these instances.
 _REQUEST = EvalRequest(ckpt=Path("best.pt"))
 _OPTIONS = EvalOptions()
+_DATA = _REQUEST.data_options
 
 
 @app.command()
@@ -32,9 +42,14 @@ def command(
     ckpt: Annotated[Path, typer.Option(help="Checkpoint written by dpnet-train.")],
     dataset: DatasetOption = _REQUEST.dataset,
     data_root: DataRootOption = _REQUEST.data_root,
-    coco_split: CocoSplitOption = _REQUEST.coco_split,
+    coco_split: CocoSplitOption = _DATA.coco_split,
+    splits_dir: SplitsDirOption = _DATA.splits_dir,
+    skip_missing: SkipMissingOption = _DATA.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DATA.folds,
     fold: Annotated[
-        int | None, typer.Option(help="Test fold 0..3 (default: the checkpoint's).")
+        int | None,
+        typer.Option(help="Test fold 0..3 (default: the checkpoint's, if same dataset)."),
     ] = _REQUEST.fold,
     shots: Annotated[int, typer.Option(help="K supports per episode (1 or 5).")] = _REQUEST.shots,
     episodes: Annotated[int, typer.Option(help="Test episodes.")] = _REQUEST.episodes,
@@ -56,8 +71,12 @@ def command(
 
     Example: dpnet-eval --ckpt run/best.pt --dataset synthetic --fold 0 --shots 1 --episodes 1000
     """
+    data_options = dataset_flags(
+        coco_split=coco_split, splits_dir=splits_dir, skip_missing=skip_missing,
+        val_classes=val_classes, folds=folds,
+    )  # fmt: skip
     request = EvalRequest(
-        ckpt=ckpt, dataset=dataset, data_root=data_root, coco_split=coco_split, fold=fold,
+        ckpt=ckpt, dataset=dataset, data_root=data_root, data_options=data_options, fold=fold,
         shots=shots, episodes=episodes, seed=seed, device=device,
         options=EvalOptions(_parse_scales(scales), beta),
     )  # fmt: skip

@@ -2,13 +2,13 @@
 
 Every episode goes through the same numpy path as :mod:`dpnet_runtime`: images and masks are
 resized to the model side with the runtime's canonical :func:`~dpnet_runtime.preprocess.
-resize_image` / :func:`~dpnet_runtime.preprocess.resize_mask` (inside
+resize_image` / :func:`~dpnet_runtime.preprocess.resize_label_nearest` (inside
 :func:`dpnet.data.transforms.episode_to_tensors`), the logits of every inference scale are
 resized back to the query's original size with :func:`~dpnet_runtime.postprocess.merge_scales`
 (bilinear, softmax averaged) and arg-maxed with
-:func:`~dpnet_runtime.postprocess.probabilities_to_mask`. Scale ``s`` runs the model at side
-``round(input_size * s)``, as the runtime's predictor does, so PyTorch and every exported
-backend are measured on identical inputs and the same post-processing.
+:func:`~dpnet_runtime.postprocess.probabilities_to_mask`. Scale ``s`` runs the model at the side
+:func:`~dpnet_runtime.preprocess.scale_sides` gives, as the runtime's predictor does, so PyTorch
+and every exported backend are measured on identical inputs and the same post-processing.
 
 Episodes are those of the dataset, fixed by its seed: the same seed gives the same result.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from dpnet.checkpoint import load_model
-from dpnet.data import Episode, FewShotDataset, build_dataset, dataset_options
+from dpnet.config import check_beta
+from dpnet.data import DatasetOptions, Episode, FewShotDataset, build_dataset
 from dpnet.data.transforms import collate, episode_to_tensors
+from dpnet.device import resolve_device
 from dpnet.metrics import IoUAccumulator
 from dpnet.model.dpnet import DPNet
-from dpnet.train.distributed import resolve_device
-from dpnet_runtime.errors import InputError
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
+from dpnet_runtime.preprocess import scale_sides
 
 __all__ = [
     "ClassIoU",
@@ -61,12 +62,9 @@ class EvalOptions:
     beta: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.scales or any(scale <= 0 for scale in self.scales):
-            raise InputError(
-                f"scales must be positive numbers such as 0.7,1.0,1.3, got {self.scales}"
-            )
-        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
-            raise InputError(f"beta must lie in [0, 1], got {self.beta}")
+        scale_sides(1, self.scales, name="scales")
+        if self.beta is not None:
+            check_beta(self.beta)
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,11 @@ class EvalRequest:
 
     Args:
         ckpt: a ``dpnet-train`` checkpoint.
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        dataset: ``synthetic``, ``pascal``, ``coco`` or ``folder``.
         data_root: dataset folder (not needed by ``synthetic``).
-        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
-        fold: test fold; ``None`` takes the checkpoint's.
+        data_options: dataset-specific options (COCO split, episode lists, folder classes).
+        fold: test fold; ``None`` takes the checkpoint's when it was trained on ``dataset``,
+            else 0.
         shots: K supports per episode.
         episodes: number of test episodes (1000 is the field's protocol).
         seed: episode seed.
@@ -121,7 +120,7 @@ class EvalRequest:
     ckpt: Path
     dataset: str = "synthetic"
     data_root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int | None = None
     shots: int = 1
     episodes: int = 1000
@@ -146,8 +145,7 @@ def predict_episode(
     """
     device = next(model.parameters()).device
     logits_per_scale = []
-    for scale in options.scales:
-        side = max(1, round(model.config.input_size * scale))
+    for side in scale_sides(model.config.input_size, options.scales, name="scales"):
         tensors = collate([episode_to_tensors(episode, side, augment=False)])
         support = model.encode_support(
             tensors.support_images.to(device), tensors.support_masks.to(device)
@@ -226,7 +224,10 @@ def evaluate_checkpoint(request: EvalRequest, progress: EvalProgress | None = No
     """
     model, checkpoint = load_model(request.ckpt)
     model.to(resolve_device(request.device))
-    fold = request.fold if request.fold is not None else int(checkpoint.meta.get("fold", 0))
+    same_dataset = checkpoint.meta.get("dataset") == request.dataset
+    fold = request.fold if request.fold is not None else int(
+        checkpoint.meta.get("fold", 0) if same_dataset else 0
+    )  # fmt: skip
     dataset = build_dataset(
         request.dataset,
         root=request.data_root,
@@ -235,6 +236,6 @@ def evaluate_checkpoint(request: EvalRequest, progress: EvalProgress | None = No
         shots=request.shots,
         seed=request.seed,
         episodes=request.episodes,
-        **dataset_options(request.dataset, coco_split=request.coco_split),
+        **request.data_options.keywords(request.dataset),
     )
     return evaluate(model, dataset, request.options, progress)

@@ -1,9 +1,8 @@
 """Cycle Comparison Module (paper section 4.2): the confident query set C, its discriminator and
 the pseudo-prototype P_q.
 
-The CCM is written as static, batched tensor algebra so that it exports to ONNX as
-MatMul / ArgMax / GatherElements / Equal / And / Greater / Where (no loops, no data-dependent
-shapes):
+The CCM is written as static, batched tensor algebra so that it exports to ONNX without loops
+or data-dependent shapes (the exact op list is ``dpnet_export.op_rules.CCM_ALLOWED_OPS``):
 
 1. ``s = normalize(Fs)^T @ normalize(Fq)``: ``[B, K, Ns, Nq]`` cosine similarities (FP32).
 2. ``j* = argmax_q s`` (Eq. 1) ``[B, K, Ns]``; ``back = argmax_s s`` ``[B, K, Nq]``;

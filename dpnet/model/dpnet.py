@@ -25,7 +25,7 @@ from dpnet.model.ccm import CycleComparison, Discriminator, l2_normalize, pseudo
 from dpnet.model.decoder import Decoder
 from dpnet.model.msf import MultiScaleFusion
 from dpnet.model.pim import PrototypeInteraction
-from dpnet.model.prototype import masked_average_pooling, resize_mask
+from dpnet.model.prototype import mask_to_feature_size, masked_average_pooling
 from dpnet.model.validation import validate_episode
 from dpnet_runtime.contract import COS_CHANNELS
 
@@ -96,7 +96,9 @@ class DPNet(nn.Module):
         batch, shots = support_images.shape[:2]
         features = self.backbone(support_images.flatten(0, 1))
         size = features.features.shape[-2:]
-        soft_mask = resize_mask((support_masks.flatten(0, 1) == 1).to(support_images.dtype), size)
+        soft_mask = mask_to_feature_size(
+            (support_masks.flatten(0, 1) == 1).to(support_images.dtype), size
+        )
         prototypes = masked_average_pooling(features.features, soft_mask)
         cos_feats = l2_normalize(features.cos_features, dim=1)
         return SupportCache(

@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["masked_average_pooling", "resize_mask"]
+__all__ = ["mask_to_feature_size", "masked_average_pooling"]
 
 _EPS = 1e-5
 
 
-def resize_mask(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize binary masks ``[N, H, W]`` to ``[N, h, w]`` soft masks in [0, 1]."""
+def mask_to_feature_size(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Binary masks ``[N, H, W]`` at the feature size: ``[N, h, w]`` soft masks in [0, 1].
+
+    Bilinear (``align_corners=True``), so a border position gets the object's share of it;
+    the opposite of :func:`dpnet_runtime.preprocess.resize_label_nearest`, which keeps labels.
+    """
     return F.interpolate(
         masks.unsqueeze(1), size=size, mode="bilinear", align_corners=True
     ).squeeze(1)

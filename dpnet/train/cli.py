@@ -13,7 +13,16 @@ from typing import Annotated, cast
 import typer
 from rich.table import Table
 
-from dpnet.data.cli_options import CocoSplitOption, DataRootOption, DatasetOption
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    DatasetOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet.train.loop import TrainProgress, TrainResult, train
 from dpnet.train.options import ABLATION_VARIANTS, Optimizer, TrainOptions
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
@@ -22,12 +31,13 @@ __all__ = ["app", "main"]
 
 app = make_app(
     name="dpnet-train",
-    help="Train DPNet episodically on the synthetic benchmark, PASCAL-5i or COCO-20i.",
+    help="Train DPNet episodically on the synthetic benchmark, PASCAL-5i, COCO-20i or a folder.",
 )
 
 
 # Defaults live once, in TrainOptions; the CLI reads them from this instance.
 _DEFAULTS = TrainOptions(out=Path("run"))
+_DATA = _DEFAULTS.data_options
 
 
 @app.command()
@@ -35,9 +45,13 @@ def command(
     out: Annotated[Path, typer.Option(help="Run folder for last.pt and best.pt.")],
     dataset: DatasetOption = _DEFAULTS.dataset,
     data_root: DataRootOption = _DEFAULTS.data_root,
-    coco_split: CocoSplitOption = _DEFAULTS.coco_split,
+    coco_split: CocoSplitOption = _DATA.coco_split,
+    splits_dir: SplitsDirOption = _DATA.splits_dir,
+    skip_missing: SkipMissingOption = _DATA.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DATA.folds,
     fold: Annotated[
-        int, typer.Option(help="Test fold 0..3; training uses the others.")
+        int, typer.Option(help="Test fold 0..3 (0..N-1 with --folds N); training uses the others.")
     ] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K supports per episode.")] = _DEFAULTS.shots,
     config: Annotated[
@@ -75,6 +89,10 @@ def command(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = (
         _DEFAULTS.resume
     ),
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start a new run from this checkpoint's weights."),
+    ] = _DEFAULTS.init,
     seed: Annotated[int, typer.Option(help="Run seed.")] = _DEFAULTS.seed,
     val_every: Annotated[
         int | None, typer.Option(help="Validate and write last.pt every N steps (0: at the end).")
@@ -90,14 +108,21 @@ def command(
     """Train DPNet; writes OUT/last.pt (every validation) and OUT/best.pt (best mIoU).
 
     Example: dpnet-train --dataset synthetic --fold 0 --config tiny --steps 1500 --out run/
+
+    Fine-tune a PASCAL model on your folder: dpnet-train --dataset folder --data-root mine/
+    --init run-pascal/best.pt --steps 500 --out run-mine/
     """
+    data_options = dataset_flags(
+        coco_split=coco_split, splits_dir=splits_dir, skip_missing=skip_missing,
+        val_classes=val_classes, folds=folds,
+    )  # fmt: skip
     options = TrainOptions(
-        out=out, dataset=dataset, data_root=data_root, coco_split=coco_split, fold=fold,
+        out=out, dataset=dataset, data_root=data_root, data_options=data_options, fold=fold,
         shots=shots, config=config, variant=ablation_variant, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr,
         optimizer=cast("Optimizer | None", optimizer),  # checked by TrainOptions
-        backbone_weights=backbone_weights, resume=resume, seed=seed, val_every=val_every,
-        val_episodes=val_episodes, device=device, threads=threads,
+        backbone_weights=backbone_weights, resume=resume, init=init, seed=seed,
+        val_every=val_every, val_episodes=val_episodes, device=device, threads=threads,
     )  # fmt: skip
     with make_progress() as progress:
         task = progress.add_task("training", total=None, status="")

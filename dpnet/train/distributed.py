@@ -1,4 +1,4 @@
-"""DistributedDataParallel set-up, device choice and episode sharding by rank.
+"""DistributedDataParallel set-up and episode sharding by rank.
 
 ``torchrun --nproc_per_node N -m dpnet.train ...`` starts N processes with the ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT`` environment of torchrun's
@@ -20,12 +20,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dpnet_runtime.errors import BackendUnavailableError, InputError
+from dpnet.device import resolve_device
 
 __all__ = [
     "DistributedContext",
     "any_rank",
-    "resolve_device",
     "setup_distributed",
     "shard_episode_indices",
     "synchronize",
@@ -56,23 +55,6 @@ class DistributedContext:
     def is_main(self) -> bool:
         """Rank 0: the one process that validates, writes checkpoints and reports progress."""
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``; CUDA picks ``local_rank``'s GPU.
-
-    Raises:
-        InputError: an unknown device name.
-        BackendUnavailableError: ``cuda`` asked for but absent.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise InputError(f"device must be auto, cpu or cuda, got {name!r}")
-    use_cuda = torch.cuda.is_available() if name == "auto" else name == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            "device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu"
-        )
-    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
 def setup_distributed(device: str) -> DistributedContext:

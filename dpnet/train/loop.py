@@ -12,6 +12,11 @@ the training state holds no RNG snapshot (only step, optimiser state, best metri
 Checkpoints (rank 0 only, atomically): ``last.pt`` at every validation and at the end,
 ``best.pt`` whenever the validation mIoU (pfenet protocol) improves. ``resume`` continues from
 ``last.pt``; a fresh run refuses an ``out`` folder that already holds one.
+
+Fine-tuning (``init``): a new run whose weights, all of them (trunk included), come from
+another checkpoint, with a fresh optimiser, step 0 and no history; the network is the
+checkpoint's (:func:`~dpnet.train.options.init_config`). The checkpoints of the run record it
+in ``meta["init"]`` (path, sha256, and the dataset and fold it was trained on).
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpnet.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from dpnet.checkpoint import load_checkpoint, load_model, make_meta, save_checkpoint
 from dpnet.config import DPNetConfig
-from dpnet.data import FewShotDataset, build_dataset, dataset_options
+from dpnet.data import FewShotDataset, build_dataset
 from dpnet.data.transforms import EpisodeTensors, collate, episode_to_tensors
 from dpnet.eval.evaluate import EvalResult, evaluate
-from dpnet.model.dpnet import SegmentOutput, build_dpnet
+from dpnet.model.dpnet import DPNet, SegmentOutput, build_dpnet
 from dpnet.model.losses import DPNetLosses, dpnet_losses
 from dpnet.train.distributed import (
     DistributedContext,
@@ -49,9 +54,11 @@ from dpnet.train.options import (
     DatasetDefaults,
     Optimizer,
     TrainOptions,
+    init_config,
     train_config,
 )
 from dpnet_runtime.errors import InputError
+from dpnet_runtime.fileio import sha256_file
 
 __all__ = [
     "LossRecord",
@@ -179,18 +186,25 @@ class _Trainer:
         self.lr = options.lr if options.lr is not None else defaults.lr
         self.batch_size = options.batch_size or defaults.batch_size
         self.val_every = options.val_every if options.val_every is not None else defaults.val_every
-        self.config = train_config(options)
+        # A checkpoint to start from is checked first: a refused one costs no dataset scan.
+        self.init_record: dict[str, Any] | None = None
+        model = None
+        if options.init is not None:
+            model, self.init_record = _init_model(options, options.init)
+        self.config = train_config(options) if model is None else model.config
         self.train_data = self._dataset("train", options.seed, None)
         self.val_data = (
             self._dataset("val", VAL_SEED, options.val_episodes) if options.val_episodes else None
         )
         self.total_steps = self._total_steps(defaults)
         torch.manual_seed(options.seed)
-        self.model = build_dpnet(
-            self.config,
-            backbone_weights=options.backbone_weights,
-            pretrained_backbone=options.pretrained_backbone,
-        ).to(context.device)
+        if model is None:
+            model = build_dpnet(
+                self.config,
+                backbone_weights=options.backbone_weights,
+                pretrained_backbone=options.pretrained_backbone,
+            )
+        self.model = model.to(context.device)
         self.optimizer = self._optimizer(options.optimizer or defaults.optimizer)
         self.out = Path(options.out)
         self.step = 0
@@ -212,7 +226,7 @@ class _Trainer:
         o = self.options
         return build_dataset(
             o.dataset, root=o.data_root, fold=o.fold, split=split, shots=o.shots, seed=seed,
-            episodes=episodes, **dataset_options(o.dataset, coco_split=o.coco_split),
+            episodes=episodes, **o.data_options.keywords(o.dataset),
         )  # fmt: skip
 
     def _total_steps(self, defaults: DatasetDefaults) -> int:
@@ -249,6 +263,7 @@ class _Trainer:
         self.best_miou = float(state["best_miou"])
         self.losses = [LossRecord(**record) for record in state["losses"]]
         self.validations = [ValidationRecord(**record) for record in state["validations"]]
+        self.init_record = checkpoint.meta.get("init")
 
     def run(self, progress: TrainProgressCallback | None) -> TrainResult:
         network = wrap_model(self.model, self.context)
@@ -359,7 +374,7 @@ class _Trainer:
         o = self.options
         return make_meta(
             dataset=o.dataset, fold=o.fold, shots=o.shots, epoch=self.step // per_epoch,
-            metrics=metrics,
+            metrics=metrics, init=self.init_record,
         )  # fmt: skip
 
     def _train_state(self) -> dict[str, Any]:
@@ -384,6 +399,25 @@ def weights_sha256(model: torch.nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _init_model(options: TrainOptions, path: Path) -> tuple[DPNet, dict[str, Any]]:
+    """The network of checkpoint ``path`` with its weights, and the record of where they came
+    from (``meta["init"]``).
+
+    Raises:
+        ModelFileError: the checkpoint is missing, damaged or inconsistent.
+        InputError: the options ask for another network (:func:`init_config`).
+    """
+    model, checkpoint = load_model(path)
+    init_config(options, checkpoint.config, path)
+    record = {
+        "checkpoint": str(path),
+        "sha256": sha256_file(path),
+        "dataset": checkpoint.meta.get("dataset"),
+        "fold": checkpoint.meta.get("fold"),
+    }
+    return model, record
 
 
 def _average(step: int, window: list[DPNetLosses]) -> LossRecord:

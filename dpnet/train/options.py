@@ -2,7 +2,8 @@
 
 Optimiser (paper section 5.1, following CANet): SGD, momentum 0.9, weight decay 5e-4, a fixed
 learning rate. Defaults per dataset (:data:`DATASET_DEFAULTS`): PASCAL-5i SGD lr 0.0025,
-batch 4, 200 epochs; COCO-20i SGD lr 0.005, batch 8, 20 epochs (the paper). Synthetic: AdamW
+batch 4, 200 epochs; COCO-20i SGD lr 0.005, batch 8, 20 epochs (the paper); a folder of your
+own: PASCAL's settings for 2000 steps (paper preset, 321 x 321). Synthetic: AdamW
 lr 1e-3, batch 4, 1500 steps. Why not SGD there: the tiny config's trunk is random (no ImageNet
 weights exist for it), its features are small (mean |x| about 0.04), and with 5 % foreground
 SGD sits on the all-background solution: measured on this machine, SGD at lr 0.02, 0.05, 0.2
@@ -12,12 +13,12 @@ even overfit 4 fixed episodes in 150 steps, which AdamW at 1e-3 does in 75.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from dpnet.config import DPNetConfig, preset
-from dpnet.data import dataset_options
+from dpnet.data import DatasetOptions
 from dpnet_runtime.errors import InputError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "DatasetDefaults",
     "Optimizer",
     "TrainOptions",
+    "init_config",
     "train_config",
     "variant_config",
 ]
@@ -73,6 +75,9 @@ DATASET_DEFAULTS: Final[dict[str, DatasetDefaults]] = {
     "synthetic": DatasetDefaults(
         "tiny", None, "adamw", 1e-3, batch_size=4, epochs=None, steps=1500, val_every=250
     ),
+    "folder": DatasetDefaults(
+        "paper", 321, "sgd", 0.0025, batch_size=4, epochs=None, steps=2000, val_every=500
+    ),
 }
 
 
@@ -82,9 +87,9 @@ class TrainOptions:
 
     Args:
         out: run folder for ``last.pt`` and ``best.pt`` (created if missing).
-        dataset: ``synthetic``, ``pascal`` or ``coco``.
+        dataset: ``synthetic``, ``pascal``, ``coco`` or ``folder``.
         data_root: dataset folder (not needed by ``synthetic``).
-        coco_split: COCO-20i fold split, ``interleaved`` (default) or ``consecutive``.
+        data_options: dataset-specific options (COCO split, episode lists, folder classes).
         fold: test fold 0..3 (training uses the other folds' classes).
         shots: K supports per training episode.
         config: preset name, ``tiny`` or ``paper``; ``None``: ``paper`` for PASCAL-5i (321 x 321)
@@ -100,6 +105,8 @@ class TrainOptions:
         backbone_weights: torchvision ``resnet50-*.pth`` for the trunk.
         pretrained_backbone: ``False`` keeps the trunk random without the warning's search.
         resume: continue from ``out/last.pt``.
+        init: start a new run from this checkpoint's weights (fine-tuning) with a fresh
+            optimiser; its network is the run's (``config`` and ``variant`` must match it).
         seed: run seed (model init, augmentation, dropout).
         val_every: validate (and write ``last.pt``) every this many steps; 0 = only at the end.
         val_episodes: validation episodes (fold classes, seed :data:`VAL_SEED`); 0 = none.
@@ -112,7 +119,7 @@ class TrainOptions:
     out: Path
     dataset: str = "synthetic"
     data_root: Path | None = None
-    coco_split: str = "interleaved"
+    data_options: DatasetOptions = field(default_factory=DatasetOptions)
     fold: int = 0
     shots: int = 1
     config: str | None = None
@@ -127,6 +134,7 @@ class TrainOptions:
     backbone_weights: Path | None = None
     pretrained_backbone: bool = True
     resume: bool = False
+    init: Path | None = None
     seed: int = 0
     val_every: int | None = None
     val_episodes: int = 100
@@ -157,7 +165,7 @@ class TrainOptions:
             raise InputError("val-every and val-episodes must not be negative")
         if self.log_every < 1:
             raise InputError(f"log-every must be at least 1, got {self.log_every}")
-        dataset_options(self.dataset, coco_split=self.coco_split)  # refuses a bad split now
+        self.data_options.keywords(self.dataset)  # refuses options of another dataset now
 
 
 def variant_config(config: str, variant: str, **overrides: Any) -> DPNetConfig:
@@ -180,3 +188,28 @@ def train_config(options: TrainOptions) -> DPNetConfig:
     use_defaults = options.config is None and defaults.input_size is not None
     size = {"input_size": defaults.input_size} if use_defaults else {}
     return variant_config(options.config or defaults.config, options.variant, **size)
+
+
+def init_config(options: TrainOptions, checkpoint: DPNetConfig, path: Path) -> DPNetConfig:
+    """The network of a run that starts from the weights of checkpoint ``path`` (``--init``).
+
+    It is the checkpoint's network. Without ``config`` the run takes it (with the switches of
+    ``variant``, which must be the checkpoint's); a chosen ``config`` must give the same one.
+
+    Raises:
+        InputError: the options ask for another network than the checkpoint holds (the
+            message names the fields that differ).
+    """
+    if options.config is None:
+        wanted = checkpoint.replace(**ABLATION_VARIANTS[options.variant])
+    else:
+        wanted = train_config(options)
+    if wanted != checkpoint:
+        ours, theirs = wanted.to_dict(), checkpoint.to_dict()
+        differ = [key for key in ours if ours[key] != theirs[key]]
+        raise InputError(
+            f"--init {path} holds a {checkpoint.name} network that differs from the one this "
+            f"run asks for in {', '.join(differ)}; drop --config / --ablation-variant or give "
+            "the checkpoint's"
+        )
+    return checkpoint

@@ -1,4 +1,4 @@
-"""dpnet-export: ``onnx``, ``trt`` and ``check`` subcommands, one module each.
+"""dpnet-export: ``onnx``, ``trt``, ``check`` and ``triton`` subcommands, one module each.
 
 Each subcommand module defines ``command`` and imports its heavy dependencies (torch,
 TensorRT) inside it, so ``dpnet-export --help`` works with none of them installed.
@@ -6,19 +6,21 @@ TensorRT) inside it, so ``dpnet-export --help`` works with none of them installe
 
 from __future__ import annotations
 
-from dpnet_export.cli import check_cmd, onnx_cmd, trt_cmd
+from dpnet_export.cli import check_cmd, onnx_cmd, triton_cmd, trt_cmd
 from dpnet_runtime.console import make_app, run_app
 
 __all__ = ["app", "main"]
 
 app = make_app(
     name="dpnet-export",
-    help="Export a DPNet checkpoint to ONNX, lint ONNX for TensorRT, build TensorRT engines.",
+    help="Export a DPNet checkpoint to ONNX, lint ONNX for TensorRT, build TensorRT engines, "
+    "write a Triton model repository.",
     no_args_is_help=True,
 )
 app.command("onnx")(onnx_cmd.command)
 app.command("trt")(trt_cmd.command)
 app.command("check")(check_cmd.command)
+app.command("triton")(triton_cmd.command)
 
 
 def main() -> None:

@@ -8,10 +8,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dpnet.data.cli_options import DataRootOption
+from dpnet.data import DatasetOptions
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet_runtime.console import stderr_console, stdout_console
 
 __all__ = ["command"]
+
+_DATA = DatasetOptions()
 
 
 def command(
@@ -55,14 +66,16 @@ def command(
     calib_dataset: Annotated[
         str | None,
         typer.Option(
-            help="--int8 calibration episodes from: synthetic (embedded, default), pascal or "
-            "coco (training classes of --calib-fold)."
+            help="--int8 calibration episodes from: synthetic (embedded, default), pascal, coco "
+            "or folder (your own images; training classes of --calib-fold)."
         ),
     ] = None,
     data_root: DataRootOption = None,
-    coco_split: Annotated[
-        str | None, typer.Option(help="COCO-20i fold split of the calibration episodes.")
-    ] = None,
+    coco_split: CocoSplitOption = _DATA.coco_split,
+    splits_dir: SplitsDirOption = _DATA.splits_dir,
+    skip_missing: SkipMissingOption = _DATA.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DATA.folds,
     calib_fold: Annotated[
         int | None, typer.Option(help="Fold whose training classes calibrate (default: 0).")
     ] = None,
@@ -75,7 +88,7 @@ def command(
     ] = None,
     calib_method: Annotated[
         str | None,
-        typer.Option(help="Calibration method: minmax (default), entropy or percentile."),
+        typer.Option(help="Calibration method: minmax (default) or percentile."),
     ] = None,
     beta: Annotated[
         float | None,
@@ -108,16 +121,23 @@ def command(
 
     # The defaults live in the options dataclasses alone; importing them at module level
     # would slow down --help.
+    data_options = dataset_flags(
+        coco_split=coco_split,
+        splits_dir=splits_dir,
+        skip_missing=skip_missing,
+        val_classes=val_classes,
+        folds=folds,
+    )
     calibration = CalibrationOptions(
+        data_options=data_options,
         **_given(
             dataset=calib_dataset,
             root=data_root,
-            coco_split=coco_split,
             fold=calib_fold,
             episodes=calib_episodes,
             seed=calib_seed,
             method=calib_method,
-        )
+        ),
     )
     options = ExportOptions(
         size=size,

@@ -1,4 +1,5 @@
-"""``dpnet-export trt``: build an FP32/FP16/INT8 TensorRT engine (or print the trtexec command)."""
+"""``dpnet-export trt``: build an FP32/FP16/INT8 TensorRT engine, print the trtexec command, or
+adopt the engine trtexec built."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ _DEFAULT_TARGET_TENSORRT = "11"
 
 def command(
     onnx: Annotated[Path, typer.Option("--onnx", help="The exported graph, DIR/dpnet.onnx.")],
-    fp16: Annotated[bool, typer.Option("--fp16", help="Build an FP16 engine.")] = False,
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            "--fp16", help="Build an FP16 engine, strongly typed from DIR/dpnet_fp16.onnx."
+        ),
+    ] = False,
     int8: Annotated[
         bool,
         typer.Option(
@@ -26,6 +32,16 @@ def command(
             help="Build an INT8 engine (explicit quantization) from DIR/dpnet_int8_trt.onnx "
             "(dpnet-export onnx --int8); writes DIR/dpnet_int8.engine.",
         ),
+    ] = False,
+    weak_typing: Annotated[
+        bool,
+        typer.Option(
+            help="TensorRT 10 fallback: FP16 from dpnet.onnx with BuilderFlag.FP16 (the builder "
+            "may then run the CCM in FP16)."
+        ),
+    ] = False,
+    tf32: Annotated[
+        bool, typer.Option(help="Allow TF32 in FP32 layers (off: it flips CCM ArgMax ties).")
     ] = False,
     shots_range: Annotated[str, typer.Option(help="K profile min:opt:max.")] = "1:1:5",
     batch_range: Annotated[str, typer.Option(help="B profile min:opt:max.")] = "1:1:4",
@@ -42,8 +58,16 @@ def command(
     print_trtexec: Annotated[
         bool, typer.Option(help="Print the equivalent trtexec command and exit.")
     ] = False,
+    adopt: Annotated[
+        Path | None,
+        typer.Option(
+            help="An engine trtexec built from --onnx (same options): check it and write its "
+            ".engine.json sidecar instead of building."
+        ),
+    ] = None,
 ) -> None:
     """Build a TensorRT engine and its .engine.json sidecar from an exported ONNX graph."""
+    from dpnet_export.engine_adopt import adopt_engine
     from dpnet_export.onnx_to_engine import (
         EngineBuildOptions,
         installed_tensorrt_version,
@@ -57,8 +81,10 @@ def command(
         raise InputError("--fp16 and --int8 exclude each other: build one engine per precision")
     options = EngineBuildOptions(
         onnx_path=onnx,
-        out_path=out,
+        out_path=adopt or out,
         precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        weak_typing=weak_typing,
+        tf32=tf32,
         batch=parse_shape_range(batch_range),
         shots=parse_shape_range(shots_range),
         workspace_bytes=parse_workspace(workspace),
@@ -75,8 +101,12 @@ def command(
         target = version or _DEFAULT_TARGET_TENSORRT
         stdout_console.print(onnx_to_trtexec(options, tensorrt_version=target), markup=False)
         return
-    result = onnx_to_engine(options, progress=stderr_console.print)
-    verb = "reused" if result.reused else "built"
+    if adopt is not None:
+        result = adopt_engine(options)
+        verb = "adopted"
+    else:
+        result = onnx_to_engine(options, progress=_progress)
+        verb = "reused" if result.reused else "built"
     sidecar = result.sidecar
     stdout_console.print(
         f"{verb} {result.engine_path} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, "
@@ -84,3 +114,7 @@ def command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _progress(line: str) -> None:
+    stderr_console.print(line, markup=False, highlight=False)

@@ -20,18 +20,25 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import numpy as np
 
 from dpnet_runtime.contract import TensorSpec, find_format
-from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    DpnetError,
+    InputError,
+    ModelFileError,
+    one_line,
+)
 
 __all__ = [
     "BaseRunner",
     "RunnerMetadata",
     "check_feed",
+    "import_optional",
     "open_runner",
 ]
 
@@ -147,7 +154,7 @@ class BaseRunner(abc.ABC):
             self._safe_deactivate()
             raise ModelFileError(
                 f"{self.path}: cannot be loaded by the {self.backend} backend "
-                f"({_first_line(exc)}); re-export or rebuild it"
+                f"({one_line(exc, limit=300)}); re-export or rebuild it"
             ) from exc
         except BaseException:
             self._safe_deactivate()
@@ -209,7 +216,7 @@ class BaseRunner(abc.ABC):
             outputs = self._infer(feed)
         except self.backend_errors as exc:
             raise DpnetError(
-                f"{self.path}: {self.backend} inference failed ({_first_line(exc)}); "
+                f"{self.path}: {self.backend} inference failed ({one_line(exc, limit=300)}); "
                 "check the inputs against get_input_metadata()"
             ) from exc
         self.last_inference_ns = time.perf_counter_ns() - start
@@ -288,6 +295,36 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
     return runner
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+def import_optional(module: str, *, package: str, extra: str) -> ModuleType:
+    """Import an optional package's module on first use, telling "absent" from "broken".
+
+    Args:
+        module: the import path (``tensorrt``, ``cuda.bindings.runtime``).
+        package: the pip package that provides it, for the message.
+        extra: the dpnet extra that installs it.
+
+    Raises:
+        BackendUnavailableError: the package is not installed (names the extra), or it is
+            installed but cannot load, e.g. a shared library is missing: then the message is
+            the loader's own (``libnvinfer.so.10: cannot open shared object file``), since
+            reinstalling dpnet would not help.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        parts = module.split(".")
+        if exc.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+            raise _broken(package, exc) from exc
+        raise BackendUnavailableError(
+            f"{package} is not installed; on a machine with an NVIDIA GPU run: "
+            f"pip install 'dpnet[{extra}]'"
+        ) from exc
+    except (ImportError, OSError) as exc:
+        raise _broken(package, exc) from exc
+
+
+def _broken(package: str, exc: BaseException) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"{package} is installed but cannot be loaded: {one_line(exc, limit=300)} (check the "
+        "NVIDIA driver and that the CUDA/TensorRT libraries are on the library path)"
+    )

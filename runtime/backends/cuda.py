@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dpnet_runtime.backends.base import import_optional
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError
 
 __all__ = [
@@ -24,25 +25,32 @@ __all__ = [
     "copy_host_to_device",
     "cudart",
     "gpu_info",
+    "native_handle",
     "set_device",
 ]
-
-_INSTALL = "pip install 'dpnet[trt]'"
 
 
 def cudart() -> Any:
     """The ``cuda.bindings.runtime`` module.
 
     Raises:
-        BackendUnavailableError: cuda-python is not installed.
+        BackendUnavailableError: cuda-python is not installed, or cannot load (the loader's
+            message).
+    """
+    return import_optional("cuda.bindings.runtime", package="cuda-python", extra="trt")
+
+
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python object (a ``cudaStream_t``), as TensorRT's calls take it.
+
+    ``cuda.bindings.utils.get_cuda_native_handle`` where it exists (cuda-bindings 12.9.1 and
+    13.x deprecate ``int(obj)``), ``int(obj)`` on older 12.x releases.
     """
     try:
-        from cuda.bindings import runtime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"cuda-python is not installed; the TensorRT backend needs it: {_INSTALL}"
-        ) from exc
-    return runtime
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
 
 
 def check_cuda(result: tuple[Any, ...], call: str) -> Any:
@@ -98,10 +106,17 @@ def gpu_info(device: int = 0) -> GpuInfo:
 
 
 class CudaStream:
-    """One CUDA stream on the current device; ``handle`` is what TensorRT's calls take."""
+    """One CUDA stream on the current device.
+
+    Attributes:
+        handle: the ``cudaStream_t`` object (what cuda-python's calls take).
+        ptr: its native handle as an int (what TensorRT's ``execute_async_v3`` and
+            ``set_optimization_profile_async`` take).
+    """
 
     def __init__(self) -> None:
         self.handle: Any = check_cuda(cudart().cudaStreamCreate(), "cudaStreamCreate")
+        self.ptr = native_handle(self.handle)
 
     def synchronize(self) -> None:
         """Block until every queued copy and kernel of this stream has finished."""
@@ -110,12 +125,16 @@ class CudaStream:
     def close(self) -> None:
         """Destroy the stream; safe to call twice."""
         if self.handle is not None:
-            handle, self.handle = self.handle, None
+            handle, self.handle, self.ptr = self.handle, None, 0
             check_cuda(cudart().cudaStreamDestroy(handle), "cudaStreamDestroy")
 
 
 class DeviceBuffer:
-    """A device allocation that grows on demand and is otherwise reused across calls."""
+    """A device allocation that grows on demand and is otherwise reused across calls.
+
+    ``cudaMalloc`` returns memory aligned to at least 256 bytes, as TensorRT requires of every
+    tensor address.
+    """
 
     def __init__(self) -> None:
         self.ptr = 0

@@ -1,73 +1,63 @@
-"""TensorRT backend: a serialized engine, its ``.engine.json`` sidecar, buffers via cuda-python.
+"""TensorRT backend: :class:`TrtRunner` runs a serialized engine with buffers via cuda-python.
 
-An engine only runs on the TensorRT version and GPU it was built for, so the sidecar written
-next to it by ``dpnet-export trt`` records both (plus the ONNX and engine sha256 and the
-optimisation profile); :class:`TrtRunner` checks them before deserialising anything, which
-turns TensorRT's opaque deserialisation failure into a message naming both sides.
+The engine's ``.engine.json`` sidecar (:mod:`dpnet_runtime.backends.trt_sidecar`) is checked
+before anything is deserialised. TensorRT and cuda-python are imported on first use
+(:func:`import_tensorrt`), so this module imports anywhere.
 
-TensorRT and cuda-python are imported on first use (:func:`import_tensorrt`), so this module
-imports anywhere; the sidecar functions need neither.
+TensorRT calls, checked against the Python bindings (``pyCore.cpp``, TensorRT 10.0 to 11.1):
+``set_tensor_address`` and ``set_input_shape`` return False on failure (checked, and the
+address must be 256-byte aligned); ``set_optimization_profile_async`` raises RuntimeError,
+which becomes a dpnet error naming the call (:attr:`TrtRunner.backend_errors`); streams are
+passed as native handles (:func:`~dpnet_runtime.backends.cuda.native_handle`).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Final
 
 import numpy as np
 
 from dpnet_runtime import contract
 from dpnet_runtime.backends import cuda
-from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, check_feed
-from dpnet_runtime.contract import TensorSpec
-from dpnet_runtime.errors import (
-    BackendUnavailableError,
-    DpnetError,
-    IncompatibleModelError,
-    InputError,
-    ModelFileError,
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, check_feed, import_optional
+from dpnet_runtime.backends.trt_sidecar import (
+    EngineSidecar,
+    check_engine_bytes,
+    check_sidecar,
+    read_sidecar,
+    sidecar_path,
 )
-from dpnet_runtime.fileio import sha256_bytes
+from dpnet_runtime.contract import TensorSpec
+from dpnet_runtime.errors import DpnetError, InputError, ModelFileError
 
 __all__ = [
-    "SIDECAR_FORMAT",
-    "SIDECAR_VERSION",
+    "TENSOR_ALIGNMENT",
     "DeviceTensor",
-    "EngineSidecar",
-    "TensorProfile",
+    "TensorRTCallError",
     "TrtRunner",
     "capture_logger",
-    "check_engine_bytes",
-    "check_sidecar",
     "import_tensorrt",
-    "read_sidecar",
-    "sidecar_path",
     "tensor_spec",
     "tensorrt_major",
 ]
 
-SIDECAR_FORMAT: Final = "dpnet-engine"
-SIDECAR_VERSION: Final = 1
+_LOG = logging.getLogger(__name__)
+# NvInferRuntime.h, IExecutionContext::setTensorAddress: "at least 256-byte alignment".
+TENSOR_ALIGNMENT: Final = 256
 
 
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module, imported on first use.
 
     Raises:
-        BackendUnavailableError: TensorRT is not installed (names the ``trt`` extra).
+        BackendUnavailableError: TensorRT is not installed (names the ``trt`` extra), or its
+            libraries cannot load (the loader's message).
     """
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "TensorRT is not installed; on a machine with an NVIDIA GPU run: "
-            "pip install 'dpnet[trt]'"
-        ) from exc
-    return tensorrt
+    return import_optional("tensorrt", package="TensorRT", extra="trt")
 
 
 def tensorrt_major(version: str) -> int:
@@ -85,168 +75,85 @@ def tensorrt_major(version: str) -> int:
     return int(head)
 
 
-def capture_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that keeps warnings and errors in ``.messages`` (for error reports)."""
+def capture_logger(trt: Any, forward: Callable[[str], None] | None = None) -> Any:
+    """A ``trt.ILogger`` that keeps warnings and errors and forwards them to the user.
+
+    Args:
+        trt: the ``tensorrt`` module.
+        forward: called with each ``[WARNING] ...`` / ``[ERROR] ...`` line as it arrives
+            (``None``: this module's ``logging`` logger, at the matching level).
+
+    Returns:
+        The logger; ``.messages`` holds every line, ``.error_count`` the errors among them.
+    """
+    error = int(trt.ILogger.Severity.ERROR)
 
     class _CapturingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.messages: list[str] = []
+            self.error_count = 0
 
         def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.messages.append(f"[{getattr(severity, 'name', severity)}] {msg}")
+            if int(severity) > int(trt.ILogger.Severity.WARNING):
+                return
+            line = f"[{getattr(severity, 'name', severity)}] {msg}"
+            self.messages.append(line)
+            self.error_count += int(severity) <= error
+            if forward is not None:
+                forward(line)
+            else:
+                _LOG.log(logging.ERROR if int(severity) <= error else logging.WARNING, line)
 
     return _CapturingLogger()
 
 
-@dataclass(frozen=True)
-class TensorProfile:
-    """Optimisation-profile shapes of one input (TensorRT ``set_shape(name, min, opt, max)``)."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class EngineSidecar:
-    """What an engine was built from and for: the ``dpnet.engine.json`` beside it.
-
-    Attributes:
-        onnx_file: file name of the ONNX graph the engine was parsed from.
-        onnx_sha256: sha256 of that file's bytes.
-        engine_sha256: sha256 of the serialized engine (detects truncation).
-        cache_key: the engine-cache key (see ``dpnet_export.engine_cache``).
-        tensorrt_version: ``trt.__version__`` at build time.
-        gpu_name: CUDA device name at build time.
-        compute_capability: ``"major.minor"`` of that device.
-        precision: ``"fp16"`` or ``"fp32"``.
-        strongly_typed: built as a strongly typed network (precision from the graph).
-        profiles: one :class:`TensorProfile` per input.
-        workspace_bytes: the builder's workspace pool limit.
-        build_seconds: wall time of the build.
-        built_at: UTC ISO-8601 time of the build.
-        dpnet_version: dpnet version that built it.
-        graph_metadata: the ONNX graph's ``metadata_props`` (input size, mean/std, max shots,
-            ...), so a predictor reads the same contract from an engine as from its graph.
-    """
-
-    onnx_file: str
-    onnx_sha256: str
-    engine_sha256: str
-    cache_key: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    strongly_typed: bool
-    profiles: tuple[TensorProfile, ...]
-    workspace_bytes: int
-    build_seconds: float
-    built_at: str
-    dpnet_version: str
-    graph_metadata: dict[str, str] = field(default_factory=dict)
-    format: str = field(default=SIDECAR_FORMAT)
-    version: int = field(default=SIDECAR_VERSION)
-
-    def to_json(self) -> str:
-        """Indented JSON text of every field."""
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EngineSidecar:
-        """Build from parsed JSON; raises ``KeyError`` / ``TypeError`` on a malformed dict."""
-        fields = dict(data)
-        fields["profiles"] = tuple(
-            TensorProfile(p["name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
-            for p in fields["profiles"]
-        )
-        return cls(**fields)
-
-
-def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
-    """The sidecar of an engine: ``dpnet.engine`` -> ``dpnet.engine.json``."""
-    path = Path(engine_path)
-    return path.with_name(path.name + ".json")
-
-
-def read_sidecar(path: str | os.PathLike[str]) -> EngineSidecar:
-    """Read and validate an engine sidecar.
-
-    Raises:
-        ModelFileError: missing, not JSON, another format or version, or fields missing.
-    """
-    path = Path(path)
-    rebuild = "rebuild the engine with `dpnet-export trt`"
-    if not path.is_file():
-        raise ModelFileError(f"engine sidecar {path} is missing; {rebuild}")
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"engine sidecar {path} is not valid JSON ({exc}); {rebuild}") from exc
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise ModelFileError(f"{path} is not a dpnet engine sidecar; {rebuild}")
-    if data.get("version") != SIDECAR_VERSION:
-        raise IncompatibleModelError(
-            f"engine sidecar {path} has version {data.get('version')}, this dpnet reads "
-            f"version {SIDECAR_VERSION}; {rebuild}"
-        )
-    try:
-        return EngineSidecar.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"engine sidecar {path} is malformed ({exc!r}); {rebuild}") from exc
-
-
-def check_sidecar(sidecar: EngineSidecar, *, tensorrt_version: str, gpu: cuda.GpuInfo) -> None:
-    """Check that an engine was built for this TensorRT (major.minor.patch) and this GPU.
-
-    Raises:
-        IncompatibleModelError: naming what the engine was built for and what is running.
-    """
-    built = sidecar.tensorrt_version.split(".")[:3]
-    if built != tensorrt_version.split(".")[:3]:
-        raise IncompatibleModelError(
-            f"the engine was built with TensorRT {sidecar.tensorrt_version} but TensorRT "
-            f"{tensorrt_version} is running; rebuild it here with `dpnet-export trt`"
-        )
-    if (sidecar.gpu_name, sidecar.compute_capability) != (gpu.name, gpu.compute_capability):
-        raise IncompatibleModelError(
-            f"the engine was built for {sidecar.gpu_name} (compute capability "
-            f"{sidecar.compute_capability}) but this GPU is {gpu.name} (compute capability "
-            f"{gpu.compute_capability}); rebuild it on this GPU with `dpnet-export trt`"
-        )
-
-
-def check_engine_bytes(
-    engine_path: str | os.PathLike[str], data: bytes, sidecar: EngineSidecar
-) -> None:
-    """Check the engine's bytes against the sha256 its sidecar recorded.
-
-    Raises:
-        ModelFileError: the engine is truncated or was replaced after the build.
-    """
-    if sha256_bytes(data) != sidecar.engine_sha256:
-        raise ModelFileError(
-            f"engine {engine_path} ({len(data)} bytes) does not match its sidecar's sha256: "
-            "it is truncated or was modified; rebuild it with `dpnet-export trt`"
-        )
+class TensorRTCallError(Exception):
+    """A TensorRT binding raised (``PY_ASSERT_RUNTIME_ERROR``): wrapped so that
+    :class:`~dpnet_runtime.backends.base.BaseRunner` maps exactly these to dpnet errors,
+    while a RuntimeError of dpnet's own (a bug) stays a bug."""
 
 
 @dataclass(frozen=True)
 class DeviceTensor:
     """A tensor already on the GPU, for zero-copy callers of :meth:`TrtRunner.infer_device`.
 
+    TensorRT reads dense row-major tensors only, at 256-byte aligned addresses: both are
+    checked (:meth:`TrtRunner.infer_device`).
+
     Attributes:
         ptr: device pointer (an int, e.g. ``torch_tensor.data_ptr()`` or a cudaMalloc result).
         shape: the tensor's shape.
         dtype: numpy dtype name (``"float32"``).
+        strides: strides in elements, as torch and DLPack give them
+            (``tuple(torch_tensor.stride())``); ``None`` means C-contiguous.
     """
 
     ptr: int
     shape: tuple[int, ...]
     dtype: str
+    strides: tuple[int, ...] | None = None
+
+    @property
+    def is_contiguous(self) -> bool:
+        """True when the strides are those of a dense row-major (C-contiguous) tensor.
+
+        >>> DeviceTensor(0, (2, 3), "float32", strides=(1, 2)).is_contiguous
+        False
+        """
+        if self.strides is None:
+            return True
+        if len(self.strides) != len(self.shape):
+            return False
+        expected, step = [], 1
+        for size in reversed(self.shape):
+            expected.append(step)
+            step *= size
+        # A stride is free on an axis of size 1 (torch reports any value there).
+        return all(
+            size == 1 or stride == want
+            for size, stride, want in zip(self.shape, self.strides, reversed(expected), strict=True)
+        )
 
     def as_proxy(self) -> np.ndarray:
         """A zero-stride host array of this shape and dtype, for the shared input check."""
@@ -256,11 +163,13 @@ class DeviceTensor:
 
 
 class TrtRunner(BaseRunner):
-    """Runs a serialized TensorRT engine on one CUDA stream.
+    """Runs a serialized TensorRT engine on one CUDA stream of one device.
 
     One execution context with optimisation profile ``profile`` is created in ``activate``;
-    each call sets the input shapes (``set_input_shape``), reuses device buffers that only
-    grow, and runs ``execute_async_v3``. Not thread-safe: one runner per thread.
+    each call makes ``device`` current (so a call from any thread allocates and runs there),
+    sets the input shapes (``set_input_shape``), reuses device buffers that only grow, and
+    runs ``execute_async_v3``. Calls may come from any thread but not at the same time:
+    serialise them (``Predictor`` does).
 
     Args:
         path: the ``.engine`` file; its ``.engine.json`` sidecar must sit beside it.
@@ -272,6 +181,7 @@ class TrtRunner(BaseRunner):
     """
 
     backend: ClassVar[str] = "trt"
+    backend_errors: ClassVar[tuple[type[Exception], ...]] = (TensorRTCallError,)
 
     def __init__(self, path: str | os.PathLike[str], *, device: int = 0, profile: int = 0) -> None:
         super().__init__(path)
@@ -311,7 +221,8 @@ class TrtRunner(BaseRunner):
                 f"TensorRT cannot create an execution context for {self.path}: {self._log()}"
             )
         self._stream = cuda.CudaStream()
-        self._context.set_optimization_profile_async(self.profile, self._stream.handle)
+        select = self._context.set_optimization_profile_async
+        self._call("set_optimization_profile_async", select, self.profile, self._stream.ptr)
         self._buffers = {name: cuda.DeviceBuffer() for name in self._tensor_names()}
 
     def _metadata(self) -> RunnerMetadata:
@@ -335,6 +246,7 @@ class TrtRunner(BaseRunner):
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         stream = self._require(self._stream)
+        cuda.set_device(self.device)
         for name, array in feed.items():
             host = np.ascontiguousarray(array)
             ptr = self._buffers[name].ensure(host.nbytes)
@@ -350,21 +262,32 @@ class TrtRunner(BaseRunner):
         return results
 
     def infer_device(self, feed: Mapping[str, DeviceTensor]) -> dict[str, DeviceTensor]:
-        """Zero-copy inference: inputs already on the GPU, outputs left there.
+        """Zero-copy inference: inputs already on the GPU (on this runner's device), outputs
+        left there.
 
         Args:
-            feed: one :class:`DeviceTensor` per input; checked like :meth:`infer`'s feed.
+            feed: one :class:`DeviceTensor` per input; checked like :meth:`infer`'s feed, and
+                each must be C-contiguous at a 256-byte aligned address.
 
         Returns:
             One :class:`DeviceTensor` per output, pointing into the runner's own buffers:
             valid until the next call; copy it out before calling again.
 
         Raises:
-            InputError: the feed does not match the engine (names, dtype, shape, profile).
+            InputError: the feed does not match the engine (names, dtype, shape, profile),
+                or a tensor is strided or misaligned (the message names it).
         """
         check_feed(
             {name: tensor.as_proxy() for name, tensor in feed.items()}, self.get_input_metadata()
         )
+        for name, tensor in feed.items():
+            if not tensor.is_contiguous:
+                raise InputError(
+                    f"input {name!r}: strides {list(tensor.strides or ())} are not those of a "
+                    f"C-contiguous {list(tensor.shape)} tensor; TensorRT reads dense row-major "
+                    "memory: pass a contiguous copy (torch: .contiguous())"
+                )
+        cuda.set_device(self.device)
         for name, tensor in feed.items():
             self._bind_input(name, tensor.ptr, tensor.shape)
         pointers = self._execute()
@@ -376,6 +299,8 @@ class TrtRunner(BaseRunner):
         }
 
     def _deactivate(self) -> None:
+        if self._buffers or self._stream is not None:
+            cuda.set_device(self.device)  # free on the device the buffers live on
         for buffer in self._buffers.values():
             buffer.free()
         self._buffers = {}
@@ -387,9 +312,20 @@ class TrtRunner(BaseRunner):
         self._engine = None
 
     def _bind_input(self, name: str, ptr: int, shape: tuple[int, ...]) -> None:
-        if not self._context.set_input_shape(name, shape):
+        if not self._call("set_input_shape", self._context.set_input_shape, name, shape):
             raise InputError(f"input {name!r}: shape {list(shape)} is outside the engine's profile")
-        self._context.set_tensor_address(name, ptr)
+        self._set_address(name, ptr)
+
+    def _set_address(self, name: str, ptr: int) -> None:
+        if ptr % TENSOR_ALIGNMENT:
+            raise InputError(
+                f"tensor {name!r}: address {ptr:#x} is not {TENSOR_ALIGNMENT}-byte aligned, as "
+                "TensorRT requires; pass a tensor that starts its own allocation"
+            )
+        if not self._call("set_tensor_address", self._context.set_tensor_address, name, ptr):
+            raise DpnetError(
+                f"TensorRT refused the address of tensor {name!r} in {self.path}: {self._log()}"
+            )
 
     def _execute(self) -> dict[str, int]:
         """Bind output buffers sized for the current input shapes, run, return output pointers."""
@@ -398,10 +334,18 @@ class TrtRunner(BaseRunner):
             shape = tuple(self._context.get_tensor_shape(name))
             nbytes = int(np.prod(shape)) * np.dtype(spec.dtype).itemsize
             pointers[name] = self._buffers[name].ensure(max(1, nbytes))
-            self._context.set_tensor_address(name, pointers[name])
-        if not self._context.execute_async_v3(self._require(self._stream).handle):
+            self._set_address(name, pointers[name])
+        run = self._context.execute_async_v3
+        if not self._call("execute_async_v3", run, self._require(self._stream).ptr):
             raise DpnetError(f"TensorRT execute_async_v3 failed on {self.path}: {self._log()}")
         return pointers
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """Call a TensorRT binding; its RuntimeError becomes :class:`TensorRTCallError`."""
+        try:
+            return method(*args)
+        except RuntimeError as exc:
+            raise TensorRTCallError(f"TensorRT {what} failed: {exc} ({self._log()})") from exc
 
     def _tensor_names(self) -> list[str]:
         return [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]

@@ -6,12 +6,8 @@ import json
 
 import pytest
 
-from dpnet_bench.ccm_micro import (
-    CcmOptions,
-    ccm_report_to_dict,
-    render_ccm_markdown,
-    run_ccm_micro,
-)
+from dpnet_bench.ccm_micro import ccm_report_to_dict, render_ccm_markdown, run_ccm_micro
+from dpnet_bench.schema import CcmOptions
 from dpnet_runtime.errors import InputError
 
 

@@ -40,6 +40,11 @@ def test_every_backend_then_foreign_artifacts_fail_parity(
     assert rows["ort"]["miou_delta_canet_pt"] == pytest.approx(0.0, abs=0.1)
     assert rows["ort"]["pixel_agreement_pct"] > 99.0
     assert rows["ort"]["query_latency_p50_ms"] > 0
+    assert rows["ort-fp16"]["status"] == "passed", rows["ort-fp16"]["reason"]
+    assert rows["ort-fp16"]["miou_delta_canet_pt"] == pytest.approx(0.0, abs=0.3)
+    assert rows["ort-fp16"]["episode_latency_p50_ms"] > 0
+    for name in ("torch-fp16", "trt"):  # they need CUDA / TensorRT: cannot run here, or pass
+        assert rows[name]["status"] in ("passed", "unavailable"), rows[name]
     for row in rows.values():
         assert (row["status"] == "passed") != bool(row["reason"]), row
     assert (artifacts / "dpnet.onnx").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,13 +17,13 @@ from dpnet_bench.report import (
     plot_latency,
     render_markdown,
     render_table,
-    report_to_dict,
+    render_targets,
     result_row,
     write_csv,
     write_json,
 )
 from dpnet_bench.schema import BackendResult, BenchOptions, BenchReport, TargetCheck
-from dpnet_bench.timing import latency_stats
+from dpnet_bench.timing import LatencyStats
 
 _STAGE_KEYS = [
     f"{stage}_{suffix}"
@@ -40,18 +41,39 @@ EXPECTED_ROW_KEYS = [
 ]  # fmt: skip
 
 
+# Hand-made statistics: every field a different number, so a swapped column shows.
+STATS = LatencyStats(
+    count=3, mean_ms=17.25, p50_ms=12.0, p90_ms=26.5, p99_ms=29.75, min_ms=10.0, max_ms=30.0,
+    per_second=57.97, samples_ms=(10.0, 12.0, 30.0),
+)  # fmt: skip
+_NO_STAGE = {key: None for key in _STAGE_KEYS}
+EPISODE_ONLY = {
+    **_NO_STAGE,
+    "episode_count": 3, "episode_latency_mean_ms": 17.25, "episode_latency_p50_ms": 12.0,
+    "episode_latency_p90_ms": 26.5, "episode_latency_p99_ms": 29.75,
+    "episode_latency_min_ms": 10.0, "episode_latency_max_ms": 30.0, "episode_per_s": 57.97,
+}  # fmt: skip
+ORT_ROW = {
+    "backend": "ort", "precision": "fp32", "device": "cpu", "status": "parity failed",
+    "reason": "mIoU delta 0.500 pt > 0.1 pt", "artifact_mb": 20.0, "peak_memory_mb": None,
+    "gpu_peak_memory_mb": None, **EPISODE_ONLY, "miou_canet_pct": 40.5,
+    "miou_pfenet_pct": 50.0, "fbiou_pct": 60.0, "miou_delta_canet_pt": 0.5,
+    "miou_delta_pfenet_pt": -0.25, "fbiou_delta_pt": 0.125, "pixel_agreement_pct": 99.0,
+    "confidence_iou_pct": 97.5, "max_miou_delta_pt": 0.1, "split_agreement_pct": None,
+}  # fmt: skip
+
+
 @pytest.fixture
 def report() -> BenchReport:
-    stats = latency_stats([10_000_000, 12_000_000, 30_000_000])
     torch_row = BackendResult(
-        "torch", "fp32", "cpu", "passed", artifact_mb=10.0, episode=stats, support=stats,
-        query=stats, peak_memory_mb=50.0, accuracy=AccuracyResult(40.0, float("nan"), 60.0),
+        "torch", "fp32", "cpu", "passed", artifact_mb=10.0, episode=STATS, support=STATS,
+        query=STATS, peak_memory_mb=50.0, accuracy=AccuracyResult(40.0, float("nan"), 60.0),
         split_agreement_pct=100.0,
     )  # fmt: skip
     ort_row = BackendResult(
         "ort", "fp32", "cpu", "parity failed", "mIoU delta 0.500 pt > 0.1 pt", artifact_mb=20.0,
-        episode=stats, accuracy=AccuracyResult(40.5, 50.0, 60.0),
-        parity=ParityResult(0.5, 0.0, 0.0, 99.0, 97.5, 0.1, False),
+        episode=STATS, accuracy=AccuracyResult(40.5, 50.0, 60.0),
+        parity=ParityResult(0.5, -0.25, 0.125, 99.0, 97.5, 0.1, False),
     )  # fmt: skip
     trt_row = BackendResult("trt", "fp16", "cuda", "unavailable", "TensorRT is not installed")
     return BenchReport(
@@ -68,10 +90,14 @@ def report() -> BenchReport:
 def test_result_row_keys_are_snake_case_with_units(report: BenchReport) -> None:
     for result in report.results:
         assert list(result_row(result)) == EXPECTED_ROW_KEYS
+    assert result_row(report.results[1]) == ORT_ROW
     row = result_row(report.results[0])
-    assert row["episode_latency_p50_ms"] == pytest.approx(12.0)
+    assert row["query_latency_p99_ms"] == 29.75 and row["support_per_s"] == 57.97
     assert row["query_count"] == 3
     assert row["miou_delta_canet_pt"] is None  # torch is the reference
+    assert math.isnan(row["miou_pfenet_pct"])  # type: ignore[arg-type]
+    trt = result_row(report.results[2])
+    assert trt["reason"] == "TensorRT is not installed" and trt["miou_canet_pct"] is None
 
 
 def test_json_schema_round_trip(report: BenchReport, tmp_path: Path) -> None:
@@ -82,18 +108,21 @@ def test_json_schema_round_trip(report: BenchReport, tmp_path: Path) -> None:
     assert data["parity_failed"] is True
     assert data["options"]["checkpoint"] == "model.pt"
     assert [r["backend"] for r in data["results"]] == ["torch", "ort", "trt"]
+    assert (data["model"], data["input_size"], data["threads"]) == ("tiny", 129, 2)
+    assert data["environment"]["cpu_model"] == "test cpu"
     torch_entry, ort_entry, trt_entry = data["results"]
     assert list(torch_entry) == [*EXPECTED_ROW_KEYS, "latency_samples_ms"]
     assert torch_entry["miou_pfenet_pct"] is None  # NaN written as null
-    assert torch_entry["latency_samples_ms"]["episode"] == [10.0, 12.0, 30.0]
-    assert ort_entry["confidence_iou_pct"] == 97.5
+    samples = [10.0, 12.0, 30.0]
+    assert torch_entry["latency_samples_ms"] == {"episode": samples, "support": samples,
+                                                 "query": samples}  # fmt: skip
+    assert ort_entry == {**ORT_ROW, "latency_samples_ms": {"episode": samples}}
     assert trt_entry["reason"] == "TensorRT is not installed"
     assert trt_entry["latency_samples_ms"] == {}
-    assert data["targets"][0] == {
+    assert data["targets"] == [{
         "name": "ort_miou_delta_pt", "measured": 0.5, "limit": 0.05, "at_most": True,
         "met": False, "detail": "max delta",
-    }  # fmt: skip
-    assert report_to_dict(report) == data
+    }]  # fmt: skip
 
 
 def test_csv_has_one_row_per_backend(report: BenchReport, tmp_path: Path) -> None:
@@ -112,12 +141,25 @@ def test_table_and_markdown_show_every_backend_and_reason(report: BenchReport) -
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()
-    for expected in ("torch", "ort", "trt", "TensorRT is not installed", "❗", "❎", "12.0"):
+    for expected in (
+        "torch",
+        "ort",
+        "trt",
+        "TensorRT is not installed",
+        "❗",
+        "❎",
+        "12.0",
+        "57.97",
+    ):
         assert expected in text
     markdown = render_markdown(report, "dpnet-bench --ckpt model.pt")
     assert "`dpnet-bench --ckpt model.pt`" in markdown
     assert "test cpu" in markdown
     assert markdown.count("\n| trt |") == 1
+    assert (
+        "\n| ort | ❗ parity failed: mIoU delta 0.500 pt > 0.1 pt | 20.0 | 12.0 | 26.5 | 29.8 "
+        "| 57.97 | - | - | - | 40.50 | 50.00 | 60.00 | 0.500 | 99.000 | 97.50 |\n"
+    ) in markdown
     assert "**no**" in markdown
 
 
@@ -126,3 +168,31 @@ def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
     path = tmp_path / "latency.png"
     plot_latency(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_fit_80_columns_without_cutting_a_backend_name(report: BenchReport) -> None:
+    long_rows = tuple(
+        dataclasses.replace(result, backend=name)
+        for result, name in zip(report.results, ("torch-fp16", "ort-fp16", "trt"), strict=True)
+    )
+    narrow = dataclasses.replace(report, results=(*report.results, *long_rows))
+    console = Console(width=80, record=True)
+    console.print(render_table(narrow))
+    console.print(render_targets(narrow.targets))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert "…" not in text
+    assert max(console.measure(line).maximum for line in lines) <= 80
+    rows = [line for line in lines if line.startswith("│ ")]
+    names = [row.split("│")[1].strip() for row in rows]
+    # Latency and cached-support tables: every backend; accuracy and parity: those measured.
+    assert names.count("torch-fp16") == 4 and names.count("ort-fp16") == 4
+    assert set(names) >= {"torch", "ort", "trt", "ort_miou_delta_pt"}
+    assert "❗ parity failed" in text and "12.0" in text
+    # Narrower still: numbers fold, names and statuses stay whole.
+    console = Console(width=56, record=True)
+    console.print(render_table(narrow))
+    text = console.export_text()
+    names = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│ ")]
+    assert "…" not in text and names.count("torch-fp16") == 4
+    assert "❗ parity failed" in text

@@ -13,7 +13,7 @@ from dpnet_bench.schema import BenchOptions
 from dpnet_bench.subjects import TorchRunner, open_subject
 from dpnet_bench.suite import run_suite
 from dpnet_runtime.contract import CONFIDENCE, FORMATS, LOGITS, MASK, PSEUDO_COUNT
-from dpnet_runtime.errors import BackendUnavailableError, InputError
+from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
 
 
 def test_format_table_lists_every_format_once() -> None:
@@ -61,6 +61,20 @@ def test_torch_runner_returns_contract_outputs(tiny_checkpoint: Path) -> None:
     assert episode[CONFIDENCE].shape == (1, 2, 17, 17)
     np.testing.assert_allclose(split[LOGITS], episode[LOGITS], atol=1e-5)
     assert subject.artifact_bytes == tiny_checkpoint.stat().st_size
+
+
+def test_torch_runner_failure_on_an_unchecked_feed_stays_a_bug(tiny_checkpoint: Path) -> None:
+    # With check_inputs=False the caller vouched for the feed: torch's RuntimeError (a 4-channel
+    # image into a 3-channel trunk) is a bug to report, not a user error (STYLE.md 5.4).
+    feed = {
+        "support_images": np.zeros((1, 1, 4, 129, 129), np.float32),
+        "support_masks": np.zeros((1, 1, 129, 129), np.float32),
+        "query_image": np.zeros((1, 4, 129, 129), np.float32),
+    }
+    runner = TorchRunner(tiny_checkpoint, graph="episode")
+    with runner, pytest.raises(RuntimeError) as info:
+        runner.infer(feed, check_inputs=False)
+    assert not isinstance(info.value, DpnetError)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the reason shows only without CUDA")

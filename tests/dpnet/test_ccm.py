@@ -43,12 +43,17 @@ def test_static_ccm_equals_reference_with_exact_ties():
     gen = torch.Generator().manual_seed(3)
     palette = torch.randn(4, 8, generator=gen)
     support = palette[torch.randint(0, 4, (2, 6, 6), generator=gen)].permute(0, 3, 1, 2)
-    query = palette[torch.randint(0, 4, (2, 5, 7), generator=gen)].permute(0, 3, 1, 2)
+    query_ids = torch.randint(0, 4, (2, 5, 7), generator=gen)
+    query = palette[query_ids].permute(0, 3, 1, 2)
     mask = (torch.rand(2, 6, 6, generator=gen) > 0.4).float()
     static = cycle_comparison(support, query, mask)
     assert torch.equal(static, cycle_comparison_reference(support, query, mask))
     # Ties go to the lowest index: each selected query position is the first of its value.
     assert static.sum() > 0
+    for episode in range(2):
+        values = query_ids[episode].flatten().tolist()
+        selected = static[episode].flatten().nonzero().flatten().tolist()
+        assert all(values.index(values[j]) == j for j in selected), (values, selected)
 
 
 def test_ties_pick_lowest_index():
@@ -91,7 +96,19 @@ def test_cosine_variant_keeps_every_forward_match():
     cosine = CycleComparison(cycle=False)(keys, query_keys, mask.flatten(1)[:, None])
     cycle = CycleComparison(cycle=True)(keys, query_keys, mask.flatten(1)[:, None])
     assert bool((cycle <= cosine).all())  # the cycle check only removes positions
-    assert cosine.sum() > cycle.sum() or torch.equal(cosine, cycle)
+
+
+def test_cycle_check_drops_a_match_whose_cycle_ends_on_background():
+    # Support position 0 (object) and 1 (background); query positions 0 and 1. Support 0's best
+    # match is query 0, but query 0 is closer to support 1 (background): the cycle 0 -> 0 -> 1
+    # ends on the background, so the CCM drops query 0 and the cosine variant keeps it.
+    support_keys = torch.tensor([[1.0, 0.0], [0.8, 0.6]])[None, None]  # [B, K, Ns, D]
+    query_keys = torch.tensor([[0.6, 0.0], [0.8, 1.0]])[None]  # [B, D, Nq]: (0.6, 0.8), (0, 1)
+    fg = torch.tensor([[[1.0, 0.0]]])
+    cosine = CycleComparison(cycle=False)(support_keys, query_keys, fg)
+    cycle = CycleComparison(cycle=True)(support_keys, query_keys, fg)
+    assert cosine.flatten().tolist() == [1.0, 0.0]
+    assert cycle.flatten().tolist() == [0.0, 0.0]
 
 
 def test_empty_selection_falls_back_to_prototype():

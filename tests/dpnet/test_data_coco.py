@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpnet.data import build_dataset, dataset_options
+from dpnet.data import DatasetOptions, build_dataset, dataset_options
 from dpnet.data.coco import CocoDataset, rle_to_mask
 from dpnet_runtime.errors import DatasetError, InputError
 
@@ -206,7 +206,36 @@ def test_evaluation_uses_the_chosen_coco_split(tmp_path: Path) -> None:
     save_checkpoint(ckpt, model, make_meta(dataset="coco", fold=0, shots=1, epoch=0))
     seen = {}
     for split in ("interleaved", "consecutive"):
-        request = EvalRequest(ckpt=ckpt, dataset="coco", data_root=root, coco_split=split,
-                              fold=0, episodes=8, device="cpu")  # fmt: skip
+        request = EvalRequest(
+            ckpt=ckpt, dataset="coco", data_root=root, fold=0, episodes=8, device="cpu",
+            data_options=DatasetOptions(coco_split=split),
+        )  # fmt: skip
         seen[split] = {item.class_id for item in evaluate_checkpoint(request).per_class}
     assert seen == {"interleaved": {1}, "consecutive": {1, 2}}
+
+
+def test_missing_images_are_counted_or_skipped(coco_root: Path) -> None:
+    (coco_root / "val2014" / "COCO_val2014_000000000003.jpg").unlink()
+    with pytest.raises(
+        DatasetError,
+        match=r"instances_val2014.json names 1 of 3 images that .*coco lacks \(first: .*"
+        r"val2014/COCO_val2014_000000000003.jpg\); pass --skip-missing",
+    ):
+        _coco(coco_root, "val")
+    dataset = _coco(coco_root, "val", skip_missing=True)
+    assert dataset.pools[1] == (
+        "val2014/COCO_val2014_000000000001.jpg", "val2014/COCO_val2014_000000000002.jpg"
+    )  # fmt: skip
+    assert {dataset.plan(i).query_name for i in range(8)} == set(dataset.pools[1])
+
+
+def test_custom_flat_lists_given_as_str_imply_list_pools(coco_root: Path, tmp_path: Path) -> None:
+    lists: dict[str, list[str]] = {str(k): [] for k in range(80)}
+    lists["0"] = ["val2014/COCO_val2014_000000000002.jpg", "val2014/COCO_val2014_000000000003.jpg"]
+    path = tmp_path / "mine" / "val" / "fold0.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as stream:
+        json.dump(lists, stream)
+    dataset = _coco(coco_root, "val", splits_dir=str(tmp_path / "mine"))
+    assert dataset.pools[1] == tuple(lists["0"])
+    assert {dataset.plan(i).query_name for i in range(8)} == set(lists["0"])

@@ -9,7 +9,7 @@ import torch
 from dpnet.data.episode import Episode, episode_rng
 from dpnet.data.transforms import collate, episode_to_tensors, train_augment
 from dpnet_runtime.errors import InputError
-from dpnet_runtime.preprocess import normalize_images, resize_image, resize_mask
+from dpnet_runtime.preprocess import normalize_images, resize_image, resize_label_nearest
 
 
 def _pair(height: int = 40, width: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def test_eval_tensors_use_the_runtime_resize_and_normalisation() -> None:
     assert tensors.query_mask.dtype == torch.int64
     expected = normalize_images(resize_image(episode.query_image, 33))
     assert np.array_equal(tensors.query_image.numpy(), expected)
-    assert np.array_equal(tensors.query_mask.numpy(), resize_mask(episode.query_mask, 33))
+    assert np.array_equal(tensors.query_mask.numpy(), resize_label_nearest(episode.query_mask, 33))
     assert set(tensors.support_masks.unique().tolist()) == {0.0, 1.0, 255.0}
 
 

@@ -7,20 +7,12 @@ from pathlib import Path
 import onnx
 import pytest
 
-from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_runtime.contract import FORMATS, GRAPHS, TensorSpec
 
 TINY_SIZE, TINY_CHANNELS = 129, 64  # the tiny preset
-RAW_SIZE = 65
+RAW_SIZE = 65  # small_raw_export (tests/conftest.py)
 # The exporter names the dynamic axes after torch.export's Dims.
 _AXIS_NAMES = {"batch": "B", "shots": "K"}
-
-
-@pytest.fixture(scope="module")
-def raw_export_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("raw_fp16")
-    export_onnx(tiny_checkpoint, out, ExportOptions(size=RAW_SIZE, raw_input=True, fp16=True))
-    return out
 
 
 def _io(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
@@ -39,9 +31,9 @@ def _io(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
 @pytest.mark.parametrize("fmt", ["ort", "ort-fp16"])
 @pytest.mark.parametrize("raw_input", [False, True], ids=["float", "raw"])
 def test_exported_io_equals_graphs_table(
-    fmt: str, raw_input: bool, tiny_export_dir: Path, raw_export_dir: Path
+    fmt: str, raw_input: bool, tiny_export_dir: Path, small_raw_export: Path
 ) -> None:
-    folder, size = (raw_export_dir, RAW_SIZE) if raw_input else (tiny_export_dir, TINY_SIZE)
+    folder, size = (small_raw_export, RAW_SIZE) if raw_input else (tiny_export_dir, TINY_SIZE)
     for role, spec in GRAPHS.items():
         model = onnx.load(folder / FORMATS[fmt].file_name(role))
         inputs, outputs = spec.bind(size=size, channels=TINY_CHANNELS, raw_input=raw_input)

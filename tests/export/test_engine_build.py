@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from dpnet_export.engine_precision import plan_precision
 from dpnet_export.onnx_to_engine import (
     EngineBuildOptions,
     ShapeRange,
@@ -20,10 +21,9 @@ from dpnet_export.onnx_to_engine import (
     onnx_to_trtexec,
     parse_shape_range,
     parse_workspace,
-    plan_precision,
 )
 from dpnet_runtime import contract
-from dpnet_runtime.backends.trt import TensorProfile
+from dpnet_runtime.backends.trt_sidecar import TensorProfile
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 
 no_tensorrt = pytest.mark.skipif(
@@ -104,59 +104,60 @@ def test_profiles_reject_other_dynamic_axes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "fp16", "expected"),
+    ("version", "precision", "weak", "expected"),
     [
-        ("10.15.1.29", True, ("dpnet.onnx", "fp16", False, True)),
-        ("10.3.0", False, ("dpnet.onnx", "fp32", False, False)),
-        ("11.0.0", True, ("dpnet_fp16.onnx", "fp16", True, False)),
-        ("11.4.1", False, ("dpnet.onnx", "fp32", True, False)),
+        # FP16 is strongly typed from the FP16 graph on 10 and 11 alike.
+        ("10.15.1.29", "fp16", False, ("dpnet_fp16.onnx", "fp16", True, ())),
+        ("10.15.1.29", "fp16", True, ("dpnet.onnx", "fp16", False, ("FP16",))),
+        ("10.3.0", "fp32", False, ("dpnet.onnx", "fp32", False, ())),
+        ("11.0.0", "fp16", False, ("dpnet_fp16.onnx", "fp16", True, ())),
+        ("11.4.1", "fp32", False, ("dpnet.onnx", "fp32", True, ())),
     ],
 )
 def test_version_branch(
-    tmp_path: Path, version: str, fp16: bool, expected: tuple[object, ...]
+    tmp_path: Path, version: str, precision: str, weak: bool, expected: tuple[object, ...]
 ) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
     _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    plan = plan_precision(fp32, precision="fp16" if fp16 else "fp32", tensorrt_version=version)
-    assert (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.fp16_flag) == expected
+    plan = plan_precision(fp32, precision=precision, tensorrt_version=version, weak_typing=weak)
+    got = (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.builder_flags)
+    assert got == expected and plan.tf32 is False
 
 
 def test_version_branch_fp16_graph_is_strongly_typed_on_10(tmp_path: Path) -> None:
     fp16 = _episode_onnx(tmp_path / "dpnet_fp16.onnx")
     plan = plan_precision(fp16, precision="fp16", tensorrt_version="10.15.1")
-    assert (plan.onnx_path, plan.strongly_typed, plan.fp16_flag) == (fp16, True, False)
+    assert (plan.onnx_path, plan.strongly_typed, plan.builder_flags) == (fp16, True, ())
     with pytest.raises(InputError, match="--fp16"):
         plan_precision(fp16, precision="fp32", tensorrt_version="10.15.1")
 
 
+@pytest.mark.parametrize(
+    ("version", "precision", "graph", "match"),
+    [
+        ("11.0.0", "fp16", "dpnet.onnx", "only TensorRT 10"),  # no weak typing in 11
+        ("10.15.1", "fp16", "dpnet_fp16.onnx", "from the FP32 graph"),
+        ("10.15.1", "fp32", "dpnet.onnx", "--fp16"),
+        ("10.15.1", "int4", "dpnet.onnx", "precision must be one of"),
+    ],
+)
+def test_weak_typing_and_unknown_precisions_are_input_errors(
+    tmp_path: Path, version: str, precision: str, graph: str, match: str
+) -> None:
+    path = _episode_onnx(tmp_path / graph)
+    with pytest.raises(InputError, match=match):
+        plan_precision(path, precision=precision, tensorrt_version=version, weak_typing=True)
+
+
 def test_version_branch_errors(tmp_path: Path) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    with pytest.raises(InputError, match="dpnet-export onnx --fp16"):
-        plan_precision(fp32, precision="fp16", tensorrt_version="11.0.0")
+    for version in ("11.0.0", "10.15.1"):  # no FP16 graph: strongly typed FP16 cannot build
+        with pytest.raises(InputError, match="dpnet-export onnx --fp16"):
+            plan_precision(fp32, precision="fp16", tensorrt_version=version)
     with pytest.raises(InputError, match="TensorRT 10 or newer"):
         plan_precision(fp32, precision="fp16", tensorrt_version="8.6.1")
     with pytest.raises(InputError, match="not a TensorRT version"):
         plan_precision(fp32, precision="fp16", tensorrt_version="latest")
-
-
-@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
-def test_int8_plan_is_the_qdq_graph_strongly_typed(tmp_path: Path, version: str) -> None:
-    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    with pytest.raises(InputError, match="dpnet-export onnx --int8"):
-        plan_precision(fp32, precision="int8", tensorrt_version=version)
-    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
-    for given in (fp32, qdq):
-        plan = plan_precision(given, precision="int8", tensorrt_version=version)
-        assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.fp16_flag) == (
-            qdq,
-            "int8",
-            True,
-            False,
-        )
-    with pytest.raises(InputError, match="add --int8"):
-        plan_precision(qdq, precision="fp16", tensorrt_version=version)
-    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8"):
-        plan_precision(fp32, precision="int4", tensorrt_version=version)
 
 
 def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
@@ -170,9 +171,11 @@ def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_trtexec_for_options(tmp_path: Path) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    options = EngineBuildOptions(fp32, precision="fp16", workspace_bytes=parse_workspace("2G"))
+    options = EngineBuildOptions(
+        fp32, precision="fp16", weak_typing=True, workspace_bytes=parse_workspace("2G")
+    )
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
-    assert f"--onnx={fp32}" in command and "--fp16" in command
+    assert f"--onnx={fp32}" in command and "--fp16" in command and "--noTF32" in command
     assert f"--saveEngine={tmp_path / 'dpnet.engine'}" in command
     max_shapes = "support_images:4x5x3x8x8,support_masks:4x5x8x8,query_image:4x3x8x8"
     assert f"--maxShapes={max_shapes}" in command
@@ -205,6 +208,26 @@ def test_trt_cli_without_tensorrt(
     assert "support_images:1x2x3x8x8" in printed.stdout
     bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
     assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_int8_plan_is_the_qdq_graph_strongly_typed(tmp_path: Path, version: str) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    with pytest.raises(InputError, match="dpnet-export onnx --int8"):
+        plan_precision(fp32, precision="int8", tensorrt_version=version)
+    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    for given in (fp32, qdq):
+        plan = plan_precision(given, precision="int8", tensorrt_version=version)
+        assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.builder_flags) == (
+            qdq,
+            "int8",
+            True,
+            (),
+        )
+    with pytest.raises(InputError, match="add --int8"):
+        plan_precision(qdq, precision="fp16", tensorrt_version=version)
+    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8"):
+        plan_precision(fp32, precision="int4", tensorrt_version=version)
 
 
 def test_trtexec_for_int8_is_the_strongly_typed_qdq_build(tmp_path: Path) -> None:

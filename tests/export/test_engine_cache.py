@@ -9,7 +9,12 @@ import pytest
 
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
 from dpnet_runtime.backends.cuda import GpuInfo
-from dpnet_runtime.backends.trt import EngineSidecar, TensorProfile, read_sidecar, sidecar_path
+from dpnet_runtime.backends.trt_sidecar import (
+    EngineSidecar,
+    TensorProfile,
+    read_sidecar,
+    sidecar_path,
+)
 from dpnet_runtime.fileio import sha256_bytes
 
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -19,6 +24,7 @@ SETTINGS = {
     "gpu": GPU,
     "precision": "fp16",
     "strongly_typed": False,
+    "tf32": False,
     "profiles": PROFILES,
     "workspace_bytes": 4 << 30,
 }
@@ -35,6 +41,7 @@ def _sidecar(engine: bytes, key: str) -> EngineSidecar:
         compute_capability=GPU.compute_capability,
         precision="fp16",
         strongly_typed=False,
+        tf32=False,
         profiles=PROFILES,
         workspace_bytes=4 << 30,
         build_seconds=12.5,
@@ -57,6 +64,7 @@ def test_key_is_stable_and_hex() -> None:
         ("gpu", GpuInfo("NVIDIA L4", "9.0")),
         ("precision", "fp32"),
         ("strongly_typed", True),
+        ("tf32", True),
         ("profiles", (dataclasses.replace(PROFILES[0], max=(8, 3, 8, 8)),)),
         ("workspace_bytes", 2 << 30),
     ],

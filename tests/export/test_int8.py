@@ -26,7 +26,7 @@ from dpnet_export.calibration import (
 from dpnet_export.lint import lint_onnx
 from dpnet_export.onnx_to_fp16 import node_scopes
 from dpnet_export.onnx_to_int8 import INT8_FLAVOURS, float32_to_int8, fold_batch_norm
-from dpnet_export.torch_to_onnx import _remove_stale_copies, check_graph
+from dpnet_export.torch_to_onnx import _write_all, check_graph
 from dpnet_runtime import contract
 from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
 from dpnet_runtime.errors import DatasetError, ExportError, InputError
@@ -120,7 +120,7 @@ def test_stale_low_precision_copies_are_removed(tmp_path: Path) -> None:
     ]  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    _remove_stale_copies(tmp_path, (tmp_path / "dpnet.onnx",))
+    _write_all(tmp_path, {"dpnet.onnx": onnx.ModelProto()})
     # Graph copies that no longer match the FP32 graphs go; engines and other files stay.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "dpnet.onnx",

@@ -221,3 +221,92 @@ def test_data_type_outside_the_table_is_a_warning() -> None:
     report = lint_onnx(_model(nodes))
     assert report.passed
     assert [(f.op_type, "INT32" in f.message) for f in report.warnings] == [("Sigmoid", True)]
+
+
+def _axes_constant(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=_axes("v", values))
+
+
+# Axes that resolve to a constant at build time, each way a parser can resolve them.
+_RESOLVABLE_AXES = {
+    "identity of a Constant": [
+        _axes_constant("c", [1]),
+        helper.make_node("Identity", ["c"], ["axes"], name="id"),
+    ],
+    "cast of an initializer": [helper.make_node("Cast", ["init"], ["axes"], name="cast", to=7)],
+    "concat of constants": [
+        _axes_constant("c", [1]),
+        helper.make_node("Concat", ["c", "init"], ["cat"], name="cat", axis=0),
+        helper.make_node("Slice", ["cat", "zero", "one"], ["axes"], name="first"),
+    ],
+    "shape of a static tensor": [
+        helper.make_node("Shape", ["w"], ["shape"], name="shape"),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["axes"], name="first"),
+    ],
+}
+
+
+@pytest.mark.parametrize("op", ["Squeeze", "Unsqueeze"])
+@pytest.mark.parametrize("how", sorted(_RESOLVABLE_AXES))
+def test_squeeze_axes_that_resolve_to_a_constant_pass(op: str, how: str) -> None:
+    # The upstream table accepts axes that resolve to a build-time constant, not only
+    # initializers: the lint must not report what the parser takes.
+    restriction = load_operator_table()["operators"][op]["restrictions"]
+    assert "resolve to a build-time constant" in restriction
+    weights = numpy_helper.from_array(np.zeros((1, 3), np.float32), "w")
+    data = "x" if op == "Unsqueeze" else "x1"
+    nodes = [*_RESOLVABLE_AXES[how], helper.make_node(op, [data, "axes"], ["y"], name="op")]
+    inputs = [helper.make_tensor_value_info(data, F32, [1, 3, 4, 4])]
+    inits = [_axes("init", [1]), _axes("zero", [0]), _axes("one", [1]), weights]
+    errors = _errors(_model(nodes, inputs=inputs, initializers=inits))
+    assert errors == []
+
+
+def test_reduce_axes_stay_initializer_or_constant_as_the_table_says() -> None:
+    assert (
+        "must be an initializer" in load_operator_table()["operators"]["ReduceSum"]["restrictions"]
+    )
+    nodes = [
+        _axes_constant("c", [1]),
+        helper.make_node("Identity", ["c"], ["axes"], name="id"),
+        helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum"),
+    ]
+    assert [e.split(":")[0] for e in _errors(_model(nodes))] == ["ReduceSum"]
+
+
+def test_axes_from_a_dynamic_shape_or_random_op_do_not_resolve() -> None:
+    nodes = [
+        helper.make_node("RandomUniform", [], ["r"], name="rand", shape=[1]),
+        helper.make_node("Cast", ["r"], ["axes"], name="cast", to=7),
+        helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name="unsq"),
+    ]
+    assert [e.split(":")[0] for e in _errors(_model(nodes))] == ["Unsqueeze"]
+
+
+def _pool(op: str, side: int | str, **attrs: object) -> onnx.ModelProto:
+    node = helper.make_node(op, ["x"], ["y"], name="pool", kernel_shape=[4, 4], **attrs)
+    inputs = [helper.make_tensor_value_info("x", F32, [1, 8, side, side])]
+    return _model([node], inputs=inputs)
+
+
+def test_ceil_mode_average_pool_with_partial_windows_is_an_error() -> None:
+    # 17 = 4 * 4 + 1: the last window holds one column of four; its divisor is disputed.
+    report = lint_onnx(_pool("AveragePool", 17, strides=[4, 4], ceil_mode=1))
+    assert [(f.op_type, f.severity) for f in report.errors] == [("AveragePool", "error")]
+    assert "partial last window on spatial axes [0, 1]" in report.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("model", "severities"),
+    [
+        (_pool("AveragePool", 16, strides=[4, 4], ceil_mode=1), []),  # every window full
+        (_pool("AveragePool", 17, strides=[4, 4]), []),  # floor mode drops the rest
+        (_pool("MaxPool", 17, strides=[4, 4], ceil_mode=1), ["warning"]),  # max has no divisor
+        (_pool("AveragePool", "S", strides=[4, 4], ceil_mode=1), ["warning"]),  # unknown size
+        # 18 + 2 pads = 20, windows at 0..16 with stride 4: full.
+        (_pool("AveragePool", 18, strides=[4, 4], pads=[1, 1, 1, 1], ceil_mode=1), []),
+    ],
+)
+def test_ceil_mode_pooling_findings(model: onnx.ModelProto, severities: list[str]) -> None:
+    findings = [f for f in lint_onnx(model).findings if "ceil_mode" in f.message]
+    assert [f.severity for f in findings] == severities

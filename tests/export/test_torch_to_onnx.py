@@ -14,14 +14,24 @@ import torch
 from dpnet.checkpoint import load_model
 from dpnet_export.lint import lint_onnx
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
-from dpnet_export.torch_to_onnx import CCM_ALLOWED_OPS, FORBIDDEN_OPS, ExportOptions, export_onnx
+from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
+from dpnet_export.torch_to_onnx import ExportOptions, check_graph, export_onnx
 from dpnet_runtime import contract
-from dpnet_runtime.errors import InputError, ModelFileError
+from dpnet_runtime.errors import ExportError, InputError, ModelFileError
 from dpnet_runtime.fileio import sha256_file
 
 SIZE = 129
 GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
 FP16_GRAPHS = ("dpnet_fp16.onnx", "dpnet_support_fp16.onnx", "dpnet_query_fp16.onnx")
+# The op rules as README states them (Export): what the exported CCM is made of, and what no
+# graph may contain.
+PINNED_CCM_OPS = {
+    "MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze"
+}  # fmt: skip
+PINNED_FORBIDDEN_OPS = {
+    "Loop", "If", "Scan", "NonZero", "Compress", "Unique", "NonMaxSuppression", "TopK",
+    "Scatter", "ScatterND", "ScatterElements",
+}  # fmt: skip
 CHECKPOINTS = [
     ("tiny_checkpoint", "tiny_export_dir"),
     ("tiny_trained_checkpoint", "tiny_trained_export_dir"),
@@ -105,18 +115,68 @@ def test_episode_graph_and_split_pair_match_torch(checkpoint_fixture, export_fix
 
 
 @pytest.mark.slow
-def test_graphs_follow_op_rules_and_pass_lint(tiny_export_dir):
+@pytest.mark.parametrize("export_fixture", ["tiny_export_dir", "small_raw_export"])
+def test_graphs_follow_op_rules_and_pass_lint(export_fixture: str, request) -> None:
+    folder: Path = request.getfixturevalue(export_fixture)  # float and --raw-input, with FP16
     for name in (*GRAPHS, *FP16_GRAPHS):
-        model = onnx.load(tiny_export_dir / name)
+        model = onnx.load(folder / name)
         ops = {node.op_type for node in model.graph.node}
-        assert not ops & FORBIDDEN_OPS, name
+        assert not ops & PINNED_FORBIDDEN_OPS, name
         ccm_ops = {node.op_type for node in nodes_in_scope(model, CCM_SCOPE)}
-        if name.startswith("dpnet_support"):
-            assert not ccm_ops, "the support graph has no CCM"
-        else:
-            assert {"MatMul", "ArgMax", "GatherElements"} <= ccm_ops <= CCM_ALLOWED_OPS, name
+        # Exactly README's list: a new CCM op must be added there and to the allowed list.
+        assert ccm_ops == (set() if name.startswith("dpnet_support") else PINNED_CCM_OPS), name
         report = lint_onnx(model)
         assert report.passed, f"{name}: {[f.message for f in report.errors]}"
+
+
+def test_op_rules_are_the_pinned_lists() -> None:
+    assert CCM_ALLOWED_OPS == PINNED_CCM_OPS
+    assert set(FORBIDDEN_OPS) == PINNED_FORBIDDEN_OPS
+
+
+def _one_node_graph(op: str, scope: str = "", **attributes: object) -> onnx.ModelProto:
+    """``y = op(x, ...)`` on float [4], with the constant inputs ``op`` needs; optionally the
+    ``pkg.torch.onnx.name_scopes`` metadata torch.onnx writes for a node of module ``scope``."""
+    h = onnx.helper
+    extra = {
+        "TopK": [np.array([1], np.int64)],
+        "Compress": [np.array([True, False, True, True])],
+        "ScatterElements": [np.array([0], np.int64), np.array([1.0], np.float32)],
+    }.get(op, [])
+    constants = [onnx.numpy_helper.from_array(v, f"c{i}") for i, v in enumerate(extra)]
+    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    outputs = {
+        "TopK": [("y", f32, [1]), ("indices", i64, [1])],
+        "NonZero": [("y", i64, [1, "n"])],
+        "Cast": [("y", attributes.get("to", f32), [4])],
+    }.get(op, [("y", f32, ["n"] if op in ("Unique", "Compress") else [4])])
+    names = [name for name, _, _ in outputs]
+    node = h.make_node(op, ["x", *(c.name for c in constants)], names, name="n", **attributes)
+    if scope:
+        value = f"['', 'model', {scope!r}, 'n']"
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=value)
+    graph = h.make_graph(
+        [node], "g", [h.make_tensor_value_info("x", f32, [4])],
+        [h.make_tensor_value_info(*output) for output in outputs], constants,
+    )  # fmt: skip
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("op", ["TopK", "NonZero", "Unique", "Compress", "ScatterElements"])
+def test_forbidden_op_is_refused_by_the_exporter_and_the_lint(op: str) -> None:
+    model = _one_node_graph(op)
+    with pytest.raises(ExportError, match=rf"forbidden ops \['{op}'\]"):
+        check_graph(model, "g.onnx")
+    assert [f.message for f in lint_onnx(model).errors if f.op_type == op] == [
+        f"{op} is forbidden: {FORBIDDEN_OPS[op]}"
+    ]
+
+
+def test_ccm_ops_outside_the_list_are_refused_by_the_exporter() -> None:
+    check_graph(_one_node_graph("Cast", "model.ccm", to=onnx.TensorProto.FLOAT16), "g.onnx")
+    check_graph(_one_node_graph("Sigmoid", "model.pim"), "g.onnx")  # outside the CCM: allowed
+    with pytest.raises(ExportError, match=r"CCM ops outside the allowed list \['Sigmoid'\]"):
+        check_graph(_one_node_graph("Sigmoid", "model.ccm"), "g.onnx")
 
 
 @pytest.mark.slow

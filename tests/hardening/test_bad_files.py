@@ -58,11 +58,11 @@ def _bad_variants(folder: Path, good: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bad_checkpoints(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def bad_checkpoints(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch = pytest.importorskip("torch")
     folder = tmp_path_factory.mktemp("bad_checkpoints")
-    paths = _bad_variants(folder, tiny_checkpoint)
-    payload = torch.load(tiny_checkpoint, weights_only=True)
+    paths = _bad_variants(folder, small_checkpoint)
+    payload = torch.load(small_checkpoint, weights_only=True)
     spoilt = {
         "plain state dict": payload["state_dict"],
         "other version": {**payload, "version": 99},
@@ -108,9 +108,9 @@ def test_export_of_a_bad_checkpoint_names_it(
 
 
 @pytest.fixture(scope="module")
-def bad_graphs(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def bad_graphs(small_export: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_graphs")
-    paths = _bad_variants(folder, tiny_export / "dpnet.onnx")
+    paths = _bad_variants(folder, small_export / "dpnet.onnx")
     identity = onnx.helper.make_model(
         onnx.helper.make_graph(
             [onnx.helper.make_node("Identity", ["x"], ["y"])],
@@ -155,15 +155,15 @@ SIDECAR_CASES: dict[str, object] = {
     "not an object": [1, 2],
     "other format": {"format": "x", "version": 1},
     "other version": {"format": "dpnet-engine", "version": 99},
-    "missing fields": {"format": "dpnet-engine", "version": 1},
+    "missing fields": {"format": "dpnet-engine", "version": 2},
 }
 
 
 @pytest.mark.parametrize("case", SIDECAR_CASES)
 def test_bad_engine_sidecar(case: str, tmp_path: Path) -> None:
-    from dpnet_runtime.backends import trt
+    from dpnet_runtime.backends import trt_sidecar as trt
 
-    assert trt.SIDECAR_FORMAT == "dpnet-engine" and trt.SIDECAR_VERSION == 1
+    assert trt.SIDECAR_FORMAT == "dpnet-engine" and trt.SIDECAR_VERSION == 2
     path = tmp_path / "dpnet.engine.json"
     content = SIDECAR_CASES[case]
     if content is not None:
@@ -172,14 +172,14 @@ def test_bad_engine_sidecar(case: str, tmp_path: Path) -> None:
 
 
 def test_truncated_engine_bytes_are_caught_by_the_sidecar_hash(tmp_path: Path) -> None:
-    from dpnet_runtime.backends import trt
+    from dpnet_runtime.backends import trt_sidecar as trt
     from dpnet_runtime.fileio import sha256_bytes
 
     engine = tmp_path / "dpnet.engine"
     sidecar = trt.EngineSidecar(
         onnx_file="dpnet.onnx", onnx_sha256="0", engine_sha256=sha256_bytes(GARBAGE),
         cache_key="k", tensorrt_version="10.0.0", gpu_name="gpu", compute_capability="9.0",
-        precision="fp16", strongly_typed=True, profiles=(), workspace_bytes=1,
+        precision="fp16", strongly_typed=True, tf32=False, profiles=(), workspace_bytes=1,
         build_seconds=0.0, built_at="now", dpnet_version="0",
     )  # fmt: skip
     check = lambda: trt.check_engine_bytes(engine, GARBAGE[:100], sidecar)  # noqa: E731

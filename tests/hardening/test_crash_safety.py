@@ -101,13 +101,13 @@ def _graph_beta(path: Path) -> float:
 
 
 def test_sigkill_during_export_leaves_complete_graphs(
-    tiny_checkpoint: Path, tiny_export: Path, tmp_path: Path
+    small_checkpoint: Path, small_export: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
     for name in GRAPHS:  # the old export, beta 0.2; the new one has beta 0.35
-        (out / name).write_bytes((tiny_export / name).read_bytes())
-    command = [str(BIN / "dpnet-export"), "onnx", "--ckpt", str(tiny_checkpoint), "--out",
+        (out / name).write_bytes((small_export / name).read_bytes())
+    command = [str(BIN / "dpnet-export"), "onnx", "--ckpt", str(small_checkpoint), "--out",
                str(out), "--max-shots", "2", "--beta", "0.35"]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE)
     _kill_inside_a_write(process, out, random.Random(5).uniform(0.0, 0.02))
@@ -115,9 +115,9 @@ def test_sigkill_during_export_leaves_complete_graphs(
     assert set(betas.values()) <= {0.2, 0.35}, betas
 
 
-def test_graphs_of_two_exports_are_not_paired(tiny_export: Path, tmp_path: Path) -> None:
+def test_graphs_of_two_exports_are_not_paired(small_export: Path, tmp_path: Path) -> None:
     for name in GRAPHS:
-        proto = onnx.load(str(tiny_export / name))
+        proto = onnx.load(str(small_export / name))
         if name == "dpnet_query.onnx":  # as written by an export of another checkpoint
             props = {prop.key: prop.value for prop in proto.metadata_props}
             props[contract.META_CHECKPOINT_SHA256] = "0" * 64

@@ -55,7 +55,7 @@ def _watchdog() -> Iterator[None]:
     faulthandler.cancel_dump_traceback_later()
 
 
-@pytest.fixture(scope="module", params=["tiny_export", "tiny_raw_export"])
+@pytest.fixture(scope="module", params=["small_export", "small_raw_export"])
 def predictor(request: pytest.FixtureRequest) -> Iterator[Predictor]:
     """The tiny export with normalised float inputs, then with raw uint8 inputs."""
     with Predictor.open(request.getfixturevalue(request.param), intra_op_threads=1) as opened:
@@ -242,9 +242,9 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_segment_cli_bad_inputs_give_one_line(
-    case: str, cli_files: dict[str, Path], tiny_export: Path, tmp_path: Path
+    case: str, cli_files: dict[str, Path], small_export: Path, tmp_path: Path
 ) -> None:
-    files = {**cli_files, "model": tiny_export}
+    files = {**cli_files, "model": small_export}
     model, image, mask, query = (files[key] for key in CLI_CASES[case])
     out = tmp_path / "out.png"
     command = [sys.executable, "-m", "dpnet_runtime", "--model", str(model), "--query",

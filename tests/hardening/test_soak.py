@@ -15,8 +15,8 @@ from dpnet_runtime.errors import InputError
 pytestmark = pytest.mark.slow
 
 
-def test_thousand_queries_keep_memory_flat(tiny_export: Path) -> None:
-    result = run_soak(tiny_export, SoakOptions(queries=1_000, window=250, warmup=30))
+def test_thousand_queries_keep_memory_flat(small_export: Path) -> None:
+    result = run_soak(small_export, SoakOptions(queries=1_000, window=250, warmup=30))
     assert result.queries == 1_000 and len(result.rss_samples_mib) == 5
     assert result.rss_growth_pct < 5.0, to_markdown(result)
     assert result.passed
@@ -24,13 +24,13 @@ def test_thousand_queries_keep_memory_flat(tiny_export: Path) -> None:
     assert "1000 queries" in to_markdown(result)
 
 
-def test_soak_rejects_fewer_queries_than_two_windows(tiny_export: Path) -> None:
+def test_soak_rejects_fewer_queries_than_two_windows(small_export: Path) -> None:
     with pytest.raises(InputError, match="twice"):
-        run_soak(tiny_export, SoakOptions(queries=100, window=60))
+        run_soak(small_export, SoakOptions(queries=100, window=60))
 
 
-def test_soak_command_writes_json_and_markdown(tiny_export: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "dpnet_bench.soak", "--model", str(tiny_export),
+def test_soak_command_writes_json_and_markdown(small_export: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "dpnet_bench.soak", "--model", str(small_export),
                "--queries", "40", "--window", "20", "--json", str(tmp_path / "soak.json"),
                "--md", str(tmp_path / "soak.md"), "--note", "made by the test"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -1,10 +1,14 @@
-"""Small contract-following ONNX graphs for the runtime tests, built with onnx.helper.
+"""Fake DPNet graphs for the runtime tests that need what a real export cannot give, built with
+onnx.helper.
 
-The graphs follow ``dpnet_runtime.contract`` exactly (names, dtypes, dynamic B and K,
+The fake graphs follow ``dpnet_runtime.contract`` exactly (names, dtypes, dynamic B and K,
 metadata) but replace the network by a colour-prototype segmenter: each shot's prototype is
 the mean colour under its mask (object) and outside it (background), the query pixel takes
-the nearer prototype's class. So every runtime path runs for real through ONNX Runtime and a
-red square on a blue background is segmented correctly, in milliseconds.
+the nearer prototype's class. So a red square on a blue background is segmented correctly (a
+random-weight DPNet segments nothing), image sides can be dynamic (``size="H"``, for
+multi-scale; real exports have a fixed side) and metadata can be spoilt at will. Tests that use
+them say ``fake`` in their names; every other runtime test drives the real 65 x 65 export of
+``tests/conftest.py`` (``small_export``).
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ def build_graph(
 
 
 @pytest.fixture(scope="session")
-def make_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFactory:
+def make_fake_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFactory:
     """Factory writing a fake export directory; returns its path.
 
     Keywords: ``size`` (int, or "H" for dynamic sides), ``max_shots``, ``raw``,
@@ -219,9 +223,9 @@ def make_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFactory:
 
 
 @pytest.fixture(scope="session")
-def export_dir(make_export_dir: GraphFactory) -> Path:
+def fake_export_dir(make_fake_export_dir: GraphFactory) -> Path:
     """The default fake export: size 32, up to 5 shots, all three graphs."""
-    return make_export_dir()
+    return make_fake_export_dir()
 
 
 def square_scene(

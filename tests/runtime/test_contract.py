@@ -138,8 +138,8 @@ def renamed_contract(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("renamed_contract")
-def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_and_trt_axes(
-    make_export_dir,
+def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_trt_axes_and_fake_graphs(
+    make_fake_export_dir,
 ) -> None:
     # TensorRT: the renamed cache input still gets the K axis in specs and profiles.
     assert "support_labels" in contract.shots_axis_inputs()
@@ -148,8 +148,8 @@ def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_and_trt_axes(
         {"support_labels": (-1, -1, 5, 5)}, batch=ShapeRange(1, 2, 3), shots=ShapeRange(1, 3, 5)
     )
     assert (profile[0].min, profile[0].max) == ((1, 1, 5, 5), (3, 5, 5, 5))
-    # Test graphs are built from GRAPHS, so they carry the new names.
-    folder = make_export_dir()
+    # The fake test graphs are built from GRAPHS, so they carry the new names.
+    folder = make_fake_export_dir()
     query = onnx.load(folder / "dpnet_query.onnx")
     assert "support_labels" in [value.name for value in query.graph.input]
     assert "pseudo_size" in [value.name for value in query.graph.output]

@@ -1,4 +1,4 @@
-"""OrtRunner and the BaseRunner contract, on contract-following ONNX graphs."""
+"""OrtRunner and the BaseRunner contract, on the real 65 x 65 export (``small_export``, K 1..2)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from dpnet_runtime.backends.ort import OrtRunner
 from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
 
+SIZE, FEATURE_SIZE = 65, 9
 
-def _episode_feed(shots: int = 2, batch: int = 1, size: int = 32) -> dict[str, np.ndarray]:
+
+def _episode_feed(shots: int = 2, batch: int = 1, size: int = SIZE) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     masks = np.zeros((batch, shots, size, size), np.float32)
-    masks[..., 8:20, 8:20] = 1
+    masks[..., 16:40, 16:40] = 1
     return {
         contract.SUPPORT_IMAGES: rng.standard_normal((batch, shots, 3, size, size), np.float32),
         contract.SUPPORT_MASKS: masks,
@@ -28,8 +30,8 @@ def _episode_feed(shots: int = 2, batch: int = 1, size: int = 32) -> dict[str, n
 
 
 @pytest.fixture
-def runner(export_dir: Path) -> Iterator[OrtRunner]:
-    with OrtRunner(export_dir / "dpnet.onnx", intra_op_threads=1) as active:
+def runner(small_export: Path) -> Iterator[OrtRunner]:
+    with OrtRunner(small_export / "dpnet.onnx", intra_op_threads=1) as active:
         yield active
 
 
@@ -37,7 +39,7 @@ def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
     inputs = runner.get_input_metadata()
     assert list(inputs) == list(("support_images", "support_masks", "query_image"))
     assert inputs[contract.SUPPORT_IMAGES] == TensorSpec(
-        contract.SUPPORT_IMAGES, "float32", ("B", "K", 3, 32, 32)
+        contract.SUPPORT_IMAGES, "float32", ("batch", "shots", 3, SIZE, SIZE)
     )
     outputs = runner.get_output_metadata()
     assert outputs[contract.MASK].dtype == "uint8"
@@ -45,12 +47,12 @@ def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
     assert runner.get_properties()[contract.META_GRAPH] == "episode"
 
 
-@pytest.mark.parametrize(("batch", "shots"), [(1, 1), (2, 5)])
+@pytest.mark.parametrize(("batch", "shots"), [(1, 1), (3, 2)])
 def test_infer_runs_dynamic_batch_and_shots(runner: OrtRunner, batch: int, shots: int) -> None:
     outputs = runner.infer(_episode_feed(shots, batch))
-    assert outputs[contract.LOGITS].shape == (batch, 2, 32, 32)
+    assert outputs[contract.LOGITS].shape == (batch, 2, SIZE, SIZE)
     assert outputs[contract.MASK].dtype == np.uint8
-    assert outputs[contract.CONFIDENCE].shape == (batch, shots, 4, 4)
+    assert outputs[contract.CONFIDENCE].shape == (batch, shots, FEATURE_SIZE, FEATURE_SIZE)
     assert runner.last_inference_ns is not None and runner.last_inference_ns > 0
 
 
@@ -65,10 +67,10 @@ def test_infer_returns_arrays_the_caller_owns(runner: OrtRunner) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        (contract.SUPPORT_IMAGES, np.zeros((1, 2, 3, 32, 32), np.float64), "wrong dtype"),
-        (contract.SUPPORT_IMAGES, np.zeros((2, 3, 32, 32), np.float32), "wrong rank"),
-        (contract.QUERY_IMAGE, np.zeros((1, 3, 31, 32), np.float32), "axis 2 must be 32"),
-        (contract.SUPPORT_MASKS, np.zeros((1, 3, 32, 32), np.float32), "axis K is 3"),
+        (contract.SUPPORT_IMAGES, np.zeros((1, 2, 3, SIZE, SIZE), np.float64), "wrong dtype"),
+        (contract.SUPPORT_IMAGES, np.zeros((2, 3, SIZE, SIZE), np.float32), "wrong rank"),
+        (contract.QUERY_IMAGE, np.zeros((1, 3, SIZE - 1, SIZE), np.float32), "axis 2 must be 65"),
+        (contract.SUPPORT_MASKS, np.zeros((1, 1, SIZE, SIZE), np.float32), "axis shots is 1"),
     ],
 )
 def test_infer_rejects_bad_feed_naming_the_tensor(
@@ -96,11 +98,11 @@ def test_check_feed_enforces_profile_bounds() -> None:
 
 @pytest.mark.parametrize("content", [b"", b"this is not an onnx model\n" * 4, "truncate"])
 def test_bad_model_file_is_a_model_file_error(
-    tmp_path: Path, export_dir: Path, content: bytes | str
+    tmp_path: Path, small_export: Path, content: bytes | str
 ) -> None:
     path = tmp_path / "dpnet.onnx"
     if content == "truncate":
-        data = (export_dir / "dpnet.onnx").read_bytes()
+        data = (small_export / "dpnet.onnx").read_bytes()
         content = data[: len(data) // 2]
     path.write_bytes(content)  # type: ignore[arg-type]
     with pytest.raises(ModelFileError) as info:
@@ -114,8 +116,8 @@ def test_missing_file_is_a_model_file_error(tmp_path: Path) -> None:
         open_runner("ort", tmp_path / "absent.onnx")
 
 
-def test_runner_must_be_active(export_dir: Path) -> None:
-    runner = OrtRunner(export_dir / "dpnet.onnx")
+def test_runner_must_be_active(small_export: Path) -> None:
+    runner = OrtRunner(small_export / "dpnet.onnx")
     with pytest.raises(RuntimeError, match="not active"):
         runner.infer(_episode_feed())
     with runner:
@@ -123,18 +125,18 @@ def test_runner_must_be_active(export_dir: Path) -> None:
     assert not runner.is_active
 
 
-def test_open_runner_rejects_unknown_backend_and_option(export_dir: Path) -> None:
+def test_open_runner_rejects_unknown_backend_and_option(small_export: Path) -> None:
     with pytest.raises(InputError, match="unknown backend 'tflite'; choose one of ort, trt"):
-        open_runner("tflite", export_dir / "dpnet.onnx")
+        open_runner("tflite", small_export / "dpnet.onnx")
     with pytest.raises(InputError, match="unexpected keyword"):
-        open_runner("ort", export_dir / "dpnet.onnx", device=0)
+        open_runner("ort", small_export / "dpnet.onnx", device=0)
     with pytest.raises(InputError, match="intra_op_threads must be >= 1"):
-        open_runner("ort", export_dir / "dpnet.onnx", intra_op_threads=0)
+        open_runner("ort", small_export / "dpnet.onnx", intra_op_threads=0)
 
 
-def test_absent_execution_provider_names_the_extra(export_dir: Path) -> None:
+def test_absent_execution_provider_names_the_extra(small_export: Path) -> None:
     with pytest.raises(BackendUnavailableError, match=r"dpnet\[gpu\]"):
-        open_runner("ort", export_dir / "dpnet.onnx", providers=["NoSuchExecutionProvider"])
+        open_runner("ort", small_export / "dpnet.onnx", providers=["NoSuchExecutionProvider"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT installed")
@@ -146,8 +148,8 @@ def test_trt_backend_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("allow_spinning", [False, True])
-def test_thread_spinning_is_off_unless_asked_for(export_dir: Path, allow_spinning: bool) -> None:
-    runner = OrtRunner(export_dir / "dpnet.onnx", allow_spinning=allow_spinning)
+def test_thread_spinning_is_off_unless_asked_for(small_export: Path, allow_spinning: bool) -> None:
+    runner = OrtRunner(small_export / "dpnet.onnx", allow_spinning=allow_spinning)
     options = runner._session_options()
     expected = "1" if allow_spinning else "0"
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected

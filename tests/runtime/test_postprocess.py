@@ -37,20 +37,27 @@ def test_resize_logits_is_bilinear_between_pixels() -> None:
     np.testing.assert_allclose(row, [0.0, 1.0, 3.0, 4.0], atol=1e-5)
 
 
-def test_probabilities_sum_to_one() -> None:
-    probabilities = logits_to_probabilities(_logits() * 50)
+def test_probabilities_are_the_softmax_over_classes() -> None:
+    logits = np.array([[[0.0, 0.0]], [[np.log(3.0), 0.0]]], np.float32)  # [2, 1, 2]
+    np.testing.assert_allclose(
+        logits_to_probabilities(logits), [[[0.25, 0.5]], [[0.75, 0.5]]], rtol=1e-6
+    )
+    probabilities = logits_to_probabilities(_logits() * 50)  # no overflow for large logits
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, rtol=1e-6)
     assert np.isfinite(probabilities).all()
 
 
 def test_merge_scales_averages_softmax_at_original_size() -> None:
-    small, large = _logits(8), _logits(12)
-    merged = merge_scales([small, large], 10, 10)
-    expected = (
-        logits_to_probabilities(resize_logits(small, 10, 10))
-        + logits_to_probabilities(resize_logits(large, 10, 10))
-    ) / 2
-    np.testing.assert_allclose(merged, expected, rtol=1e-6)
+    # Scale 1: a 1 x 1 map, object logit ln 3 above background: p(object) = 3/4 everywhere once
+    # resized to 2 x 2. Scale 2: already 2 x 2, object minus background logits 0, ln 3, -ln 3,
+    # 0: p(object) = 1/2, 3/4, 1/4, 1/2. The average of the probabilities (not of the logits,
+    # which would give sigmoid(ln 3 / 2) = 0.634 at the first pixel):
+    small = np.array([[[0.0]], [[np.log(3.0)]]], np.float32)
+    large = np.zeros((2, 2, 2), np.float32)
+    large[1] = [[0.0, np.log(3.0)], [-np.log(3.0), 0.0]]
+    merged = merge_scales([small, large], 2, 2)
+    np.testing.assert_allclose(merged[1], [[0.625, 0.75], [0.5, 0.625]], rtol=1e-6)
+    np.testing.assert_allclose(merged[0], [[0.375, 0.25], [0.5, 0.375]], rtol=1e-6)
     with pytest.raises(InputError):
         merge_scales([], 10, 10)
 

@@ -19,7 +19,7 @@ from dpnet_runtime.preprocess import (
     prepare_query,
     prepare_support,
     resize_image,
-    resize_mask,
+    resize_label_nearest,
 )
 
 
@@ -41,13 +41,13 @@ def test_resize_image_is_pil_bilinear() -> None:
     np.testing.assert_array_equal(resized, expected)
 
 
-def test_resize_mask_keeps_labels() -> None:
+def test_resize_label_nearest_keeps_labels() -> None:
     mask = _mask()
     mask[0, :] = 255
-    resized = resize_mask(mask, 41)
+    resized = resize_label_nearest(mask, 41)
     assert resized.shape == (41, 41) and resized.dtype == np.uint8
     assert set(np.unique(resized)) == {0, 1, 255}
-    assert set(np.unique(resize_mask(mask.astype(bool), 7))) <= {0, 1}
+    assert set(np.unique(resize_label_nearest(mask.astype(bool), 7))) <= {0, 1}
 
 
 def test_normalize_images_matches_imagenet_formula() -> None:

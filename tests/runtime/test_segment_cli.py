@@ -1,4 +1,5 @@
-"""dpnet-segment in a subprocess: a real run, and user errors as one line without traceback."""
+"""dpnet-segment in a subprocess: runs on the real 65 x 65 export (``small_export``) and on the
+fake colour-prototype graphs (where the mask must land on the object), user errors as one line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from dpnet_runtime import Predictor
+from dpnet_runtime.preprocess import load_image, load_mask
 
 
 @pytest.fixture
@@ -34,31 +38,46 @@ def _segment(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_writes_mask_and_overlay(
-    export_dir: Path, files: dict[str, Path], tmp_path: Path
-) -> None:
-    folder = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns-" * 2)
+def _run_cli(model: Path, files: dict[str, Path], folder: Path) -> subprocess.CompletedProcess[str]:
     out, overlay = folder / "mask.png", folder / "overlay.png"
     folder.mkdir()
     completed = _segment(
-        "--model", export_dir, "--support", f"{files['support']}:{files['mask']}",
+        "--model", model, "--support", f"{files['support']}:{files['mask']}",
         "--support", f"{files['support']}:{files['mask']}",
         "--query", files["query"], "--out", out, "--overlay", overlay, "--threads", "1",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith(f"wrote {out} (")  # one unbroken line, path and all
-    mask = np.asarray(Image.open(out))
+    assert completed.stderr.startswith(f"wrote {out} (")  # one unbroken line, path and all
+    assert np.asarray(Image.open(overlay)).shape == (50, 60, 3)
+    assert sorted(p.name for p in folder.iterdir()) == ["mask.png", "overlay.png"]
+    return completed
+
+
+def test_cli_writes_the_predictors_mask_and_overlay(
+    small_export: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / ("a-folder-name-long-enough-to-pass-eighty-columns-" * 2)
+    _run_cli(small_export, files, folder)
+    support, mask = load_image(files["support"]), load_mask(files["mask"])
+    with Predictor.open(small_export) as predictor:
+        expected = predictor.run_episode([support] * 2, [mask] * 2, load_image(files["query"]))
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "mask.png")), expected.mask * 255)
+
+
+def test_cli_with_fake_graphs_writes_the_object_mask(
+    fake_export_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    _run_cli(fake_export_dir, files, tmp_path / "out")
+    mask = np.asarray(Image.open(tmp_path / "out" / "mask.png"))
     truth = np.asarray(Image.open(files["truth"]))
     assert mask.shape == (50, 60) and set(np.unique(mask)) <= {0, 255}
     assert np.mean(mask == truth) > 0.98
-    assert np.asarray(Image.open(overlay)).shape == (50, 60, 3)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["mask.png", "overlay.png"]
 
 
-def test_cli_precision_int8_runs_the_int8_graphs(
-    make_export_dir, files: dict[str, Path], tmp_path: Path
+def test_cli_precision_int8_runs_the_int8_graphs_fake(
+    make_fake_export_dir, files: dict[str, Path], tmp_path: Path
 ) -> None:
-    folder = make_export_dir(int8=True)
+    folder = make_fake_export_dir(int8=True)
     for role in ("", "_support", "_query"):
         (folder / f"dpnet{role}.onnx").unlink()  # only the INT8 copies can serve the run
     out = tmp_path / "mask.png"
@@ -81,9 +100,9 @@ def test_cli_precision_int8_runs_the_int8_graphs(
     ],
 )
 def test_cli_user_errors_are_one_line(
-    export_dir: Path, files: dict[str, Path], tmp_path: Path, case: str, message: str
+    small_export: Path, files: dict[str, Path], tmp_path: Path, case: str, message: str
 ) -> None:
-    model, pair = export_dir, f"{files['support']}:{files['mask']}"
+    model, pair = small_export, f"{files['support']}:{files['mask']}"
     if case == "empty_mask":
         Image.fromarray(np.zeros((40, 48), np.uint8)).save(files["mask"])
     elif case == "no_models":
@@ -92,7 +111,7 @@ def test_cli_user_errors_are_one_line(
     elif case == "truncated":
         model = tmp_path / "broken"
         model.mkdir()
-        shutil.copy(export_dir / "dpnet.onnx", model / "dpnet.onnx")
+        shutil.copy(small_export / "dpnet.onnx", model / "dpnet.onnx")
         (model / "dpnet.onnx").write_bytes(b"\x08\x09garbage")
     else:
         pair = str(files["support"])

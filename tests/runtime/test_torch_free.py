@@ -1,4 +1,5 @@
-"""dpnet_runtime imports and runs a real episode with torch (and dpnet, dpnet_export) blocked."""
+"""dpnet_runtime imports and runs a real export (``small_export``) with torch, dpnet,
+dpnet_export, onnx and matplotlib blocked, and gets the results it gets with them loaded."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpnet_runtime import Predictor
+
 # A None entry in sys.modules makes `import torch` raise ImportError, as if uninstalled.
 _SCRIPT = textwrap.dedent(
     """
     import sys
-    for name in ("torch", "torchvision", "dpnet", "dpnet_export", "dpnet_bench", "onnx"):
+    blocked = ("torch", "torchvision", "dpnet", "dpnet_export", "dpnet_bench", "onnx", "matplotlib")
+    for name in blocked:
         sys.modules[name] = None
     try:
         import torch
@@ -35,6 +39,16 @@ _SCRIPT = textwrap.dedent(
         )
         episode = predictor.run_episode([load_image(support)], [load_mask(mask)], load_image(query))
     assert (cached.mask == episode.mask).all()
+    np.save(sys.argv[5], episode.logits)
+    from pathlib import Path
+    from dpnet_runtime.batch import SegmentRequest, segment_files
+    from dpnet_runtime.cli import app
+
+    out = Path(query).parent / "batch"
+    request = SegmentRequest(((Path(support), Path(mask)),), (Path(query),), out_dir=out,
+                             labels=Path(query).parent, sheet=out / "sheet.png")
+    report = segment_files(folder, request, intra_op_threads=1)
+    assert report.results[0].iou_pct is not None and (out / "sheet.png").is_file()
     loaded = sorted(
         name
         for name, module in sys.modules.items()
@@ -45,14 +59,16 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_runtime_runs_an_episode_without_torch(export_dir: Path, tmp_path: Path, scene) -> None:
+def test_runtime_runs_an_episode_without_torch(small_export: Path, tmp_path: Path, scene) -> None:
     image, mask = scene(40, 48, 5, 10, 20)
     query, truth = scene(50, 60, 20, 25, 22)
     paths = [tmp_path / name for name in ("support.png", "mask.png", "query.png")]
     for path, pixels in zip(paths, (image, mask * 255, query), strict=True):
         Image.fromarray(pixels).save(path)
+    Image.fromarray(truth * 255).save(tmp_path / "query_mask.png")  # --labels for the batch
+    logits = tmp_path / "logits.npy"
     completed = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(export_dir), *map(str, paths)],
+        [sys.executable, "-c", _SCRIPT, str(small_export), *map(str, paths), str(logits)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -60,4 +76,7 @@ def test_runtime_runs_an_episode_without_torch(export_dir: Path, tmp_path: Path,
     )
     assert completed.returncode == 0, completed.stderr
     assert "heavy modules []" in completed.stdout
-    assert int(completed.stdout.split()[2]) > 0.9 * np.count_nonzero(truth)
+    with Predictor.open(small_export, intra_op_threads=1) as predictor:  # torch loaded here
+        expected = predictor.run_episode([image], [mask], query)
+    assert int(completed.stdout.split()[2]) == int(expected.mask.sum())
+    np.testing.assert_allclose(np.load(logits), expected.logits, atol=1e-5)

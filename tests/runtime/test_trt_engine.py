@@ -119,7 +119,7 @@ def test_parity_with_onnxruntime_and_latency(built: tuple[Path, Path]) -> None:
 
 def test_shots_outside_profile_and_bad_engines(built: tuple[Path, Path], tmp_path: Path) -> None:
     from dpnet_runtime.backends.base import open_runner
-    from dpnet_runtime.backends.trt import sidecar_path
+    from dpnet_runtime.backends.trt_sidecar import sidecar_path
     from dpnet_runtime.errors import IncompatibleModelError, InputError, ModelFileError
 
     _, engine_path = built

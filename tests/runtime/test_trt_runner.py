@@ -13,16 +13,14 @@ import pytest
 from dpnet_runtime import contract
 from dpnet_runtime.backends.base import check_feed, open_runner
 from dpnet_runtime.backends.cuda import DeviceBuffer, GpuInfo, gpu_info
-from dpnet_runtime.backends.trt import (
-    DeviceTensor,
+from dpnet_runtime.backends.trt import DeviceTensor, tensor_spec, tensorrt_major
+from dpnet_runtime.backends.trt_sidecar import (
     EngineSidecar,
     TensorProfile,
     check_engine_bytes,
     check_sidecar,
     read_sidecar,
     sidecar_path,
-    tensor_spec,
-    tensorrt_major,
 )
 from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import (
@@ -46,6 +44,7 @@ SIDECAR = EngineSidecar(
     compute_capability=H100.compute_capability,
     precision="fp16",
     strongly_typed=True,
+    tf32=False,
     profiles=(TensorProfile("query_image", (1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8)),),
     workspace_bytes=4 << 30,
     build_seconds=1.0,
@@ -76,7 +75,8 @@ def test_sidecar_round_trip(tmp_path: Path) -> None:
         ("{broken", ModelFileError, "not valid JSON"),
         ({"format": "something-else"}, ModelFileError, "not a dpnet engine sidecar"),
         ({"format": "dpnet-engine", "version": 99}, IncompatibleModelError, "version 99"),
-        ({"format": "dpnet-engine", "version": 1}, ModelFileError, "malformed"),
+        ({"format": "dpnet-engine", "version": 1}, IncompatibleModelError, "version 1"),
+        ({"format": "dpnet-engine", "version": 2}, ModelFileError, "malformed"),
     ],
 )
 def test_bad_sidecars(tmp_path: Path, content: object, error: type[Exception], match: str) -> None:

@@ -4,12 +4,16 @@
    ``steps`` steps or ``minutes`` minutes, whichever comes first.
 2. Evaluate the trained model and the untrained one (the same initialisation) on the same
    held-out episodes of the fold's unseen classes.
-3. Export the trained model to ONNX when :mod:`dpnet_export` is installed.
-4. Save a picture: query, support with its mask, prediction and ground truth side by side.
+3. Export the trained model to ONNX (:func:`dpnet_export.torch_to_onnx.export_onnx`).
+4. Save a picture (:mod:`dpnet_runtime.sheet`): the support with its mask, the query, the
+   prediction with its IoU and the ground truth, each panel captioned.
 
 The trunk stays random (``pretrained_backbone=False``): the tiny trunk is a cut-down ResNet
 for which no ImageNet weights exist, and the synthetic classes need none. Files go to
 ``out/``: ``run/last.pt`` (replaced on every demo), ``onnx/`` and ``demo.png``.
+
+The demo lives in :mod:`dpnet_bench`, the layer that may use every other package: it trains
+and evaluates with :mod:`dpnet` and exports with :mod:`dpnet_export`.
 """
 
 from __future__ import annotations
@@ -23,21 +27,21 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from PIL import Image
 from rich.table import Table
 
 from dpnet.checkpoint import load_model
 from dpnet.data import Episode, build_dataset
 from dpnet.eval.evaluate import EvalResult, evaluate, predict_episode
+from dpnet.metrics import IoUAccumulator
 from dpnet.model.dpnet import DPNet, build_dpnet
 from dpnet.train.loop import TrainProgress, TrainResult, train
 from dpnet.train.options import TrainOptions
+from dpnet_export.torch_to_onnx import export_onnx
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
-from dpnet_runtime.postprocess import overlay_mask, save_png
+from dpnet_runtime.postprocess import save_png
+from dpnet_runtime.sheet import query_panels, render_sheet, support_panels
 
 __all__ = ["DemoOptions", "DemoResult", "app", "main", "run_demo"]
-
-_GAP = 4  # white pixels between the panels of the picture
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,8 @@ class DemoResult:
         training: the training run.
         trained: evaluation of the trained model.
         untrained: evaluation of the same network before training.
-        onnx_files: exported graphs (empty when the exporter is not installed).
-        onnx_note: why there are no graphs, or ``""``.
-        picture: the PNG of query, support, prediction and ground truth.
+        onnx_files: the exported graphs.
+        picture: the captioned PNG of support, query, prediction and ground truth.
         seconds: total wall time.
     """
 
@@ -79,7 +82,6 @@ class DemoResult:
     trained: EvalResult
     untrained: EvalResult
     onnx_files: tuple[Path, ...]
-    onnx_note: str
     picture: Path
     seconds: float
 
@@ -117,48 +119,27 @@ def run_demo(
     )  # fmt: skip
     trained = evaluate(model, episodes)
     untrained = evaluate(untrained_model, episodes)
-    onnx_files, onnx_note = _export(training.last_checkpoint, Path(options.out) / "onnx")
+    onnx_files = export_onnx(training.last_checkpoint, Path(options.out) / "onnx").files
     picture = Path(options.out) / "demo.png"
-    save_png(picture, _picture(model, episodes[0]))
+    save_png(picture, _picture(model, episodes[0], episodes.class_names[episodes[0].class_id]))
     return DemoResult(
-        training, trained, untrained, onnx_files, onnx_note, picture, time.perf_counter() - start
+        training, trained, untrained, onnx_files, picture, time.perf_counter() - start
     )
 
 
-def _export(checkpoint: Path, out_dir: Path) -> tuple[tuple[Path, ...], str]:
-    try:
-        from dpnet_export.torch_to_onnx import export_onnx
-    except ImportError as exc:
-        return (), f"ONNX export skipped: dpnet_export is not importable ({exc})"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return export_onnx(checkpoint, out_dir).files, ""
-
-
-def _picture(model: DPNet, episode: Episode) -> np.ndarray:
-    """``uint8 [H, 4W + gaps, 3]``: query, support + mask, prediction, ground truth."""
+def _picture(model: DPNet, episode: Episode, class_name: str) -> np.ndarray:
+    """The contact sheet of one held-out episode: support with its mask, then the query, the
+    prediction (with its IoU) and the ground truth, every panel captioned."""
     model.eval()
     prediction = predict_episode(model, episode)
-    truth = (episode.query_mask == 1).astype(np.uint8)
-    support = _fit(overlay_mask(episode.support_images[0], episode.support_masks[0] == 1),
-                   episode.query_image.shape[:2])  # fmt: skip
-    panels = [
-        episode.query_image,
-        support,
-        overlay_mask(episode.query_image, prediction),
-        overlay_mask(episode.query_image, truth),
+    accumulator = IoUAccumulator([episode.class_id])
+    accumulator.update(prediction, episode.query_mask, episode.class_id)
+    iou = accumulator.result()["per_class"][episode.class_id]["iou_pfenet"]
+    rows = [
+        support_panels(episode.support_images, episode.support_masks),
+        query_panels(episode.query_image, prediction, "query", episode.query_mask, iou),
     ]
-    height = episode.query_image.shape[0]
-    gap = np.full((height, _GAP, 3), 255, dtype=np.uint8)
-    row: list[np.ndarray] = []
-    for panel in panels:
-        row += [panel, gap]
-    return np.concatenate(row[:-1], axis=1)
-
-
-def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0])))
+    return render_sheet(rows, f"dpnet-demo: unseen class {class_name}, 1-shot")
 
 
 app = make_app(
@@ -212,11 +193,7 @@ def _print(result: DemoResult) -> None:
         f"({training.steps_per_second:.2f} steps/s), loss {losses[0].total:.3f} -> "
         f"{losses[-1].total:.3f}; checkpoint {training.last_checkpoint}"
     )
-    stdout_console.print(
-        f"ONNX: {', '.join(str(p) for p in result.onnx_files)}"
-        if result.onnx_files
-        else result.onnx_note
-    )
+    stdout_console.print(f"ONNX: {', '.join(str(p) for p in result.onnx_files)}")
     stdout_console.print(f"picture: {result.picture}; total {result.seconds:.0f} s")
 
 

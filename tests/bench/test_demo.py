@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpnet.demo import DemoOptions, run_demo
+from dpnet_bench.demo import DemoOptions, run_demo
+from dpnet_runtime import contract
+
+from ..runtime.test_sheet import text_bands
 
 
 @pytest.mark.slow
@@ -18,7 +21,12 @@ def test_demo_trains_evaluates_exports_and_draws(tmp_path: Path) -> None:
     assert result.training.steps == 4
     assert (tmp_path / "run" / "last.pt").is_file()
     assert result.trained.episodes == result.untrained.episodes == 3
-    assert result.onnx_files or result.onnx_note
-    assert all(path.is_file() for path in result.onnx_files)
+    # The export is part of the demo: every graph file must exist and be non-empty.
+    expected = {
+        tmp_path / "onnx" / contract.FORMATS["ort"].file_name(role) for role in contract.GRAPHS
+    }
+    assert set(result.onnx_files) == expected
+    assert all(path.stat().st_size > 0 for path in expected)
     picture = np.asarray(Image.open(result.picture))
-    assert picture.ndim == 3 and picture.shape[1] > 3 * picture.shape[0]
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0]  # three panels a row
+    assert text_bands(picture) == 3  # title, "support 1", "query / prediction (IoU ..) / truth"

@@ -1,0 +1,150 @@
+"""Render a :class:`~dpnet_bench.serve_load.ServeBenchReport`: rich table, JSON and markdown.
+
+One flat row per path and concurrency level (:func:`serve_row`), keys snake_case with units
+(``latency_p50_ms``, ``throughput_per_s``); JSON adds the options, environment, targets and
+every latency sample, like ``dpnet-bench``'s own report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Final
+
+from rich.console import Group
+from rich.table import Table
+
+from dpnet_bench.report import json_ready, markdown_targets, render_targets
+from dpnet_bench.serve_load import LoadResult, ServeBenchReport
+from dpnet_bench.timing import environment_lines
+from dpnet_runtime.fileio import atomic_write_text
+
+__all__ = [
+    "SERVE_JSON_SCHEMA",
+    "render_serve_markdown",
+    "render_serve_table",
+    "serve_report_to_dict",
+    "serve_row",
+    "write_serve_json",
+]
+
+SERVE_JSON_SCHEMA: Final = "dpnet-bench-serve/1"
+_COLUMNS: Final = (
+    "path", "clients", "requests", "errors", "wrong masks", "p50 ms", "p90 ms", "p99 ms",
+    "requests/s", "query batches (size x count)", "support runs",
+)  # fmt: skip
+
+Scalar = str | float | int | None
+
+
+def serve_row(result: LoadResult) -> dict[str, Scalar]:
+    """One flat row (the JSON ``results`` entry without samples)."""
+    latency = result.latency
+    row: dict[str, Scalar] = {
+        "path": result.path,
+        "concurrency": result.concurrency,
+        "requests": result.requests,
+        "errors": result.errors,
+        "mask_mismatches": result.mismatches,
+        "wall_s": result.wall_s,
+        "throughput_per_s": result.throughput_per_s,
+    }
+    for name in ("mean", "p50", "p90", "p99", "min", "max"):
+        row[f"latency_{name}_ms"] = None if latency is None else getattr(latency, f"{name}_ms")
+    row["batch_sizes"] = _batches(result)
+    row["support_graph_runs"] = result.support_graph_runs
+    row["first_error"] = result.first_error
+    return row
+
+
+def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
+    """The whole report as JSON-ready data."""
+    results = [
+        {
+            **serve_row(result),
+            "batch_size_counts": {str(size): n for size, n in result.batch_sizes.items()},
+            "latency_samples_ms": [] if result.latency is None else list(result.latency.samples_ms),
+        }
+        for result in report.results
+    ]
+    return {
+        "schema": SERVE_JSON_SCHEMA,
+        "input_size": report.input_size,
+        "threads": report.threads,
+        "check_failed": report.check_failed,
+        "options": json_ready(dataclasses.asdict(report.options)),
+        "environment": report.environment,
+        "results": results,
+        "targets": [dataclasses.asdict(target) for target in report.targets],
+    }
+
+
+def write_serve_json(report: ServeBenchReport, path: str | os.PathLike[str]) -> None:
+    """Write :func:`serve_report_to_dict` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(serve_report_to_dict(report), indent=2) + "\n")
+
+
+def render_serve_table(report: ServeBenchReport) -> Group:
+    """The load table, the targets, and the first error of any level that had errors."""
+    options = report.options
+    table = Table(
+        title=f"dpnet-bench serve: {options.url}, {report.input_size}x{report.input_size}, "
+        f"{options.shots}-shot, {options.requests} requests per level"
+    )
+    for index, column in enumerate(_COLUMNS):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for result in report.results:
+        table.add_row(*_cells(result))
+    problems = [
+        f"❌ {result.path} c={result.concurrency}: {result.first_error}"
+        for result in report.results
+        if result.first_error
+    ]
+    return Group(table, render_targets(report.targets), *problems)
+
+
+def render_serve_markdown(report: ServeBenchReport, command: str) -> str:
+    """A results file: command, hardware, versions, the load table and the targets."""
+    options = report.options
+    lines = [
+        f"# dpnet-bench serve: {report.input_size}x{report.input_size}, {options.shots}-shot",
+        "",
+        f"Command: `{command}`",
+        "",
+        *environment_lines(report.environment, report.threads),
+        "",
+        f"Server: {options.url}"
+        + (f", started as `{options.server_command}`" if options.server_command else "")
+        + f". In-process row: `Predictor.segment` on the same images with {report.threads} "
+        "threads. Every mask was compared with the in-process mask of the same image.",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|---" * len(_COLUMNS) + "|",
+        *("| " + " | ".join(_cells(result)) + " |" for result in report.results),
+        "",
+        *markdown_targets(report.targets),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cells(result: LoadResult) -> list[str]:
+    latency = result.latency
+    return [
+        result.path,
+        str(result.concurrency),
+        str(result.requests),
+        str(result.errors),
+        str(result.mismatches),
+        *(
+            "-" if latency is None else f"{getattr(latency, name):.1f}"
+            for name in ("p50_ms", "p90_ms", "p99_ms")
+        ),
+        f"{result.throughput_per_s:.2f}",
+        _batches(result) or "-",
+        str(result.support_graph_runs),
+    ]
+
+
+def _batches(result: LoadResult) -> str:
+    return ", ".join(f"{size}x{count}" for size, count in result.batch_sizes.items())

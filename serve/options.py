@@ -1,0 +1,84 @@
+"""What ``dpnet-serve`` is asked to run: the model, the HTTP address, batching and the store.
+
+Ray-free, so that ``dpnet-serve --help`` and a bad flag need no Ray installed. The CLI's flags are
+kebab-case twins of these fields; the defaults live here only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from dpnet_runtime.errors import InputError
+
+__all__ = ["APP_NAME", "ServeOptions"]
+
+APP_NAME: Final = "dpnet"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve a DPNet export.
+
+    Args:
+        model: export directory (``dpnet-export onnx --out``), readable on every Ray node.
+        host: HTTP address of Ray Serve's proxy (``127.0.0.1``: this machine only).
+        port: HTTP port.
+        address: Ray cluster to join (``auto``, ``ray://HOST:PORT``); ``None`` starts a local,
+            loopback-only Ray inside this process.
+        replicas: query-head replicas (each holds its own cache of support sets).
+        max_batch: most queries of one class that one query-graph call segments together.
+        batch_wait_ms: how long a replica waits for more queries before running a batch.
+        threads: ONNX Runtime threads per operator in each replica; ``None``: this
+            machine's cores divided by ``replicas``.
+        backend: runtime backend, ``ort`` or ``trt``.
+        precision: ``fp32`` or ``fp16``.
+        store: folder that keeps registered classes across restarts; ``None``: memory only.
+        max_shots: most support pairs a class may have.
+        max_image_pixels: largest accepted image (height x width); larger ones get HTTP 413.
+    """
+
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    address: str | None = None
+    replicas: int = 1
+    max_batch: int = 8
+    batch_wait_ms: float = 5.0
+    threads: int | None = None
+    backend: str = "ort"
+    precision: str = "fp32"
+    store: Path | None = None
+    max_shots: int = 5
+    max_image_pixels: int = 4096 * 4096
+
+    def __post_init__(self) -> None:
+        for name in ("replicas", "max_batch", "max_shots", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
+        if self.batch_wait_ms < 0:
+            raise InputError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port must be 0..65535, got {self.port}")
+
+    @property
+    def local(self) -> bool:
+        """True when dpnet-serve starts its own Ray (no ``address``)."""
+        return self.address is None
+
+    @property
+    def replica_threads(self) -> int:
+        """ONNX Runtime threads per operator of each replica (``threads`` or the default)."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.replicas)
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"

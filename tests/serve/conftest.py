@@ -1,0 +1,223 @@
+"""A real dpnet-serve in a subprocess on 127.0.0.1, and the episodes the server tests send.
+
+Each server is the ``dpnet-serve`` console script with its own local Ray (node address
+127.0.0.1, no dashboard, usage statistics off, Ray's files in a private temporary folder). It is
+stopped by SIGTERM to its PID; any process it started that outlives it is killed by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from dpnet.checkpoint import make_meta, save_checkpoint
+from dpnet.config import preset
+from dpnet.data import build_dataset
+from dpnet.data.episode import Episode
+from dpnet.model.dpnet import build_dpnet
+from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
+from dpnet_runtime import Predictor
+from dpnet_runtime.preprocess import normalize_images
+
+TINY_SIZE = 129
+MAX_SHOTS = 3  # of the session's server
+MAX_PIXELS = 200 * 200
+START_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 90.0
+_URL_LINE = re.compile(r"dpnet-serve: serving (http://\S+)")
+
+
+@dataclass
+class Server:
+    """A running ``dpnet-serve`` process and what it printed."""
+
+    url: str
+    process: subprocess.Popen[str]
+    ray_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def processes(self) -> list[psutil.Process]:
+        """The server and every process it started (Ray's GCS, raylet, workers)."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def replica_pids(self, deployment: str) -> list[int]:
+        """PIDs of the Ray Serve replicas of ``deployment`` (their process title names it)."""
+        pids = []
+        for process in self.processes():
+            try:
+                title = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            if f"ServeReplica:dpnet:{deployment}" in title:
+                pids.append(process.pid)
+        return pids
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(model: Path, *options: str) -> Server:
+    """Run ``dpnet-serve --model MODEL OPTIONS`` and wait (bounded) for its URL line.
+
+    Raises:
+        AssertionError: the server exited or printed no URL within ``START_TIMEOUT_S``.
+    """
+    ray_dir = tempfile.mkdtemp(prefix="dpr", dir="/tmp")  # short: Ray's socket paths are limited
+    environment = {**os.environ, "RAY_TMPDIR": ray_dir, "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-c", "from dpnet_serve.cli import main; main()",
+        "--model", str(model), "--port", str(free_port()), *options,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
+    server = Server(url="", process=process, ray_dir=Path(ray_dir))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.url and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        server.lines.append(line)
+        if match := _URL_LINE.search(line):
+            server.url = match.group(1)
+    if not server.url:
+        stop_server(server)
+        raise AssertionError("dpnet-serve did not start:\n" + "".join(server.lines[-40:]))
+    threading.Thread(target=_collect, args=(lines, server.lines), daemon=True).start()
+    return server
+
+
+def stop_server(server: Server) -> int | None:
+    """SIGTERM the server, wait (bounded), kill by PID whatever it started and left, and
+    remove its Ray folder.
+
+    Returns:
+        The server's exit code, or ``None`` when it had to be killed.
+    """
+    try:
+        started = server.processes()[1:]
+    except psutil.NoSuchProcess:
+        started = []
+    code: int | None = None
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=30)
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(started, timeout=30)
+    shutil.rmtree(server.ray_dir, ignore_errors=True)
+    return code
+
+
+def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.put(line)
+    lines.put(None)
+
+
+def _collect(lines: queue.Queue[str | None], into: list[str]) -> None:
+    while (line := lines.get()) is not None:
+        into.append(line)
+
+
+@pytest.fixture(scope="session")
+def episodes() -> list[Episode]:
+    """Four synthetic 2-shot episodes at the tiny model's size (masks 0/1, ignore dropped)."""
+    dataset = build_dataset(
+        "synthetic", root=None, fold=0, split="val", shots=2, seed=3, episodes=4,
+        image_size=TINY_SIZE,
+    )  # fmt: skip
+    return [dataset[index] for index in range(len(dataset))]
+
+
+@pytest.fixture(scope="session")
+def balanced_export_dir(episodes: list[Episode], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DPNet whose classifier bias is set so that about half of the episodes'
+    query pixels are object: masks with real boundaries, so comparing them means something
+    (a random model, trained or not for a few steps, predicts one class almost everywhere)."""
+    torch.manual_seed(0)
+    model = build_dpnet(preset("tiny"), pretrained_backbone=False).eval()
+    to_tensor = torch.from_numpy
+    with torch.no_grad():
+        logits = model(
+            to_tensor(normalize_images(np.stack([np.stack(e.support_images) for e in episodes]))),
+            to_tensor(np.stack([np.stack(support_masks(e)) for e in episodes]).astype(np.float32)),
+            to_tensor(normalize_images(np.stack([e.query_image for e in episodes]))),
+        )
+        bias = model.decoder.classifier.bias
+        assert bias is not None
+        bias[0] += float((logits[:, 1] - logits[:, 0]).median())
+    folder = tmp_path_factory.mktemp("balanced")
+    checkpoint = folder / "balanced.pt"
+    save_checkpoint(checkpoint, model, make_meta(dataset="synthetic", fold=0, shots=2, epoch=0))
+    export_onnx(checkpoint, folder / "export", ExportOptions())
+    return folder / "export"
+
+
+def support_masks(episode: Episode) -> list[np.ndarray]:
+    """The episode's support masks as 0/1 (the ignore label 255 counts as background)."""
+    return [(mask == 1).astype(np.uint8) for mask in episode.support_masks]
+
+
+@pytest.fixture
+def stopped_servers() -> Iterator[list[Server]]:
+    """Servers a test starts; every one still running is stopped when the test ends."""
+    servers: list[Server] = []
+    yield servers
+    for server in servers:
+        if server.process.poll() is None:
+            stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(balanced_export_dir: Path) -> Iterator[Server]:
+    """One dpnet-serve for the session: two query-head replicas of one thread, batches of up
+    to 4, at most MAX_SHOTS shots and MAX_PIXELS pixels per image."""
+    running = start_server(
+        balanced_export_dir,
+        "--replicas", "2", "--threads", "1", "--max-batch", "4", "--batch-wait-ms", "5",
+        "--max-shots", str(MAX_SHOTS), "--max-image-pixels", str(MAX_PIXELS),
+    )  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def predictor(balanced_export_dir: Path) -> Iterator[Predictor]:
+    """The in-process Predictor on the server's export (the expected masks)."""
+    with Predictor.open(balanced_export_dir, intra_op_threads=1) as opened:
+        yield opened
