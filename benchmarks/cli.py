@@ -3,8 +3,9 @@
 Thin: it parses flags into :class:`~dpnet_bench.schema.BenchOptions`, calls
 :func:`~dpnet_bench.suite.run_suite` with a progress bar and renders the report. Exit codes:
 0 passed, 1 user error, 2 usage error, 3 a parity check failed. The CCM micro-benchmark has
-its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`); the load
-test of a running dpnet-serve is ``dpnet-bench serve`` (:mod:`dpnet_bench.serve_cli`).
+its own command, ``python -m dpnet_bench.ccm_micro`` (:mod:`dpnet_bench.ccm_micro`), and so has
+the low-precision divergence finder, ``python -m dpnet_bench.localize``; the load test of a
+running dpnet-serve is ``dpnet-bench serve`` (:mod:`dpnet_bench.serve_cli`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dpnet_runtime.console import (
     run_app,
     stdout_console,
 )
+from dpnet_runtime.contract import FORMATS
 from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = ["app", "main"]
@@ -70,9 +72,9 @@ def bench(
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
     episodes: Annotated[int, typer.Option(help="episodes per backend")] = _DEFAULTS.episodes,
     seed: Annotated[int, typer.Option(help="episode seed")] = _DEFAULTS.seed,
-    backends: Annotated[
-        str, typer.Option(help="comma-separated: torch,torch-fp16,ort,ort-fp16,trt")
-    ] = ",".join(_DEFAULTS.backends),
+    backends: Annotated[str, typer.Option(help=f"comma-separated: {','.join(FORMATS)}")] = ",".join(
+        _DEFAULTS.backends
+    ),
     warmup: Annotated[float, typer.Option(help="warm-up seconds per path")] = _DEFAULTS.warmup_s,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
     max_miou_delta: Annotated[
@@ -81,6 +83,9 @@ def bench(
     max_miou_delta_fp16: Annotated[
         float, typer.Option(help="allowed |mIoU delta| in points, FP16")
     ] = _DEFAULTS.max_miou_delta_fp16,
+    max_miou_delta_int8: Annotated[
+        float, typer.Option(help="allowed |mIoU delta| in points, INT8")
+    ] = _DEFAULTS.max_miou_delta_int8,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="write one row each")] = None,
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
@@ -111,6 +116,7 @@ def bench(
         threads=threads,
         max_miou_delta=max_miou_delta,
         max_miou_delta_fp16=max_miou_delta_fp16,
+        max_miou_delta_int8=max_miou_delta_int8,
     )
     with make_progress() as progress:
         report = run_suite(options, progress_advancer(progress))

@@ -57,6 +57,7 @@ class BenchOptions:
         threads: CPU threads for every subject; ``None``: the cores this process may use.
         max_miou_delta: allowed |mIoU delta| to torch in points, FP32 subjects.
         max_miou_delta_fp16: the same for FP16 subjects.
+        max_miou_delta_int8: the same for INT8 subjects (calibrated quantization moves more).
     """
 
     checkpoint: Path
@@ -73,6 +74,12 @@ class BenchOptions:
     threads: int | None = None
     max_miou_delta: float = 0.1
     max_miou_delta_fp16: float = 0.3
+    max_miou_delta_int8: float = 1.0
+
+    def max_miou_delta_for(self, precision: str) -> float:
+        """The mIoU gate of a subject of ``precision`` (``fp32``, ``fp16``, ``int8``)."""
+        limits = {"fp16": self.max_miou_delta_fp16, "int8": self.max_miou_delta_int8}
+        return limits.get(precision, self.max_miou_delta)
 
 
 @dataclass(frozen=True)

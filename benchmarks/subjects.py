@@ -15,7 +15,6 @@ measures nothing a deployment would use; the row then says "torch fp16 needs CUD
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import logging
 import os
@@ -31,6 +30,7 @@ from torch import nn
 
 from dpnet.checkpoint import load_model
 from dpnet.model.dpnet import DPNet
+from dpnet_export.calibration import CalibrationOptions
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata
@@ -230,8 +230,12 @@ def _torch_runners(fmt: Format, checkpoint: Path) -> dict[str, BaseRunner]:
 
 @contextlib.contextmanager
 def artifacts_dir(
-    checkpoint: Path, artifacts: Path | None, names: Sequence[str], shots: int
-) -> Iterator[tuple[Path, str]]:
+    checkpoint: Path,
+    artifacts: Path | None,
+    names: Sequence[str],
+    shots: int,
+    calibration: CalibrationOptions,
+) -> Iterator[tuple[Path, dict[str, str]]]:
     """The export directory the subjects ``names`` load from, exporting it when needed.
 
     Args:
@@ -239,38 +243,59 @@ def artifacts_dir(
         artifacts: the user's folder: used as is when it holds ``dpnet.onnx`` (or no subject
             needs graphs), exported into when it does not; ``None``: a temporary folder,
             removed on exit.
-        names: the formats that will run (FP16 copies are exported only for ``ort-fp16``).
+        names: the formats that will run (FP16 and INT8 copies are exported only for the ONNX
+            formats of those precisions among them).
         shots: the episodes' K (the graphs accept at least that many shots).
+        calibration: where the INT8 copies calibrate.
 
     Yields:
-        The folder, and why the FP16 copies are missing ("" when they are not).
+        The folder, and format name -> why its graphs are missing (the low-precision export
+        failed; empty when nothing failed).
 
     Raises:
         ExportError: the FP32 export failed.
+        DatasetError: the INT8 calibration data cannot be read.
     """
     needs_graphs = any(FORMATS[name].backend != "torch" for name in names)
     episode_graph = FORMATS["ort"].file_name(EPISODE)
     if artifacts is not None and (not needs_graphs or (artifacts / episode_graph).is_file()):
-        yield artifacts, ""
+        yield artifacts, {}
         return
     with contextlib.ExitStack() as stack:
         folder = artifacts
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dpnet-bench-")))
         folder.mkdir(parents=True, exist_ok=True)
-        fp16 = "ort-fp16" in names
-        yield folder, _export(checkpoint, folder, fp16, shots) if needs_graphs else ""
+        failures = _export(checkpoint, folder, names, shots, calibration) if needs_graphs else {}
+        yield folder, failures
 
 
-def _export(checkpoint: Path, folder: Path, fp16: bool, shots: int) -> str:
-    options = ExportOptions(fp16=fp16, max_shots=max(shots, ExportOptions().max_shots))
+def _export(
+    checkpoint: Path,
+    folder: Path,
+    names: Sequence[str],
+    shots: int,
+    calibration: CalibrationOptions,
+) -> dict[str, str]:
+    copies = [
+        name
+        for name in names
+        if FORMATS[name].artifact == "onnx" and FORMATS[name].precision != "fp32"
+    ]
+    precisions = {FORMATS[name].precision for name in copies}
+    options = ExportOptions(
+        fp16="fp16" in precisions,
+        int8="int8" in precisions,
+        calibration=calibration if "int8" in precisions else CalibrationOptions(),
+        max_shots=max(shots, ExportOptions().max_shots),
+    )
     try:
         export_onnx(checkpoint, folder, options)
     except ExportError as exc:
-        if not fp16:
+        if not copies:
             raise
-        # The FP32 graphs are still worth measuring: export them alone, note why FP16 is absent.
-        logger.warning("FP16 export failed (%s); exporting FP32 only", exc)
-        export_onnx(checkpoint, folder, dataclasses.replace(options, fp16=False))
-        return f"the FP16 export failed: {exc}"
-    return ""
+        # The FP32 graphs are still worth measuring: export them alone, note why the rest lack.
+        logger.warning("low-precision export failed (%s); exporting FP32 only", exc)
+        export_onnx(checkpoint, folder, ExportOptions(max_shots=options.max_shots))
+        return {name: f"the {FORMATS[name].precision} export failed: {exc}" for name in copies}
+    return {}

@@ -1,9 +1,9 @@
 """Run every subject on the same episodes and collect latency, memory, accuracy and parity.
 
 The episodes are drawn and pre-processed once, by the runtime's numpy pre-processing
-(:func:`dpnet_runtime.preprocess.prepare_support` / ``prepare_query``), so every subject gets
-bit-identical feeds; masks are brought back to the label's size by the runtime's
-post-processing for every subject alike. Latency is the wall time of the graph calls only
+(``prepare_support`` / ``prepare_query`` through :func:`dpnet_export.calibration.episode_feed`),
+so every subject gets bit-identical feeds; masks are brought back to the label's size by the
+runtime's post-processing for every subject alike. Latency is the wall time of the graph calls only
 (the shared pre/post-processing is not any backend's cost):
 
 * ``episode``: the whole-episode graph (``dpnet.onnx``), one call per episode;
@@ -49,17 +49,17 @@ from dpnet_bench.schema import (
     BackendResult,
     BenchOptions,
     BenchReport,
-    TargetCheck,
 )
 from dpnet_bench.subjects import Subject, artifacts_dir, open_subject
+from dpnet_bench.targets import design_targets
 from dpnet_bench.timing import (
-    LatencyStats,
     RssSampler,
     describe_environment,
     latency_stats,
     timed_call,
     warm_up,
 )
+from dpnet_export.calibration import CalibrationOptions, episode_feed
 from dpnet_runtime.contract import (
     CONFIDENCE,
     FORMATS,
@@ -75,7 +75,6 @@ from dpnet_runtime.errors import (
     ModelFileError,
 )
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
-from dpnet_runtime.preprocess import prepare_query, prepare_support
 
 __all__ = ["run_suite"]
 
@@ -143,12 +142,18 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
     active: dict[str, tuple[Subject, _Run]] = {}
     with contextlib.ExitStack() as stack:
         # LIFO: the subjects close before a temporary export folder is removed.
-        artifacts, fp16_failure = stack.enter_context(
-            artifacts_dir(options.checkpoint, options.artifacts, names, options.shots)
+        calibration = CalibrationOptions(
+            dataset=options.dataset,
+            root=options.root,
+            data_options=options.data_options,
+            fold=options.fold,
+        )
+        artifacts, export_failures = stack.enter_context(
+            artifacts_dir(options.checkpoint, options.artifacts, names, options.shots, calibration)
         )
         for name in names:
-            if fp16_failure and name == "ort-fp16":
-                rows[name] = _problem(name, fp16_failure, STATUS_FAILED)
+            if name in export_failures:
+                rows[name] = _problem(name, export_failures[name], STATUS_FAILED)
                 continue
             try:
                 subject, run = _open_and_warm(
@@ -182,7 +187,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
         threads=threads,
         environment=describe_environment(),
         results=results,
-        targets=_targets(results, options.shots),
+        targets=design_targets(results, options.shots),
     )
 
 
@@ -198,8 +203,9 @@ def _check_options(options: BenchOptions) -> None:
         raise InputError(f"--episodes must be at least 1, got {options.episodes}")
     if options.warmup_s < 0 or (options.threads is not None and options.threads < 1):
         raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
-    if min(options.max_miou_delta, options.max_miou_delta_fp16) < 0:
-        raise InputError("--max-miou-delta and --max-miou-delta-fp16 must be >= 0 points")
+    limits = (options.max_miou_delta, options.max_miou_delta_fp16, options.max_miou_delta_int8)
+    if min(limits) < 0:
+        raise InputError("--max-miou-delta, -fp16 and -int8 must be >= 0 points")
     options.data_options.keywords(options.dataset)
 
 
@@ -216,12 +222,9 @@ def _prepare_episodes(options: BenchOptions, size: int) -> tuple[list[_Prepared]
     )
     prepared = []
     for episode in (dataset[index] for index in range(len(dataset))):
-        images, masks = prepare_support(
-            episode.support_images, episode.support_masks, size, raw_input=False, max_shots=None
-        )
-        query = prepare_query(episode.query_image, size, raw_input=False)
-        support = {SUPPORT_IMAGES: images, SUPPORT_MASKS: masks}
-        prepared.append(_Prepared(support, query, episode.query_mask, episode.class_id))
+        feed = episode_feed(episode, size, raw_input=False)
+        support = {name: feed[name] for name in (SUPPORT_IMAGES, SUPPORT_MASKS)}
+        prepared.append(_Prepared(support, feed[QUERY_IMAGE], episode.query_mask, episode.class_id))
     return prepared, tuple(dataset.class_ids)
 
 
@@ -329,7 +332,7 @@ def _with_parity(
         return row
     if reference.accuracy is None:
         return row
-    limit = options.max_miou_delta_fp16 if row.precision == "fp16" else options.max_miou_delta
+    limit = options.max_miou_delta_for(row.precision)
     ours, theirs = runs[row.backend], runs[REFERENCE]
     parity = compare_to_reference(
         reference.accuracy, row.accuracy, theirs.masks, ours.masks, theirs.sets, ours.sets, limit
@@ -349,38 +352,3 @@ def _status_of(exc: DpnetError) -> str:
     # A missing package, device or artifact is "cannot run here"; anything else is a failure.
     unavailable = isinstance(exc, BackendUnavailableError | ModelFileError)
     return STATUS_UNAVAILABLE if unavailable else STATUS_FAILED
-
-
-def _check(
-    name: str, value: float | None, limit: float, detail: str, *, at_most: bool = True
-) -> TargetCheck:
-    met = None if value is None else (value <= limit if at_most else value >= limit)
-    return TargetCheck(name, value, limit, at_most, met, detail)
-
-
-def _p50_ratio(top: LatencyStats | None, bottom: LatencyStats | None) -> float | None:
-    return top.p50_ms / bottom.p50_ms if top is not None and bottom is not None else None
-
-
-def _targets(results: Sequence[BackendResult], shots: int) -> tuple[TargetCheck, ...]:
-    rows = {result.backend: result for result in results}
-    empty = BackendResult("", "", "", "")
-    ort, fp16, reference = (rows.get(name, empty) for name in ("ort", "ort-fp16", REFERENCE))
-    checks = [
-        _check("ort_vs_torch_episode_ratio", _p50_ratio(ort.episode, reference.episode), 0.6,
-               "ort episode p50 / torch episode p50, same episodes and threads"),
-        _check("ort_miou_delta_pt", ort.parity and ort.parity.miou_delta_pt, 0.05,
-               "max |mIoU delta| to torch over both protocols"),
-        _check("ort_pixel_agreement_pct", ort.parity and ort.parity.pixel_agreement_pct, 99.9,
-               "mask pixels equal to torch's", at_most=False),
-        _check("ort_fp16_miou_delta_pt", fp16.parity and fp16.parity.miou_delta_pt, 0.3,
-               "max |mIoU delta| to torch over both protocols"),
-        _check("ort_fp16_confidence_iou_pct", fp16.parity and fp16.parity.confidence_iou_pct,
-               98.0, "pooled IoU of the C' sets vs torch", at_most=False),
-    ]  # fmt: skip
-    query_limit = {1: 0.55, 5: 0.25}.get(shots)
-    if query_limit is not None:
-        ratio = _p50_ratio(ort.query, ort.episode)
-        detail = f"ort cached-support query p50 / full {shots}-shot episode p50"
-        checks.insert(1, _check("ort_query_vs_episode_ratio", ratio, query_limit, detail))
-    return tuple(checks)

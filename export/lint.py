@@ -21,6 +21,9 @@ the table cannot express:
   error for AveragePool (runtimes disagree on its divisor: ONNX Runtime follows PyTorch, the
   ONNX reference implementation does not) and a warning for MaxPool; unknown spatial sizes
   give a warning;
+- a QuantizeLinear/DequantizeLinear that TensorRT's explicit quantization refuses (asymmetric,
+  UINT8 or INT32, computed scales, per-channel off a weight's output-channel axis) is an error
+  (:mod:`dpnet_export.lint_qdq`);
 - any other table restriction is a warning (one per op type), a tensor type outside the op's
   type list is a warning, and the importer-code notes are info.
 """
@@ -39,6 +42,7 @@ from typing import Any, Literal
 import onnx
 from onnx import TensorProto
 
+from dpnet_export.lint_qdq import QDQ_OPS, qdq_problems
 from dpnet_export.lint_static import partial_window_axes, resolvable_names, static_shapes
 from dpnet_export.op_rules import FORBIDDEN_OPS
 from dpnet_runtime.errors import ModelFileError
@@ -58,7 +62,7 @@ _RESOLVABLE_INPUTS: Mapping[str, tuple[int, str]] = {
 }
 _CEIL_POOLING_SEVERITY: Mapping[str, Severity] = {"AveragePool": "error", "MaxPool": "warning"}
 # Restrictions the lint verifies itself: no generic warning for them.
-_VERIFIED_RESTRICTION_OPS = frozenset(_RESOLVABLE_INPUTS)
+_VERIFIED_RESTRICTION_OPS = frozenset(_RESOLVABLE_INPUTS) | QDQ_OPS
 _IO_FORBIDDEN_TYPES = {TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL"}
 _TABLE_TYPE_NAMES: Mapping[int, str] = {
     TensorProto.FLOAT: "FP32",
@@ -174,6 +178,7 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
         *_build_time_input_findings(nodes, _constant_names(graph), shapes),
         *_ceil_pooling_findings(nodes, shapes),
         *_uint8_findings(graph, nodes, types),
+        *(LintFinding("error", *problem) for problem in qdq_problems(graph, types)),
         *_restriction_findings(nodes, table),
         *_type_findings(nodes, table, types),
         *_code_note_findings(nodes, table),

@@ -186,9 +186,10 @@ class EngineBuildOptions:
     """Everything ``dpnet-export trt`` needs; the CLI flags are its kebab-case twins.
 
     Attributes:
-        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` copy.
-        out_path: engine file; ``None`` means ``dpnet.engine`` beside the ONNX file.
-        precision: ``"fp32"`` or ``"fp16"`` (see
+        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` / ``_int8_trt`` copy.
+        out_path: engine file; ``None`` means the format's engine beside the ONNX file
+            (``dpnet.engine``; ``dpnet_int8.engine`` for INT8).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see
             :func:`~dpnet_export.engine_precision.plan_precision`).
         weak_typing: TensorRT 10's FP16 fallback from the FP32 graph (``--weak-typing``).
         tf32: allow TF32 in FP32 layers (``--tf32``; off by default).
@@ -215,8 +216,10 @@ class EngineBuildOptions:
     @property
     def engine_path(self) -> Path:
         """Where the engine goes."""
-        engine_file = contract.FORMATS["trt"].file_name(contract.EPISODE)
-        return self.out_path or self.onnx_path.with_name(engine_file)
+        rows = [row for row in contract.FORMATS.values() if row.backend == "trt"]
+        # FP32 has no row of its own: its engine is the first row's dpnet.engine.
+        fmt = next((row for row in rows if row.precision == self.precision), rows[0])
+        return self.out_path or self.onnx_path.with_name(fmt.file_name(contract.EPISODE))
 
 
 @dataclass(frozen=True)

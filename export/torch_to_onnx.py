@@ -1,7 +1,9 @@
 """DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract` (DESIGN.md section 5).
 
 :func:`export_onnx` writes ``dpnet.onnx`` (one episode), the split pair ``dpnet_support.onnx`` /
-``dpnet_query.onnx`` and, with ``fp16``, their ``*_fp16.onnx`` mixed-precision copies. Each
+``dpnet_query.onnx``, with ``fp16`` their ``*_fp16.onnx`` mixed-precision copies and, with
+``int8``, their calibrated INT8 copies for ONNX Runtime (``*_int8.onnx``) and for TensorRT
+(``*_int8_trt.onnx``, :mod:`dpnet_export.onnx_to_int8`). Each
 graph is exported with ``torch.onnx.export(dynamo=True)`` at a static image size with batch B
 and shots K as dynamic axes, simplified by the onnxscript optimizer (constant folding, dead
 code), stamped with the ``META_*`` metadata, verified (``onnx.checker`` full check, strict
@@ -10,8 +12,8 @@ first, and the files are swapped in as one set (:func:`dpnet_runtime.fileio.atom
 so a failure leaves the earlier export in the folder exactly as it was.
 
 Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
-nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS``; no node anywhere is one of
-``FORBIDDEN_OPS``.
+nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS`` and no QuantizeLinear/
+DequantizeLinear feeds or follows them; no node anywhere is one of ``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,11 +37,19 @@ from dpnet import __version__
 from dpnet.checkpoint import load_model
 from dpnet.config import check_beta
 from dpnet.model.dpnet import DPNet
+from dpnet_export.calibration import (
+    CalibrationOptions,
+    CalibrationSet,
+    check_calibration_options,
+    load_calibration_set,
+    role_feeds,
+)
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
+from dpnet_export.onnx_to_int8 import float32_to_int8, qdq_nodes_touching
 from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
-from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec
+from dpnet_runtime.contract import FORMATS, GRAPHS, SUPPORT, GraphSpec, find_format
 from dpnet_runtime.errors import ExportError, InputError, one_line
 from dpnet_runtime.fileio import atomic_write_files, sha256_file
 
@@ -64,6 +74,9 @@ class ExportOptions:
         size: square input side H = W (static in the graph); default ``config.input_size``.
         max_shots: largest K the graphs accept (K is a dynamic axis over 1..max_shots).
         fp16: also write the ``*_fp16.onnx`` mixed-precision copies.
+        int8: also write the INT8 copies (``*_int8.onnx`` for ONNX Runtime, ``*_int8_trt.onnx``
+            for TensorRT), calibrated on ``calibration``'s episodes.
+        calibration: the INT8 calibration data and method.
         beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
         raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
         opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
@@ -72,6 +85,8 @@ class ExportOptions:
     size: int | None = None
     max_shots: int = 5
     fp16: bool = False
+    int8: bool = False
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     beta: float | None = None
     raw_input: bool = False
     opset: int = 18
@@ -118,7 +133,9 @@ def export_onnx(
     Raises:
         InputError: invalid options, or ``out_dir`` cannot be created or written.
         ModelFileError: missing, damaged or foreign checkpoint.
-        ExportError: the exporter, the ONNX checker or the op rules rejected a graph.
+        DatasetError: the INT8 calibration dataset cannot be read.
+        ExportError: the exporter, the quantizer, the ONNX checker or the op rules rejected
+            a graph.
 
     >>> export_onnx(Path("model.pt"), Path("out"), ExportOptions(fp16=True))  # doctest: +SKIP
     """
@@ -129,6 +146,11 @@ def export_onnx(
     _check_writable(Path(out_dir))
     model, loaded = load_model(Path(checkpoint))
     size = options.size or loaded.config.input_size
+    calibration = (
+        load_calibration_set(options.calibration, size=size, raw_input=options.raw_input)
+        if options.int8
+        else None
+    )
     beta = loaded.config.beta_test if options.beta is None else options.beta
     digest = sha256_file(checkpoint)
     metadata = {
@@ -161,6 +183,9 @@ def export_onnx(
             report(f"converting {fp32.file_name(role)} to mixed FP16")
             name = fp16.file_name(role)
             graphs[name] = _fp16_copy(graphs[fp32.file_name(role)], name)
+    if calibration is not None:
+        fp32_graphs = {role: graphs[fp32.file_name(role)] for role in GRAPHS}
+        graphs.update(_int8_copies(fp32_graphs, calibration, report))
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
     seconds = time.perf_counter() - start
@@ -188,6 +213,12 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
             f"{name} breaks the op rules: forbidden ops {forbidden}, CCM ops outside the allowed "
             f"list {stray}; the model code must stay static (see dpnet/model/ccm.py)"
         )
+    quantized = qdq_nodes_touching(proto, CCM_SCOPE)
+    if quantized:
+        raise ExportError(
+            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; the CCM must stay "
+            "float (dpnet_export.onnx_to_int8.int8_float_nodes)"
+        )
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -199,6 +230,10 @@ def _check_options(options: ExportOptions) -> None:
         check_beta(options.beta, "--beta")
     if options.opset < 18:
         raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
+    if options.int8:
+        check_calibration_options(options.calibration)
+    elif options.calibration != CalibrationOptions():
+        raise InputError("the --calib-* options and --data-root calibrate --int8: add --int8")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -315,22 +350,41 @@ def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return converted
 
 
+def _int8_copies(
+    fp32: dict[str, onnx.ModelProto], calibration: CalibrationSet, report: Callable[[str], None]
+) -> dict[str, onnx.ModelProto]:
+    # Every role calibrates on the same episodes; each quantizer run serves both flavours.
+    copies: dict[str, onnx.ModelProto] = {}
+    method, episodes = calibration.options.method, len(calibration.feeds)
+    for role, proto in fp32.items():
+        report(f"calibrating {GRAPHS[role].file} on {episodes} episodes ({method}), quantizing")
+        feeds = role_feeds(calibration.feeds, role, fp32[SUPPORT])
+        described = calibration.options.describe()
+        quantized = float32_to_int8(proto, feeds, method=method, calibration=described)
+        for backend, copy in quantized.items():
+            name = find_format(backend, "int8").onnx_name(role)
+            check_graph(copy, name)
+            copies[name] = copy
+    return copies
+
+
 def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
     """Swap the new graphs in as one set: all of them, or the earlier export untouched.
 
-    Graphs of an earlier export that this one does not write (its FP16 copies) go in the same
-    swap: they would not match the new FP32 graphs.
+    Graphs of an earlier export that this one does not write (its FP16 or INT8 copies) go in
+    the same swap: they would not match the new FP32 graphs.
     """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
     files = {out_dir / name: proto.SerializeToString() for name, proto in graphs.items()}
+    # Every ONNX graph a format reads: its own copies, and the graphs an engine is built from.
     graph_files = {
-        out_dir / fmt.file_name(role)
+        out_dir / fmt.onnx_name(role)
         for fmt in FORMATS.values()
-        if fmt.artifact == "onnx"
-        for role in fmt.roles
+        if fmt.artifact != "checkpoint"
+        for role in GRAPHS
     }
     stale = sorted(path for path in graph_files - files.keys() if path.exists())
     for path in stale:

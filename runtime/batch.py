@@ -231,17 +231,19 @@ def segment_files(
     request: SegmentRequest,
     *,
     backend: str = "ort",
+    precision: str | None = None,
     progress: SegmentProgress | None = None,
     **runner_options: Any,
 ) -> SegmentReport:
-    """Open the model on ``backend`` and run :func:`segment_queries`.
+    """Open the model on ``backend`` at ``precision`` (see
+    :meth:`~dpnet_runtime.predictor.Predictor.open`) and run :func:`segment_queries`.
 
     Raises:
         InputError, ModelFileError, BackendUnavailableError: see
             :meth:`~dpnet_runtime.predictor.Predictor.open` and :func:`segment_queries`.
     """
     plans = _plan(request)  # names are checked before the model is loaded
-    with Predictor.open(model, backend, **runner_options) as predictor:
+    with Predictor.open(model, backend, precision=precision, **runner_options) as predictor:
         return _run(predictor, request, plans, progress)
 
 

@@ -72,6 +72,13 @@ def command(
         typer.Option(help="Contact sheet PNG: supports, each query, prediction, ground truth."),
     ] = None,
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = "ort",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="fp32, fp16 or int8: which graphs of the export to run "
+            "(default: ort fp32, trt dpnet.engine)."
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads per operator (ort backend).", min=1)
     ] = None,
@@ -100,6 +107,7 @@ def command(
             model,
             request,
             backend=backend,
+            precision=precision,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             **options,
         )

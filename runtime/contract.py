@@ -7,8 +7,9 @@ follow it), the runtime (which feeds them), the bench, the TensorRT builder and 
 - :data:`GRAPHS`: graph role (``episode``, ``support``, ``query``) -> :class:`GraphSpec`, the
   file name and the inputs and outputs as :class:`TensorSpec` on symbolic axes.
 - :data:`FORMATS`: one :class:`Format` row per deployable format (``torch``, ``ort-fp16``,
-  ``trt``...), in the spirit of Ultralytics' ``export_formats()``: backend, precision,
-  device, artifact kind and file tag, the pip extra it needs and the command that makes it.
+  ``ort-int8``, ``trt``...), in the spirit of Ultralytics' ``export_formats()``: backend,
+  precision, device, artifact kind and file tag, the pip extra it needs, the command that
+  makes it and, for an engine, the tag of the ONNX graphs it is built from.
 
 Symbolic axes: ``B`` episodes and ``K`` shots are dynamic in every graph; ``S`` is the model's
 image side, ``h`` the feature side (output stride 8: ``h = (S - 1) // 8 + 1``), ``C`` the
@@ -45,12 +46,14 @@ __all__ = [
     "LOGITS",
     "MASK",
     "META_BETA",
+    "META_CALIBRATION",
     "META_CHECKPOINT_SHA256",
     "META_CONFIG",
     "META_DPNET_VERSION",
     "META_GRAPH",
     "META_INPUTS",
     "META_INPUT_SIZE",
+    "META_INT8_TARGET",
     "META_MAX_SHOTS",
     "META_MEAN",
     "META_OPSET",
@@ -268,7 +271,7 @@ def shots_axis_inputs() -> frozenset[str]:
     )
 
 
-PRECISIONS: Final = ("fp32", "fp16")
+PRECISIONS: Final = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,9 @@ class Format:
         tag: what follows the graph's stem in its file names (``""``, ``"_fp16"``).
         extra: the pip extra that provides its packages (``None``: the base install).
         make: the command that writes the artifact, for messages.
+        source_tag: for an engine, the tag of the ONNX graphs it is built from when they are
+            not the FP32 ones (``"_int8_trt"``: the TensorRT-flavoured INT8 QDQ graphs, which
+            ``dpnet-export onnx --int8`` writes beside the ``ort-int8`` ones).
     """
 
     name: str
@@ -294,6 +300,7 @@ class Format:
     tag: str
     extra: str | None
     make: str
+    source_tag: str = ""
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -314,8 +321,25 @@ class Format:
             raise ValueError(f"format {self.name} has no {role} file")
         return f"{GRAPHS[role].stem}{self.tag}.{self.artifact}"
 
+    def onnx_name(self, role: str) -> str:
+        """The ONNX file of graph ``role`` that this format reads: its own file for ``onnx``,
+        the file it is built from for an engine (``source_tag``).
+
+        >>> FORMATS["trt-int8"].onnx_name("episode")
+        'dpnet_int8_trt.onnx'
+
+        Raises:
+            ValueError: a checkpoint format (no ONNX graph).
+        """
+        if self.artifact == "onnx":
+            return self.file_name(role)
+        if self.artifact == "engine":
+            return f"{GRAPHS[role].stem}{self.source_tag}.onnx"
+        raise ValueError(f"format {self.name} reads no ONNX graph")
+
 
 _EXPORT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
+_TRT: Final = "dpnet-export trt --onnx DIR/dpnet.onnx"
 
 FORMATS: Final[dict[str, Format]] = {
     row.name: row
@@ -324,9 +348,11 @@ FORMATS: Final[dict[str, Format]] = {
         Format("torch-fp16", "torch", "fp16", "cuda", "checkpoint", "", "train", "dpnet-train"),
         Format("ort", "ort", "fp32", "cpu", "onnx", "", None, _EXPORT),
         Format("ort-fp16", "ort", "fp16", "cpu", "onnx", "_fp16", None, f"{_EXPORT} --fp16"),
+        Format("ort-int8", "ort", "int8", "cpu", "onnx", "_int8", None, f"{_EXPORT} --int8"),
+        Format("trt", "trt", "fp16", "cuda", "engine", "", "trt", f"{_TRT} --fp16"),
         Format(
-            "trt", "trt", "fp16", "cuda", "engine", "", "trt",
-            "dpnet-export trt --onnx DIR/dpnet.onnx --fp16",
+            "trt-int8", "trt", "int8", "cuda", "engine", "_int8", "trt",
+            f"{_EXPORT} --int8, then {_TRT} --int8", source_tag="_int8_trt",
         ),
     )
 }  # fmt: skip
@@ -369,6 +395,8 @@ META_RAW_INPUT: Final = "raw_input"
 META_PRECISION: Final = "precision"
 META_GRAPH: Final = "graph"  # a key of GRAPHS
 META_MAX_SHOTS: Final = "max_shots"
+META_INT8_TARGET: Final = "int8_target"  # INT8 graphs: the backend their QDQ flavour is for
+META_CALIBRATION: Final = "calibration"  # INT8 graphs: JSON of the calibration data and method
 
 # Pre-processing constants (torchvision's ImageNet statistics, RGB order, on 0..1 pixels).
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)

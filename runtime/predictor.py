@@ -148,8 +148,9 @@ class Predictor:
         Args:
             path: a ``dpnet-export onnx --out`` directory or a graph/engine file.
             backend: ``ort`` (ONNX Runtime, default) or ``trt`` (TensorRT engine).
-            precision: the format's precision (``fp32``, ``fp16``: the ``*_fp16.onnx`` copies);
-                ``None`` is the backend's first row of ``contract.FORMATS``.
+            precision: the format's precision (``fp32``; ``fp16``: the ``*_fp16.onnx`` copies;
+                ``int8``: the calibrated ``*_int8.onnx`` copies, or ``dpnet_int8.engine`` on
+                ``trt``); ``None`` is the backend's first row of ``contract.FORMATS``.
             multi_scale: inference scales (see the class docstring).
             **runner_options: the runner's keywords, e.g. ``intra_op_threads=2``.
 

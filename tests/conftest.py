@@ -6,6 +6,10 @@ with the FP16 copies, and every test that needs graphs reuses the folder (read-o
 Two sizes: the tiny preset's own 129 x 129 (``tiny_*``: parity and precision tests) and a
 65 x 65 variant with K in 1..2 (``small_*``: the real graphs the runtime and hardening tests
 drive, a few milliseconds per query), the latter also with ``--raw-input``.
+
+The INT8 tests need a model that segments (quantization must be able to change its masks):
+``tiny_segmenting_checkpoint``, a tiny DPNet trained for 150 steps, exported with its INT8
+copies (``tiny_int8_export_dir``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from dpnet.config import preset
 from dpnet.data import build_dataset
 from dpnet.model.dpnet import DPNet, build_dpnet
 from dpnet.model.losses import dpnet_losses
+from dpnet.train.loop import train
+from dpnet.train.options import TrainOptions
+from dpnet_export.calibration import CalibrationOptions
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_runtime.preprocess import normalize_images
 
@@ -36,6 +43,8 @@ TINY_SIZE = 129  # the tiny preset's input size
 SMALL_SIZE = 65
 SMALL_MAX_SHOTS = 2
 _TRAIN_STEPS = 6
+SEGMENTING_STEPS = 150
+CALIBRATION_EPISODES = 12  # INT8 calibration in the tests: small, for test time
 
 
 def _save(model: DPNet, path: Path, epoch: int) -> Path:
@@ -203,3 +212,24 @@ def char_device() -> Callable[[Path, int], Path]:
     """``make(path, os.makedev(major, minor))``: a real character device node at ``path``
     (``os.makedev(1, 3)`` is ``/dev/null``, ``(1, 7)`` ``/dev/full``). Skips without root."""
     return _char_device
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenting_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DPNet trained by ``dpnet-train`` for 150 AdamW steps on synthetic episodes (seed 0,
+    random trunk): about 35 % mIoU on fold 0, so its masks follow the images (about 2 minutes
+    on 2 cores)."""
+    out = tmp_path_factory.mktemp("segmenting")
+    train(TrainOptions(out=out, steps=SEGMENTING_STEPS, val_episodes=0, pretrained_backbone=False))
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export_dir(
+    tiny_segmenting_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``export_onnx(tiny_segmenting_checkpoint, int8=True)``, calibrated on
+    :data:`CALIBRATION_EPISODES` synthetic episodes: FP32 and INT8 graphs."""
+    calibration = CalibrationOptions(episodes=CALIBRATION_EPISODES)
+    options = ExportOptions(int8=True, calibration=calibration)
+    return _export(tiny_segmenting_checkpoint, tmp_path_factory, "tiny_int8", options)

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from dpnet.data import DatasetOptions
+from dpnet.data.cli_options import (
+    CocoSplitOption,
+    DataRootOption,
+    FoldsOption,
+    SkipMissingOption,
+    SplitsDirOption,
+    ValClassesOption,
+    dataset_flags,
+)
 from dpnet_runtime.console import stderr_console, stdout_console
 
 __all__ = ["command"]
+
+_DATA = DatasetOptions()
 
 
 def command(
@@ -42,6 +54,42 @@ def command(
             "argmax stay FP32; FP32 inputs and outputs), for a strongly typed TensorRT build.",
         ),
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Also write calibrated INT8 copies: *_int8.onnx (ONNX Runtime CPU, U8S8) and "
+            "*_int8_trt.onnx (TensorRT, symmetric S8S8); CCM, L2 norms, discriminator, PIM, "
+            "classifier and argmax stay float.",
+        ),
+    ] = False,
+    calib_dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="--int8 calibration episodes from: synthetic (embedded, default), pascal, coco "
+            "or folder (your own images; training classes of --calib-fold)."
+        ),
+    ] = None,
+    data_root: DataRootOption = None,
+    coco_split: CocoSplitOption = _DATA.coco_split,
+    splits_dir: SplitsDirOption = _DATA.splits_dir,
+    skip_missing: SkipMissingOption = _DATA.skip_missing,
+    val_classes: ValClassesOption = None,
+    folds: FoldsOption = _DATA.folds,
+    calib_fold: Annotated[
+        int | None, typer.Option(help="Fold whose training classes calibrate (default: 0).")
+    ] = None,
+    calib_episodes: Annotated[
+        int | None,
+        typer.Option(help="Calibration episodes; each gives a support and a query (default: 64)."),
+    ] = None,
+    calib_seed: Annotated[
+        int | None, typer.Option(help="Seed of the calibration episodes (default: 0).")
+    ] = None,
+    calib_method: Annotated[
+        str | None,
+        typer.Option(help="Calibration method: minmax (default) or percentile."),
+    ] = None,
     beta: Annotated[
         float | None,
         typer.Option(
@@ -66,13 +114,40 @@ def command(
 
     Batch B and shots K are dynamic axes; the image size is fixed. Lint with dpnet-export check.
 
-    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --fp16
+    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --fp16 --int8
     """
+    from dpnet_export.calibration import CalibrationOptions
     from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 
-    # The defaults live in ExportOptions alone; importing it here would slow down --help.
-    shots = {} if max_shots is None else {"max_shots": max_shots}
-    options = ExportOptions(size=size, fp16=fp16, beta=beta, raw_input=raw_input, **shots)
+    # The defaults live in the options dataclasses alone; importing them at module level
+    # would slow down --help.
+    data_options = dataset_flags(
+        coco_split=coco_split,
+        splits_dir=splits_dir,
+        skip_missing=skip_missing,
+        val_classes=val_classes,
+        folds=folds,
+    )
+    calibration = CalibrationOptions(
+        data_options=data_options,
+        **_given(
+            dataset=calib_dataset,
+            root=data_root,
+            fold=calib_fold,
+            episodes=calib_episodes,
+            seed=calib_seed,
+            method=calib_method,
+        ),
+    )
+    options = ExportOptions(
+        size=size,
+        fp16=fp16,
+        int8=int8,
+        calibration=calibration,
+        beta=beta,
+        raw_input=raw_input,
+        **_given(max_shots=max_shots),
+    )
     result = export_onnx(ckpt, out, options, progress=lambda message: stderr_console.log(message))
     table = Table(title=f"dpnet-export onnx: {result.out_dir} ({result.seconds:.1f} s)")
     table.add_column("file")
@@ -84,3 +159,7 @@ def command(
         f"input {result.input_size} x {result.input_size}, shots 1..{options.max_shots}, "
         f"beta {result.beta}, checkpoint sha256 {result.checkpoint_sha256[:12]}"
     )
+
+
+def _given(**values: object) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}

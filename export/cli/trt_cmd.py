@@ -1,5 +1,5 @@
-"""``dpnet-export trt``: build an FP16/FP32 TensorRT engine, print the trtexec command, or adopt
-the engine trtexec built."""
+"""``dpnet-export trt``: build an FP32/FP16/INT8 TensorRT engine, print the trtexec command, or
+adopt the engine trtexec built."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dpnet_runtime.console import stderr_console, stdout_console
+from dpnet_runtime.errors import InputError
 
 __all__ = ["command"]
 
@@ -22,6 +23,14 @@ def command(
         bool,
         typer.Option(
             "--fp16", help="Build an FP16 engine, strongly typed from DIR/dpnet_fp16.onnx."
+        ),
+    ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Build an INT8 engine (explicit quantization) from DIR/dpnet_int8_trt.onnx "
+            "(dpnet-export onnx --int8); writes DIR/dpnet_int8.engine.",
         ),
     ] = False,
     weak_typing: Annotated[
@@ -41,7 +50,8 @@ def command(
         Path | None, typer.Option(help="Timing-cache file, read and updated.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Engine file [default: DIR/dpnet.engine].")
+        Path | None,
+        typer.Option(help="Engine file [default: DIR/dpnet.engine, DIR/dpnet_int8.engine]."),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Ignore a cached engine.")] = False,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
@@ -67,10 +77,12 @@ def command(
         parse_workspace,
     )
 
+    if fp16 and int8:
+        raise InputError("--fp16 and --int8 exclude each other: build one engine per precision")
     options = EngineBuildOptions(
         onnx_path=onnx,
         out_path=adopt or out,
-        precision="fp16" if fp16 else "fp32",
+        precision="int8" if int8 else "fp16" if fp16 else "fp32",
         weak_typing=weak_typing,
         tf32=tf32,
         batch=parse_shape_range(batch_range),

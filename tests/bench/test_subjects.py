@@ -17,8 +17,16 @@ from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
 
 
 def test_format_table_lists_every_format_once() -> None:
-    assert list(FORMATS)[:5] == ["torch", "torch-fp16", "ort", "ort-fp16", "trt"]
-    assert {fmt.precision for fmt in FORMATS.values()} >= {"fp32", "fp16"}
+    assert list(FORMATS) == [
+        "torch",
+        "torch-fp16",
+        "ort",
+        "ort-fp16",
+        "ort-int8",
+        "trt",
+        "trt-int8",
+    ]
+    assert {fmt.precision for fmt in FORMATS.values()} == {"fp32", "fp16", "int8"}
 
 
 def test_unknown_subject_and_bad_options_are_input_errors(tmp_path: Path) -> None:

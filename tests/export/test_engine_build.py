@@ -208,3 +208,48 @@ def test_trt_cli_without_tensorrt(
     assert "support_images:1x2x3x8x8" in printed.stdout
     bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
     assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_int8_plan_is_the_qdq_graph_strongly_typed(tmp_path: Path, version: str) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    with pytest.raises(InputError, match="dpnet-export onnx --int8"):
+        plan_precision(fp32, precision="int8", tensorrt_version=version)
+    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    for given in (fp32, qdq):
+        plan = plan_precision(given, precision="int8", tensorrt_version=version)
+        assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.builder_flags) == (
+            qdq,
+            "int8",
+            True,
+            (),
+        )
+    with pytest.raises(InputError, match="add --int8"):
+        plan_precision(qdq, precision="fp16", tensorrt_version=version)
+    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8"):
+        plan_precision(fp32, precision="int4", tensorrt_version=version)
+
+
+def test_trtexec_for_int8_is_the_strongly_typed_qdq_build(tmp_path: Path) -> None:
+    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    options = EngineBuildOptions(fp32, precision="int8")
+    command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
+    assert f"--onnx={qdq}" in command and "--stronglyTyped" in command
+    assert f"--saveEngine={tmp_path / 'dpnet_int8.engine'}" in command
+    assert "--int8" not in command and "--fp16" not in command
+
+
+@pytest.mark.slow
+def test_trt_cli_int8_flags(
+    tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    model = _episode_onnx(tmp_path / "dpnet.onnx")
+    both = export_cli("trt", "--onnx", str(model), "--fp16", "--int8", "--print-trtexec")
+    assert both.returncode == 1 and "--fp16 and --int8 exclude each other" in both.stderr
+    missing = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
+    assert missing.returncode == 1 and "run `dpnet-export onnx --int8` first" in missing.stderr
+    _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
+    printed = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
+    assert printed.returncode == 0, printed.stderr
+    assert "dpnet_int8_trt.onnx" in printed.stdout and "dpnet_int8.engine" in printed.stdout

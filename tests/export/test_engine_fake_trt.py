@@ -9,6 +9,7 @@ error reporting are checked end to end; the real API is exercised by the ``trt``
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,6 +76,32 @@ def test_fake_trt_fp16_builds_the_fp16_graph_strongly_typed_on_10_and_11(
         (1, 1, SIZE, SIZE),
         (4, 5, SIZE, SIZE),
     )
+
+
+@pytest.mark.parametrize("version", ["10.15.1.29", "11.0.0.1"])
+def test_fake_trt_int8_builds_the_qdq_graph_strongly_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    fake = _use(monkeypatch, version)
+    onnx_path = _export_dir(tmp_path, fp16=False)
+    shutil.copy(onnx_path, tmp_path / "dpnet_int8_trt.onnx")
+    result = onnx_to_engine(EngineBuildOptions(onnx_path, precision="int8"))
+    calls = fake.calls
+    # Explicit quantization: the Q/DQ scales decide; no INT8 (or FP16) builder flag, TF32 off.
+    assert (calls["parsed"], calls["network_flags"], calls["flags"], calls["cleared"]) == (
+        "dpnet_int8_trt.onnx",
+        1 << 5,
+        [],
+        ["tf32"],
+    )
+    assert calls["profile"][contract.QUERY_IMAGE] == (
+        (1, 3, SIZE, SIZE),
+        (1, 3, SIZE, SIZE),
+        (4, 3, SIZE, SIZE),
+    )
+    assert result.engine_path == tmp_path / "dpnet_int8.engine"
+    assert (result.sidecar.precision, result.sidecar.onnx_file) == ("int8", "dpnet_int8_trt.onnx")
+    assert result.sidecar.strongly_typed and not (tmp_path / "dpnet.engine").exists()
 
 
 def test_fake_trt_10_weak_typing_only_when_asked(

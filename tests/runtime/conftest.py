@@ -193,7 +193,8 @@ def make_fake_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFacto
     """Factory writing a fake export directory; returns its path.
 
     Keywords: ``size`` (int, or "H" for dynamic sides), ``max_shots``, ``raw``,
-    ``roles`` (which graphs), ``fp16`` (also write ``*_fp16.onnx`` copies), ``metadata``.
+    ``roles`` (which graphs), ``fp16`` / ``int8`` (also write ``*_fp16.onnx`` /
+    ``*_int8.onnx`` copies), ``metadata``.
     """
 
     def make(
@@ -203,6 +204,7 @@ def make_fake_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFacto
         raw: bool = False,
         roles: tuple[str, ...] = ("episode", "support", "query"),
         fp16: bool = False,
+        int8: bool = False,
         metadata: dict[str, str] | None = None,
     ) -> Path:
         folder = tmp_path_factory.mktemp("export")
@@ -211,10 +213,10 @@ def make_fake_export_dir(tmp_path_factory: pytest.TempPathFactory) -> GraphFacto
                 role, size=size, max_shots=max_shots, raw=raw, metadata=metadata or {}
             )
             onnx.save(model, folder / contract.FORMATS["ort"].file_name(role))
-            if fp16:
+            for precision in [name for name, wanted in (("fp16", fp16), ("int8", int8)) if wanted]:
                 props = {prop.key: prop.value for prop in model.metadata_props}
-                helper.set_model_props(model, {**props, contract.META_PRECISION: "fp16"})
-                onnx.save(model, folder / contract.FORMATS["ort-fp16"].file_name(role))
+                helper.set_model_props(model, {**props, contract.META_PRECISION: precision})
+                onnx.save(model, folder / contract.find_format("ort", precision).file_name(role))
         return folder
 
     return make

@@ -69,6 +69,31 @@ def test_format_rows_name_their_files() -> None:
         FORMATS["trt"].file_name("support")
 
 
+def test_int8_rows_name_their_graphs_and_the_engine_source() -> None:
+    assert [FORMATS["ort-int8"].file_name(role) for role in GRAPHS] == [
+        "dpnet_int8.onnx",
+        "dpnet_support_int8.onnx",
+        "dpnet_query_int8.onnx",
+    ]
+    trt = FORMATS["trt-int8"]
+    assert (trt.backend, trt.precision, trt.file_name("episode")) == (
+        "trt",
+        "int8",
+        "dpnet_int8.engine",
+    )
+    assert [trt.onnx_name(role) for role in GRAPHS] == [
+        "dpnet_int8_trt.onnx",
+        "dpnet_support_int8_trt.onnx",
+        "dpnet_query_int8_trt.onnx",
+    ]
+    assert FORMATS["trt"].onnx_name("episode") == "dpnet.onnx"
+    assert FORMATS["ort-int8"].onnx_name("query") == "dpnet_query_int8.onnx"
+    assert find_format("ort", "int8").name == "ort-int8" and find_format("trt", "int8") is trt
+    assert "int8" in contract.PRECISIONS
+    with pytest.raises(ValueError, match="reads no ONNX graph"):
+        FORMATS["torch"].onnx_name("episode")
+
+
 def test_find_format_picks_the_backend_row_or_lists_the_choices() -> None:
     assert find_format("ort").name == "ort"
     assert find_format("ort", "fp16").name == "ort-fp16"

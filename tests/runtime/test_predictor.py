@@ -199,6 +199,20 @@ def test_precision_selects_fp16_copies(small_raw_export: Path, scene: Scene) -> 
         Predictor.open(small_raw_export, precision="int4")
 
 
+def test_precision_int8_opens_the_int8_copies_only_fake(
+    make_fake_export_dir: Callable[..., Path],
+) -> None:
+    folder = make_fake_export_dir(int8=True)
+    with Predictor.open(folder, precision="int8") as predictor:
+        assert sorted(path.name for path in predictor.files) == [
+            "dpnet_int8.onnx",
+            "dpnet_query_int8.onnx",
+            "dpnet_support_int8.onnx",
+        ]
+    with pytest.raises(ModelFileError, match=r"holds no ort-int8 model .* --int8"):
+        Predictor.open(make_fake_export_dir(), precision="int8")
+
+
 def test_missing_and_empty_directories_name_the_export_command(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist; create it with dpnet-export onnx"):
         Predictor.open(tmp_path / "absent")

@@ -74,6 +74,22 @@ def test_cli_with_fake_graphs_writes_the_object_mask(
     assert np.mean(mask == truth) > 0.98
 
 
+def test_cli_precision_int8_runs_the_int8_graphs_fake(
+    make_fake_export_dir, files: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = make_fake_export_dir(int8=True)
+    for role in ("", "_support", "_query"):
+        (folder / f"dpnet{role}.onnx").unlink()  # only the INT8 copies can serve the run
+    out = tmp_path / "mask.png"
+    pair = f"{files['support']}:{files['mask']}"
+    args = ("--model", folder, "--support", pair, "--query", files["query"], "--out", out)
+    completed = _segment(*args, "--precision", "int8")
+    assert completed.returncode == 0, completed.stderr
+    assert np.asarray(Image.open(out)).shape == (50, 60)
+    fp32 = _segment(*args)
+    assert fp32.returncode == 1 and "holds no ort model" in fp32.stderr
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -3,11 +3,14 @@
 Needs TensorRT, cuda-python and an NVIDIA GPU; skipped with the reason printed otherwise
 (`pytest -rs`). The graph is a small stand-in with dpnet.onnx's inputs and logits output,
 so these tests check the build/run machinery; model parity on DPNet itself is dpnet-bench's.
+The INT8 test builds the TensorRT-flavoured QDQ graph of the trained tiny model
+(``dpnet_int8_trt.onnx``) and compares its masks with ONNX Runtime FP32's.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from dpnet_runtime import contract
 pytestmark = [pytest.mark.trt, pytest.mark.gpu, pytest.mark.slow]
 
 SIZE = 16
+INT8_EPISODES = 20
 
 
 def _require_tensorrt_and_gpu() -> None:
@@ -133,3 +137,42 @@ def test_shots_outside_profile_and_bad_engines(built: tuple[Path, Path], tmp_pat
     sidecar_path(truncated).write_text(json.dumps(other))
     with pytest.raises(IncompatibleModelError, match=r"9\.0\.0"):
         open_runner("trt", truncated)
+
+
+def test_int8_engine_builds_and_agrees_with_onnxruntime(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    _require_tensorrt_and_gpu()  # before the slow fixtures: skip costs nothing
+    from dpnet.data import build_dataset
+    from dpnet_export.calibration import episode_feed
+    from dpnet_export.onnx_to_engine import EngineBuildOptions, ShapeRange, onnx_to_engine
+    from dpnet_runtime import Predictor
+    from dpnet_runtime.contract import LOGITS
+
+    export_dir: Path = request.getfixturevalue("tiny_int8_export_dir")
+    for name in ("dpnet.onnx", "dpnet_int8_trt.onnx"):
+        shutil.copy(export_dir / name, tmp_path)
+    options = EngineBuildOptions(
+        tmp_path / "dpnet.onnx",
+        precision="int8",
+        shots=ShapeRange(1, 1, 1),
+        batch=ShapeRange(1, 1, 1),
+    )
+    result = onnx_to_engine(options)
+    assert result.engine_path == tmp_path / "dpnet_int8.engine"
+    assert (result.sidecar.precision, result.sidecar.onnx_file) == ("int8", "dpnet_int8_trt.onnx")
+    dataset = build_dataset(
+        "synthetic", root=None, fold=0, split="val", shots=1, seed=0, episodes=INT8_EPISODES
+    )
+    agree = total = 0
+    with (
+        Predictor.open(tmp_path, "trt", precision="int8") as engine,
+        Predictor.open(tmp_path, "ort") as reference,
+    ):
+        for index in range(INT8_EPISODES):
+            feed = episode_feed(dataset[index], 129, raw_input=False)
+            ours = engine.infer_episode(feed)[LOGITS].argmax(1)
+            theirs = reference.infer_episode(feed)[LOGITS].argmax(1)
+            agree += int(np.count_nonzero(ours == theirs))
+            total += ours.size
+    assert agree / total >= 0.97
