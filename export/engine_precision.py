@@ -87,7 +87,7 @@ def plan_precision(
         raise InputError(
             f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
         )
-    fp16_tag = contract.find_format("ort", "fp16").tag
+    fp16_tag = contract.find_format("trt", "fp16").source_tag
     is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
     if is_fp16_graph and precision != "fp16":
         raise InputError(

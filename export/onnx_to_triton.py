@@ -34,6 +34,7 @@ from dpnet_runtime.contract import (
     META_CONFIG,
     META_INPUT_SIZE,
     META_RAW_INPUT,
+    PRECISIONS,
     QUERY,
     QUERY_IMAGE,
     SUPPORT,
@@ -49,6 +50,7 @@ __all__ = [
     "TritonOptions",
     "TritonRepository",
     "onnx_to_triton",
+    "source_graphs",
     "validate_repository",
 ]
 
@@ -79,7 +81,10 @@ class TritonOptions:
 
     Args:
         backend: Triton backend of the two graphs, ``onnxruntime`` or ``tensorrt``.
-        precision: ``fp32`` or ``fp16`` (the ``*_fp16.onnx`` copies).
+        precision: ``fp32``, ``fp16`` or ``int8``: the ONNX Runtime copies of that precision
+            (``*_fp16.onnx``, ``*_int8.onnx``); for ``tensorrt``, the graphs its plans are
+            built from (the FP32 graphs, the mixed-precision ``*_fp16.onnx`` ones built
+            strongly typed, the symmetric ``*_int8_trt.onnx`` QDQ ones).
         max_batch: Triton's ``max_batch_size`` of the two graphs.
         queue_delay_us: dynamic batching's ``max_queue_delay_microseconds``.
         instances: model instances of each graph.
@@ -102,6 +107,22 @@ class TritonOptions:
             raise InputError(f"kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
         if min(self.max_batch, self.instances) < 1 or self.queue_delay_us < 0:
             raise InputError("max_batch and instances must be >= 1, queue_delay_us >= 0")
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+
+
+def source_graphs(artifacts: Path, options: TritonOptions) -> dict[str, Path]:
+    """The ONNX file each graph model serves (``onnxruntime``) or is built from (``tensorrt``).
+
+    Returns:
+        ``{"support": path, "query": path}`` inside ``artifacts``.
+    """
+    fmt = find_format("ort", options.precision)
+    if options.backend == "tensorrt" and options.precision != "fp32":
+        fmt = find_format("trt", options.precision)
+    return {role: artifacts / fmt.onnx_name(role) for role in (SUPPORT, QUERY)}
 
 
 @dataclass(frozen=True)
@@ -137,8 +158,7 @@ def onnx_to_triton(
         ExportError: a written config fails Triton's schema.
     """
     options = options or TritonOptions()
-    files = {role: artifacts / find_format("ort", options.precision).file_name(role)
-             for role in (SUPPORT, QUERY)}  # fmt: skip
+    files = source_graphs(artifacts, options)
     specs = {role: _bound_specs(role, file) for role, file in files.items()}
     configs = {
         **{

@@ -287,9 +287,10 @@ class Format:
         tag: what follows the graph's stem in its file names (``""``, ``"_fp16"``).
         extra: the pip extra that provides its packages (``None``: the base install).
         make: the command that writes the artifact, for messages.
-        source_tag: for an engine, the tag of the ONNX graphs it is built from when they are
-            not the FP32 ones (``"_int8_trt"``: the TensorRT-flavoured INT8 QDQ graphs, which
-            ``dpnet-export onnx --int8`` writes beside the ``ort-int8`` ones).
+        source_tag: for an engine, the tag of the ONNX graphs it is built from: ``"_fp16"``,
+            the mixed-precision graphs that FP16 engines are built from strongly typed, and
+            ``"_int8_trt"``, the TensorRT-flavoured INT8 QDQ graphs that
+            ``dpnet-export onnx --int8`` writes beside the ``ort-int8`` ones.
     """
 
     name: str
@@ -349,7 +350,10 @@ FORMATS: Final[dict[str, Format]] = {
         Format("ort", "ort", "fp32", "cpu", "onnx", "", None, _EXPORT),
         Format("ort-fp16", "ort", "fp16", "cpu", "onnx", "_fp16", None, f"{_EXPORT} --fp16"),
         Format("ort-int8", "ort", "int8", "cpu", "onnx", "_int8", None, f"{_EXPORT} --int8"),
-        Format("trt", "trt", "fp16", "cuda", "engine", "", "trt", f"{_TRT} --fp16"),
+        Format(
+            "trt", "trt", "fp16", "cuda", "engine", "", "trt",
+            f"{_EXPORT} --fp16, then {_TRT} --fp16", source_tag="_fp16",
+        ),
         Format(
             "trt-int8", "trt", "int8", "cuda", "engine", "_int8", "trt",
             f"{_EXPORT} --int8, then {_TRT} --int8", source_tag="_int8_trt",

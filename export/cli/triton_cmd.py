@@ -22,9 +22,13 @@ def command(
     backend: Annotated[
         str, typer.Option(help="Triton backend of the graphs: onnxruntime or tensorrt.")
     ] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (the *_fp16.onnx copies).")] = (
-        "fp32"
-    ),
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, fp16 or int8: the graphs of that precision (dpnet-export onnx --fp16 / "
+            "--int8); with tensorrt, the graphs the plans are built from."
+        ),
+    ] = "fp32",
     max_batch: Annotated[int, typer.Option(help="Triton max_batch_size of the graphs.")] = 8,
     queue_delay_us: Annotated[
         int, typer.Option(help="Dynamic batching: max_queue_delay_microseconds.")
@@ -53,8 +57,9 @@ def command(
         else "not checked: pip install 'dpnet[triton]' to check the configs"
     )
     stdout_console.print(f"wrote {result.repo} ({len(result.configs)} models; {checked})")
+    precision_flag = "" if precision == "fp32" else f" --{precision}"
     for onnx_file, plan in result.to_build:
         stdout_console.print(
-            f"build on the serving GPU: dpnet-export trt --onnx {onnx_file} --out {plan} "
-            f"--batch-range 1:1:{max_batch}"
+            f"build on the serving GPU: dpnet-export trt --onnx {onnx_file} --out {plan}"
+            f"{precision_flag} --batch-range 1:1:{max_batch}"
         )

@@ -36,9 +36,9 @@ def _planted_copy(export_dir: Path, folder: Path) -> str:
 
 @pytest.mark.slow
 def test_planted_divergence_is_the_first_node_reported(
-    tiny_int8_export_dir: Path, tmp_path: Path
+    tiny_segmenting_export_dir: Path, tmp_path: Path
 ) -> None:
-    planted = _planted_copy(tiny_int8_export_dir, tmp_path)
+    planted = _planted_copy(tiny_segmenting_export_dir, tmp_path)
     report = localize(LocalizeOptions(artifacts=tmp_path, precision="int8", episodes=2))
     first = report.first_beyond(3)
     assert first[0].node == planted and first[0].op_type == "Conv"
@@ -52,7 +52,8 @@ def test_planted_divergence_is_the_first_node_reported(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("precision", "folder"), [("int8", "tiny_int8_export_dir"), ("fp16", "tiny_trained_export_dir")]
+    ("precision", "folder"),
+    [("int8", "tiny_segmenting_export_dir"), ("fp16", "tiny_trained_export_dir")],
 )
 def test_cli_prints_first_nodes_and_scopes(
     precision: str, folder: str, request: pytest.FixtureRequest
@@ -71,9 +72,9 @@ def test_cli_prints_first_nodes_and_scopes(
 
 @pytest.mark.slow
 def test_int8_trunk_stays_close_and_the_ccm_argmax_is_where_it_diverges(
-    tiny_int8_export_dir: Path,
+    tiny_segmenting_export_dir: Path,
 ) -> None:
-    report = localize(LocalizeOptions(artifacts=tiny_int8_export_dir, episodes=1))
+    report = localize(LocalizeOptions(artifacts=tiny_segmenting_export_dir, episodes=1))
     trunk = [t for t in report.tensors if t.scope.startswith("model.backbone")]
     # Compared as the consumers see them: a Relu folded into its Q clamp included.
     assert len(trunk) > 20 and max(t.divergence for t in trunk) < 0.1

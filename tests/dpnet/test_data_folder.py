@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from folder_data import class_name, write_folder_dataset
 from PIL import Image
 
 from dpnet.data import DatasetOptions, build_dataset, dataset_options
 from dpnet.data.folder import FolderDataset, folder_fold_classes
 from dpnet_runtime.errors import DatasetError, InputError
-
-from .folder_data import class_name, write_folder_dataset
 
 NAMES = sorted(class_name(c) for c in (1, 2, 6, 7))  # the class folders, sorted
 

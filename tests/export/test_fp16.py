@@ -81,8 +81,10 @@ def test_normalisation_and_argmax_stay_fp32_and_weights_are_fp16(tiny_export_dir
 
 @torch.no_grad()
 @pytest.mark.slow
-def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_trained_export_dir: Path):
-    model, _ = load_model(tiny_trained_checkpoint)
+def test_fp16_miou_matches_torch_fp32(
+    tiny_segmenting_checkpoint: Path, tiny_segmenting_export_dir: Path
+) -> None:
+    model, _ = load_model(tiny_segmenting_checkpoint)
     dataset = build_dataset(
         "synthetic",
         root=None,
@@ -94,7 +96,7 @@ def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_traine
         image_size=SIZE,
     )
     session = ort.InferenceSession(
-        str(tiny_trained_export_dir / "dpnet_fp16.onnx"),
+        str(tiny_segmenting_export_dir / "dpnet_fp16.onnx"),
         providers=["CPUExecutionProvider"],
     )
     torch_acc, fp16_acc = IoUAccumulator(dataset.class_ids), IoUAccumulator(dataset.class_ids)
@@ -126,9 +128,11 @@ def test_fp16_miou_matches_torch_fp32(tiny_trained_checkpoint: Path, tiny_traine
         intersection += int(np.count_nonzero(torch_sets & (fp16_sets > 0)))
         union += int(np.count_nonzero(torch_sets | (fp16_sets > 0)))
     reference, result = torch_acc.result(), fp16_acc.result()
+    # A model that segments: equal all-background masks would make the parity check vacuous.
+    assert reference["miou_pfenet"] > 10, reference
     for key in ("miou_canet", "miou_pfenet"):
         assert abs(result[key] - reference[key]) <= 0.3, (key, result[key], reference[key])
     # DESIGN.md targets a CCM set IoU >= 0.98 for the real model. This tiny one has a random
     # trunk whose similarities are full of near-ties, so FP16 rounding of the input and trunk
-    # flips some argmax (0.94 measured, 1.0 in FP32): a floor that still catches a broken keep-list.
+    # flips some argmax (0.97 measured, 1.0 in FP32): a floor that still catches a broken keep-list.
     assert union > 0 and intersection / union >= 0.9, "CCM set IoU"

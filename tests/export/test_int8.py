@@ -13,7 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from folder_data import write_folder_dataset
 from onnx import TensorProto, numpy_helper
+from PIL import Image
 
 from dpnet_bench.schema import BenchOptions
 from dpnet_bench.suite import run_suite
@@ -27,7 +29,7 @@ from dpnet_export.lint import lint_onnx
 from dpnet_export.onnx_to_fp16 import node_scopes
 from dpnet_export.onnx_to_int8 import INT8_FLAVOURS, float32_to_int8, fold_batch_norm
 from dpnet_export.torch_to_onnx import _write_all, check_graph
-from dpnet_runtime import contract
+from dpnet_runtime import Predictor, contract
 from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
 from dpnet_runtime.errors import DatasetError, ExportError, InputError
 from dpnet_runtime.preprocess import prepare_query, prepare_support
@@ -60,10 +62,10 @@ def _ccm_touches_qdq(model: onnx.ModelProto) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ROLES)
 def test_int8_graphs_are_valid_and_keep_the_ccm_float(
-    tiny_int8_export_dir: Path, role: str
+    tiny_segmenting_export_dir: Path, role: str
 ) -> None:
     for name, target in ((f"{role}_int8.onnx", "ort"), (f"{role}_int8_trt.onnx", "trt")):
-        model = onnx.load(tiny_int8_export_dir / name)
+        model = onnx.load(tiny_segmenting_export_dir / name)
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         ops = [node.op_type for node in model.graph.node]
@@ -89,8 +91,10 @@ def test_int8_graphs_are_valid_and_keep_the_ccm_float(
 
 
 @pytest.mark.slow
-def test_a_qdq_pair_planted_before_the_ccm_breaks_the_op_rules(tiny_int8_export_dir: Path) -> None:
-    model = onnx.load(tiny_int8_export_dir / "dpnet_int8.onnx")
+def test_a_qdq_pair_planted_before_the_ccm_breaks_the_op_rules(
+    tiny_segmenting_export_dir: Path,
+) -> None:
+    model = onnx.load(tiny_segmenting_export_dir / "dpnet_int8.onnx")
     check_graph(model, "dpnet_int8.onnx")
     matmul = next(n for n in model.graph.node if "ccm" in node_scopes(n) and n.op_type == "MatMul")
     scale, zero_point = "planted_scale", "planted_zero_point"
@@ -130,8 +134,8 @@ def test_stale_low_precision_copies_are_removed(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_classifier_stays_float(tiny_int8_export_dir: Path) -> None:
-    model = onnx.load(tiny_int8_export_dir / "dpnet_int8.onnx")
+def test_classifier_stays_float(tiny_segmenting_export_dir: Path) -> None:
+    model = onnx.load(tiny_segmenting_export_dir / "dpnet_int8.onnx")
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     classifier = [n for n in model.graph.node if "classifier" in node_scopes(n)]
     assert [node.op_type for node in classifier] == ["Conv"]
@@ -141,11 +145,11 @@ def test_classifier_stays_float(tiny_int8_export_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_cpu_int8_agrees_with_torch_fp32_within_the_gate(
-    tiny_segmenting_checkpoint: Path, tiny_int8_export_dir: Path
+    tiny_segmenting_checkpoint: Path, tiny_segmenting_export_dir: Path
 ) -> None:
     options = BenchOptions(
         checkpoint=tiny_segmenting_checkpoint,
-        artifacts=tiny_int8_export_dir,
+        artifacts=tiny_segmenting_export_dir,
         backends=("torch", "ort-int8"),
         episodes=40,
         warmup_s=0.0,
@@ -177,11 +181,11 @@ def _black_feeds() -> list[dict[str, np.ndarray]]:
 
 @pytest.mark.slow
 def test_scales_from_black_images_fail_the_bench_gate_with_exit_3(
-    tiny_segmenting_checkpoint: Path, tiny_int8_export_dir: Path, tmp_path: Path
+    tiny_segmenting_checkpoint: Path, tiny_segmenting_export_dir: Path, tmp_path: Path
 ) -> None:
     fp32 = {}
     for role, stem in zip(contract.GRAPHS, ROLES, strict=True):
-        shutil.copy(tiny_int8_export_dir / f"{stem}.onnx", tmp_path)
+        shutil.copy(tiny_segmenting_export_dir / f"{stem}.onnx", tmp_path)
         fp32[role] = onnx.load(tmp_path / f"{stem}.onnx")
     for role, stem in zip(contract.GRAPHS, ROLES, strict=True):
         feeds = role_feeds(_black_feeds(), role, fp32[contract.SUPPORT])
@@ -210,8 +214,8 @@ def test_scales_from_black_images_fail_the_bench_gate_with_exit_3(
 
 
 @pytest.mark.slow
-def test_calibration_is_deterministic(tiny_int8_export_dir: Path) -> None:
-    support = onnx.load(tiny_int8_export_dir / "dpnet_support.onnx")
+def test_calibration_is_deterministic(tiny_segmenting_export_dir: Path) -> None:
+    support = onnx.load(tiny_segmenting_export_dir / "dpnet_support.onnx")
 
     def quantized(seed: int) -> bytes:
         options = CalibrationOptions(episodes=3, seed=seed)
@@ -277,6 +281,43 @@ def test_cli_calibration_errors_are_one_line(
     assert completed.stderr.startswith("error: ") and message in completed.stderr
     assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_calibrates_on_a_folder_of_your_own_images(
+    export_cli, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    write_folder_dataset(tmp_path / "mine", images=3)
+    calibrate = ["--int8", "--calib-dataset", "folder", "--calib-episodes", "4"]
+    out = tmp_path / "out"
+    args = ["onnx", "--ckpt", str(tiny_checkpoint), "--out", str(out), *calibrate]
+    done = export_cli(*args, "--data-root", str(tmp_path / "mine"))
+    assert done.returncode == 0, done.stderr
+    for fmt in (contract.FORMATS["ort-int8"], contract.FORMATS["trt-int8"]):
+        for role in contract.GRAPHS:
+            model = onnx.load(out / fmt.onnx_name(role), load_external_data=False)
+            properties = {prop.key: prop.value for prop in model.metadata_props}
+            described = json.loads(properties[contract.META_CALIBRATION])
+            assert (described["dataset"], described["episodes"]) == ("folder", 4), described
+    query, support, mask = _folder_episode(tmp_path / "mine")
+    predictor = Predictor.open(out, precision="int8")
+    encoded = predictor.encode_support([support], [mask])
+    assert predictor.segment(query, encoded).mask.shape == query.shape[:2]
+    predictor.close()
+    # A class with fewer than K + 1 images: one line, and the export above left as it was.
+    write_folder_dataset(tmp_path / "small", images=1)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    small = export_cli(*args, "--data-root", str(tmp_path / "small"))
+    assert small.returncode == EXIT_USER_ERROR and small.stderr.count("\n") == 1, small.stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def _folder_episode(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    folder = sorted(root.iterdir())[0]
+    image = np.asarray(Image.open(folder / "img0.png").convert("RGB"))
+    support = np.asarray(Image.open(folder / "img1.png").convert("RGB"))
+    mask = (np.asarray(Image.open(folder / "img1_mask.png")) > 0).astype(np.uint8)
+    return image, support, mask
 
 
 def test_quantizer_failure_is_an_export_error(tmp_path: Path) -> None:

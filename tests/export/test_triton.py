@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2
 
 from dpnet_export.onnx_to_triton import TritonOptions, onnx_to_triton, validate_repository
 from dpnet_runtime import Predictor
-from dpnet_runtime.errors import ExportError
+from dpnet_runtime.errors import ExportError, InputError, ModelFileError
 from dpnet_runtime.preprocess import prepare_query, prepare_support
 
 from .conftest import RunCli
@@ -134,6 +134,46 @@ def test_tensorrt_backend_leaves_the_plans_to_build_on_the_gpu(
         ("dpnet_support.onnx", Path("repo/dpnet_support/1/model.plan")),
         ("dpnet_query.onnx", Path("repo/dpnet_query/1/model.plan")),
     ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "tag"),
+    [("tensorrt", "int8", "_int8_trt"), ("tensorrt", "fp32", ""), ("onnxruntime", "int8", "_int8")],
+)
+def test_int8_repositories_take_the_graphs_of_their_backend(
+    tiny_segmenting_export_dir: Path, tmp_path: Path, backend: str, precision: str, tag: str
+) -> None:
+    # TensorRT plans come from the symmetric QDQ graphs, ONNX Runtime serves its U8S8 ones.
+    options = TritonOptions(backend=backend, precision=precision, kind="KIND_CPU")
+    result = onnx_to_triton(tiny_segmenting_export_dir, tmp_path / "repo", options)
+    sources = {model: tiny_segmenting_export_dir / f"{model}{tag}.onnx" for model in _GRAPHS}
+    if backend == "tensorrt":
+        assert [source for source, _ in result.to_build] == list(sources.values())
+    else:
+        assert result.to_build == ()
+        for model, source in sources.items():
+            copied = tmp_path / "repo" / model / "1" / "model.onnx"
+            assert copied.read_bytes() == source.read_bytes()
+
+
+def test_fp16_plans_come_from_the_mixed_precision_graphs(
+    tiny_export_dir: Path, tmp_path: Path
+) -> None:
+    options = TritonOptions(backend="tensorrt", precision="fp16")
+    result = onnx_to_triton(tiny_export_dir, tmp_path / "repo", options)
+    assert [source.name for source, _ in result.to_build] == [
+        "dpnet_support_fp16.onnx",
+        "dpnet_query_fp16.onnx",
+    ]
+
+
+def test_an_unknown_precision_or_a_missing_copy_is_an_input_error(
+    tiny_export_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8, got 'int4'"):
+        TritonOptions(precision="int4")
+    with pytest.raises(ModelFileError, match=r"dpnet_support_int8\.onnx"):
+        onnx_to_triton(tiny_export_dir, tmp_path / "repo", TritonOptions(precision="int8"))
 
 
 def _fake_triton(repo: Path) -> types.ModuleType:
@@ -262,6 +302,13 @@ def test_cli_writes_a_checked_repository(
     assert bad.returncode == 1 and bad.stderr.strip().startswith(
         "error: unknown Triton backend 'openvino'"
     )
+    plans = export_cli(
+        "triton", "--artifacts", str(tiny_export_dir), "--repo", str(tmp_path / "r3"),
+        "--backend", "tensorrt", "--precision", "fp16", "--max-batch", "4",
+    )  # fmt: skip
+    assert plans.returncode == 0, plans.stderr
+    assert f"--onnx {tiny_export_dir / 'dpnet_query_fp16.onnx'} --out " in plans.stdout
+    assert "dpnet_query/1/model.plan --fp16 --batch-range 1:1:4" in plans.stdout
     missing = export_cli(
         "triton", "--artifacts", str(tmp_path / "none"), "--repo", str(tmp_path / "r2")
     )

@@ -86,7 +86,7 @@ def test_int8_rows_name_their_graphs_and_the_engine_source() -> None:
         "dpnet_support_int8_trt.onnx",
         "dpnet_query_int8_trt.onnx",
     ]
-    assert FORMATS["trt"].onnx_name("episode") == "dpnet.onnx"
+    assert FORMATS["trt"].onnx_name("episode") == "dpnet_fp16.onnx"
     assert FORMATS["ort-int8"].onnx_name("query") == "dpnet_query_int8.onnx"
     assert find_format("ort", "int8").name == "ort-int8" and find_format("trt", "int8") is trt
     assert "int8" in contract.PRECISIONS

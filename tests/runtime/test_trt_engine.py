@@ -149,7 +149,7 @@ def test_int8_engine_builds_and_agrees_with_onnxruntime(
     from dpnet_runtime import Predictor
     from dpnet_runtime.contract import LOGITS
 
-    export_dir: Path = request.getfixturevalue("tiny_int8_export_dir")
+    export_dir: Path = request.getfixturevalue("tiny_segmenting_export_dir")
     for name in ("dpnet.onnx", "dpnet_int8_trt.onnx"):
         shutil.copy(export_dir / name, tmp_path)
     options = EngineBuildOptions(
