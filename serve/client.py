@@ -4,8 +4,8 @@
 ...     client.register("cat", [image], [mask])  # uint8 [H, W, 3], [H, W] 0/1 or bool
 ...     mask = client.segment("cat", query)  # uint8 [H, W], 1 = object
 
-Images travel as PNG (lossless), so the server sees exactly the caller's pixels. A Client
-keeps one HTTP connection open; use one Client per thread.
+Images travel as BMP and masks as PNG (both lossless), so the server sees exactly the
+caller's pixels. A Client keeps one HTTP connection open; use one Client per thread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
 from dpnet_runtime.preprocess import check_image
 from dpnet_serve.store import ClassInfo
-from dpnet_serve.wire import binary_mask, encode_png, mask_from_png, mask_to_png
+from dpnet_serve.wire import binary_mask, encode_image, mask_from_png, mask_to_png
 
 __all__ = ["Client"]
 
@@ -148,8 +148,8 @@ def _support_files(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) ->
 def _image_file(
     image: np.ndarray, field: str = "image", name: str = "image"
 ) -> tuple[str, tuple[str, bytes, str]]:
-    pixels = encode_png(check_image(image, name))
-    return field, (f"{name.replace(' ', '')}.png", pixels, "image/png")
+    pixels = encode_image(check_image(image, name))
+    return field, (f"{name.replace(' ', '')}.bmp", pixels, "image/bmp")
 
 
 def _import_requests() -> ModuleType:

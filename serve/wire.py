@@ -24,6 +24,7 @@ __all__ = [
     "binary_mask",
     "decode_image",
     "decode_mask",
+    "encode_image",
     "encode_png",
     "mask_from_png",
     "mask_to_png",
@@ -94,6 +95,18 @@ def decode_mask(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
             )
         values = np.asarray(image.convert("L") if image.mode == "1" else image)
     return binary_mask(values, name)
+
+
+def encode_image(pixels: np.ndarray) -> bytes:
+    """BMP bytes of ``uint8 [H, W, 3]`` RGB pixels: lossless and uncompressed.
+
+    What the client uploads. Encoding a 321 x 321 image takes about 0.1 ms, against 10 ms for
+    PNG at its fastest level (for 30 % fewer bytes), and decoding likewise; on 2 cores that CPU
+    time was taken from the model on every query.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="BMP")
+    return buffer.getvalue()
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
