@@ -34,7 +34,10 @@ def command(
     port: Annotated[int, typer.Option(help="HTTP port.")] = _DEFAULTS.port,
     address: Annotated[
         str | None,
-        typer.Option(help="Ray cluster to join (auto, ray://HOST:PORT); default: a local Ray."),
+        typer.Option(
+            help="Ray cluster to join: auto, HOST:PORT of its head or ray://HOST:PORT; default: "
+            "a local Ray."
+        ),
     ] = _DEFAULTS.address,
     replicas: Annotated[int, typer.Option(help="Query-head replicas.")] = _DEFAULTS.replicas,
     max_batch: Annotated[
@@ -48,7 +51,9 @@ def command(
         typer.Option(help="CPU threads per operator in each replica (default: cores / replicas)."),
     ] = _DEFAULTS.threads,
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = _DEFAULTS.backend,
-    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = _DEFAULTS.precision,
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16 or int8: the export's graphs of that precision.")
+    ] = _DEFAULTS.precision,
     store: Annotated[
         Path | None, typer.Option(help="Folder that keeps registered classes across restarts.")
     ] = _DEFAULTS.store,

@@ -16,6 +16,7 @@ from dpnet_runtime.errors import InputError
 __all__ = ["APP_NAME", "ServeOptions"]
 
 APP_NAME: Final = "dpnet"
+_LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,15 @@ class ServeOptions:
         model: export directory (``dpnet-export onnx --out``), readable on every Ray node.
         host: HTTP address of Ray Serve's proxy (``127.0.0.1``: this machine only).
         port: HTTP port.
-        address: Ray cluster to join (``auto``, ``ray://HOST:PORT``); ``None`` starts a local,
-            loopback-only Ray inside this process.
+        address: Ray cluster to join (``auto``, ``HOST:PORT`` of its head, ``ray://HOST:PORT``);
+            ``None`` starts a local, loopback-only Ray inside this process.
         replicas: query-head replicas (each holds its own cache of support sets).
         max_batch: most queries of one class that one query-graph call segments together.
         batch_wait_ms: how long a replica waits for more queries before running a batch.
         threads: ONNX Runtime threads per operator in each replica; ``None``: this
             machine's cores divided by ``replicas``.
         backend: runtime backend, ``ort`` or ``trt``.
-        precision: ``fp32`` or ``fp16``.
+        precision: ``fp32``, ``fp16`` or ``int8`` (a row of ``contract.FORMATS``).
         store: folder that keeps registered classes across restarts; ``None``: memory only.
         max_shots: most support pairs a class may have.
         max_image_pixels: largest accepted image (height x width); larger ones get HTTP 413.
@@ -69,6 +70,16 @@ class ServeOptions:
     def local(self) -> bool:
         """True when dpnet-serve starts its own Ray (no ``address``)."""
         return self.address is None
+
+    @property
+    def on_loopback(self) -> bool:
+        """True when all of Ray runs on this machine's loopback interface: a local Ray, or a
+        cluster whose head is given as ``127.0.0.1:PORT`` or ``localhost:PORT`` (a head that
+        listens there cannot be joined from another machine)."""
+        if self.address is None:
+            return True
+        host, _, port = self.address.rpartition(":")
+        return port.isdigit() and host in _LOOPBACK_HOSTS
 
     @property
     def replica_threads(self) -> int:

@@ -6,7 +6,8 @@ Ray-free at import: Ray and FastAPI are imported by :func:`run_server`, which na
 Without an ``address`` the server starts a local Ray whose traffic stays on the loopback
 interface (node address 127.0.0.1, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, no dashboard,
 usage statistics off); Ray's files go under ``$RAY_TMPDIR`` (default ``/tmp``). With an address
-it joins that cluster and, on exit, deletes only its own application.
+it joins that cluster and, on exit, deletes only its own application; a head addressed as
+``127.0.0.1:PORT`` is a cluster of this machine alone, joined with the same loopback settings.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final
 
-from dpnet_runtime.errors import BackendUnavailableError, InputError
+from dpnet_runtime.errors import BackendUnavailableError, InputError, one_line
 from dpnet_serve.options import APP_NAME, ServeOptions
 from dpnet_serve.store import open_store
 
@@ -75,7 +76,7 @@ def run_server(options: ServeOptions, report: Callable[[str], None]) -> None:
         BackendUnavailableError: Ray Serve, FastAPI or python-multipart is not installed.
         ModelFileError, InputError, IncompatibleModelError: see :func:`check_model`.
     """
-    if options.local:
+    if options.on_loopback:
         for name, value in _LOCAL_ENVIRONMENT.items():
             os.environ.setdefault(name, value)  # before Ray is imported: it reads them once
     ray, serve = _import_serving()
@@ -83,7 +84,16 @@ def run_server(options: ServeOptions, report: Callable[[str], None]) -> None:
     from dpnet_serve.app import build_app
 
     report(f"starting Ray {'locally' if options.local else 'at ' + str(options.address)}")
-    ray.init(**_ray_arguments(options))
+    # Ray 2.5x has token authentication; older Ray has no AuthenticationError.
+    join_errors = (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError))
+    try:
+        ray.init(**_ray_arguments(options))
+    except join_errors as exc:
+        raise BackendUnavailableError(
+            f"cannot join the Ray cluster at {options.address}: {one_line(exc)}; check --address, "
+            "and for a cluster with token authentication set RAY_AUTH_MODE=token and its token "
+            "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
+        ) from exc
     try:
         serve.start(
             http_options={"host": options.host, "port": options.port}, logging_config=_QUIET
@@ -116,15 +126,18 @@ def _import_serving() -> tuple[ModuleType, ModuleType]:
 
 def _ray_arguments(options: ServeOptions) -> dict[str, Any]:
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
+    loopback = {
+        "_node_ip_address": "127.0.0.1",
+        "runtime_env": {"worker_process_setup_hook": _LOOPBACK_HOOK},
+    }
     if not options.local:
-        return {"address": options.address, **quiet}
+        return {"address": options.address, **(loopback if options.on_loopback else {}), **quiet}
     # Logical CPUs: every replica reserves its threads, so a small machine still fits them all.
     reserved = options.replica_threads * (options.replicas + 1)
     return {
-        "_node_ip_address": "127.0.0.1",
         "include_dashboard": False,
         "num_cpus": max(os.cpu_count() or 1, reserved),
-        "runtime_env": {"worker_process_setup_hook": _LOOPBACK_HOOK},
+        **loopback,
         **quiet,
     }
 

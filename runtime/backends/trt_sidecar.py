@@ -2,9 +2,10 @@
 
 An engine only runs on the TensorRT version and GPU it was built for, so ``dpnet-export trt``
 (or ``--adopt`` for an engine built by trtexec) writes a sidecar beside it recording both,
-the ONNX and engine sha256, the optimisation profile and the precision settings (FP16 typing,
-TF32). :class:`~dpnet_runtime.backends.trt.TrtRunner` checks it before deserialising anything,
-which turns TensorRT's opaque deserialisation failure into a message naming both sides.
+the ONNX and engine sha256, the optimisation profile and the precision settings (fp32, fp16
+or int8; strong or weak typing; TF32). :class:`~dpnet_runtime.backends.trt.TrtRunner` checks
+it before deserialising anything, which turns TensorRT's opaque deserialisation failure into a
+message naming both sides.
 Needs neither TensorRT nor CUDA.
 
 Version 2 added ``tf32`` and ``adopted``; version 1 engines were built with TensorRT's
@@ -61,7 +62,7 @@ class EngineSidecar:
         tensorrt_version: ``trt.__version__`` at build time.
         gpu_name: CUDA device name at build time.
         compute_capability: ``"major.minor"`` of that device.
-        precision: ``"fp16"`` or ``"fp32"``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (one of ``contract.PRECISIONS``).
         strongly_typed: built as a strongly typed network (precision from the graph); False
             for the TensorRT 10 weak-typing fallback (``BuilderFlag.FP16``).
         tf32: whether FP32 layers were allowed TF32 (10-bit mantissa) inner products.

@@ -8,6 +8,7 @@ stopped by SIGTERM to its PID; any process it started that outlives it is killed
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import queue
 import re
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,28 @@ class Server:
         return pids
 
 
+def assert_loopback_sockets(processes: list[psutil.Process]) -> None:
+    """Every socket of ``processes`` (bound or connected) is on a loopback address."""
+    sockets = []
+    for process in processes:
+        try:
+            sockets += [(process.pid, conn) for conn in process.net_connections(kind="inet")]
+        except psutil.NoSuchProcess:
+            continue
+    assert len(sockets) > 5  # the proxy, GCS, raylet and workers listen and talk
+    for pid, conn in sockets:
+        for address in (conn.laddr, conn.raddr):
+            if address:
+                assert _loopback(address.ip), (pid, conn)
+
+
+def _loopback(ip: str) -> bool:
+    # A wildcard bind (0.0.0.0, ::) is not loopback; ::ffff:127.0.0.1 is IPv4's loopback.
+    address = ipaddress.ip_address(ip)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as probe:
@@ -79,20 +102,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(model: Path, *options: str) -> Server:
+def start_server(
+    model: Path, *options: str, environment: Mapping[str, str] | None = None
+) -> Server:
     """Run ``dpnet-serve --model MODEL OPTIONS`` and wait (bounded) for its URL line.
+
+    Args:
+        model: the export directory.
+        options: more command-line arguments.
+        environment: variables added to this process's environment.
 
     Raises:
         AssertionError: the server exited or printed no URL within ``START_TIMEOUT_S``.
     """
     ray_dir = tempfile.mkdtemp(prefix="dpr", dir="/tmp")  # short: Ray's socket paths are limited
-    environment = {**os.environ, "RAY_TMPDIR": ray_dir, "PYTHONUNBUFFERED": "1"}
+    variables = {"RAY_TMPDIR": ray_dir, "PYTHONUNBUFFERED": "1", **(environment or {})}
     command = [
         sys.executable, "-c", "from dpnet_serve.cli import main; main()",
         "--model", str(model), "--port", str(free_port()), *options,
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **variables},
     )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(process, lines), daemon=True).start()

@@ -8,7 +8,6 @@ export and inputs.
 from __future__ import annotations
 
 import io
-import ipaddress
 import re
 import threading
 import time
@@ -27,7 +26,7 @@ from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DpnetError, InputError
 from dpnet_serve import Client
 
-from .conftest import MAX_SHOTS, Server, support_masks
+from .conftest import MAX_SHOTS, Server, assert_loopback_sockets, support_masks
 
 pytestmark = pytest.mark.slow
 
@@ -227,25 +226,8 @@ def test_health_and_the_openapi_page(server: Server) -> None:
     assert {"/classes", "/classes/{name}", "/classes/{name}/segment", "/episode"} <= set(paths)
 
 
-def _loopback(ip: str) -> bool:
-    # A wildcard bind (0.0.0.0, ::) is not loopback; ::ffff:127.0.0.1 is IPv4's loopback.
-    address = ipaddress.ip_address(ip)
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return (mapped or address).is_loopback
-
-
 def test_the_server_and_its_ray_processes_use_loopback_sockets_only(server: Server) -> None:
-    sockets = []
-    for process in server.processes():
-        try:
-            sockets += [(process.pid, conn) for conn in process.net_connections(kind="inet")]
-        except psutil.NoSuchProcess:
-            continue
-    assert len(sockets) > 5  # the proxy, GCS, raylet and workers listen and talk
-    for pid, conn in sockets:
-        for address in (conn.laddr, conn.raddr):
-            if address:
-                assert _loopback(address.ip), (pid, conn)
+    assert_loopback_sockets(server.processes())
 
 
 def test_a_killed_query_replica_is_restarted_and_later_requests_succeed(

@@ -1,0 +1,167 @@
+"""dpnet-serve --address joins a Ray cluster it did not start.
+
+The cluster is a Ray head on 127.0.0.1 with token authentication (Ray's default for a new
+cluster), started here by a Python process of the test's own, as another job on a shared
+cluster would be; its token is the test's own, given by environment, never written to
+``~/.ray``. The server deploys onto it, answers with the in-process masks, keeps every socket on
+loopback, and on exit removes its application while the head keeps running. Without the token
+the server stops with one line. The head is stopped by SIGTERM to its PID, then whatever it
+started, by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from dpnet.data.episode import Episode
+from dpnet_runtime import Predictor
+from dpnet_serve import Client
+
+from .conftest import Server, assert_loopback_sockets, start_server, stop_server, support_masks
+
+pytestmark = pytest.mark.slow
+
+_START_TIMEOUT_S = 180.0
+# Block SIGTERM only after Ray has started its GCS and raylet, so they do not inherit the mask.
+_HEAD = """
+import signal, ray
+ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
+         logging_level="WARNING")
+print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+signal.sigwait({signal.SIGTERM})
+ray.shutdown()
+"""
+
+
+@dataclass
+class Head:
+    """A Ray head on 127.0.0.1 and the GCS address other jobs join it at."""
+
+    process: subprocess.Popen[str]
+    address: str
+    ray_dir: Path
+    token: dict[str, str]
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+
+@pytest.fixture
+def head() -> Iterator[Head]:
+    ray_dir = Path(tempfile.mkdtemp(prefix="dph", dir="/tmp"))  # Ray's socket paths are short
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    environment = {
+        **os.environ,
+        **token,
+        "RAY_TMPDIR": str(ray_dir),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HEAD], stdout=subprocess.PIPE, text=True, env=environment
+    )
+    started = Head(process, _gcs_address(process), ray_dir, token)
+    try:
+        yield started
+    finally:
+        _stop_head(started)
+
+
+def _gcs_address(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("GCS "):
+            return line.split()[1]
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError("the Ray head did not start")
+
+
+def _stop_head(head: Head) -> None:
+    try:
+        started = head.processes()[1:]
+    except psutil.NoSuchProcess:
+        started = []
+    head.process.send_signal(signal.SIGTERM)
+    try:
+        head.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.process.kill()
+        head.process.wait(timeout=30)
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(started, timeout=30)
+    shutil.rmtree(head.ray_dir, ignore_errors=True)
+
+
+def test_serve_joins_a_cluster_and_leaves_it_running(
+    head: Head, balanced_export_dir: Path, predictor: Predictor, episodes: list[Episode]
+) -> None:
+    assert head.address.startswith("127.0.0.1:")
+    server: Server = start_server(
+        balanced_export_dir, "--address", head.address, "--threads", "1", environment=head.token
+    )
+    try:
+        assert any("starting Ray at 127.0.0.1:" in line for line in server.lines)
+        episode, queries = episodes[0], [e.query_image for e in episodes]
+        support = predictor.encode_support(list(episode.support_images), support_masks(episode))
+        with Client(server.url, timeout_s=120) as client:
+            client.register("joined", list(episode.support_images), support_masks(episode))
+            for query in queries:
+                expected = predictor.segment(query, support).mask
+                np.testing.assert_array_equal(client.segment("joined", query), expected)
+        # Serve's actors are the head's: its process tree holds the replicas, not the server's.
+        replicas = [p for p in head.processes() if "ServeReplica:dpnet:" in _title(p)]
+        assert replicas, "no dpnet replica runs on the cluster"
+        assert_loopback_sockets(head.processes() + server.processes())
+    finally:
+        code = stop_server(server)
+    assert code == 0, "".join(server.lines[-30:])
+    assert head.process.poll() is None, "stopping the server stopped the cluster"
+    # The application is gone from the cluster; Serve's proxy may answer, but not for dpnet.
+    with contextlib.suppress(requests.ConnectionError):
+        assert requests.get(f"{server.url}/healthz", timeout=10).status_code != 200
+
+
+def _title(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def test_joining_without_the_token_is_one_line(head: Head, balanced_export_dir: Path) -> None:
+    command = [
+        sys.executable, "-c", "from dpnet_serve.cli import main; main()",
+        "--model", str(balanced_export_dir), "--address", head.address,
+    ]  # fmt: skip
+    # The ambient token file must not stand in for the missing one.
+    environment = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
+    environment.pop("RAY_AUTH_TOKEN", None)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot join the Ray cluster at {head.address}" in errors[0]
+    assert "Traceback" not in done.stderr
