@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dpnet_serve.options import ServeOptions
+
 # Runs the console script with Ray hidden, as in an install without the serve extra.
 _WITHOUT_RAY = "import sys; sys.modules['ray'] = None; from dpnet_serve.cli import main; main()"
 _WITH_RAY = "from dpnet_serve.cli import main; main()"
@@ -61,3 +63,21 @@ def test_a_store_of_another_export_is_refused_before_ray_starts(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "holds classes encoded by another export" in done.stderr
     assert "starting Ray" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("address", "on_loopback"),
+    [
+        (None, True),
+        ("127.0.0.1:6379", True),
+        ("localhost:6379", True),
+        ("10.0.0.5:6379", False),
+        ("auto", False),
+        ("ray://127.0.0.1:10001", False),  # Ray Client: its own connection rules
+        ("127.0.0.1", False),
+    ],
+)
+def test_a_head_on_loopback_is_joined_with_the_loopback_settings(
+    tmp_path: Path, address: str | None, on_loopback: bool
+) -> None:
+    assert ServeOptions(model=tmp_path, address=address).on_loopback is on_loopback
