@@ -84,11 +84,11 @@ def run_server(options: ServeOptions, report: Callable[[str], None]) -> None:
     from dpnet_serve.app import build_app
 
     report(f"starting Ray {'locally' if options.local else 'at ' + str(options.address)}")
-    # Ray 2.5x has token authentication; older Ray has no AuthenticationError.
-    join_errors = (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError))
     try:
         ray.init(**_ray_arguments(options))
-    except join_errors as exc:
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        if options.local:
+            raise BackendUnavailableError(f"cannot start a local Ray: {one_line(exc)}") from exc
         raise BackendUnavailableError(
             f"cannot join the Ray cluster at {options.address}: {one_line(exc)}; check --address, "
             "and for a cluster with token authentication set RAY_AUTH_MODE=token and its token "

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from folder_data import write_folder_dataset
 from onnx import TensorProto, numpy_helper
-from PIL import Image
 
+from dpnet.data import build_dataset
 from dpnet_bench.schema import BenchOptions
 from dpnet_bench.suite import run_suite
 from dpnet_export.calibration import (
@@ -299,25 +299,20 @@ def test_cli_calibrates_on_a_folder_of_your_own_images(
             properties = {prop.key: prop.value for prop in model.metadata_props}
             described = json.loads(properties[contract.META_CALIBRATION])
             assert (described["dataset"], described["episodes"]) == ("folder", 4), described
-    query, support, mask = _folder_episode(tmp_path / "mine")
-    predictor = Predictor.open(out, precision="int8")
-    encoded = predictor.encode_support([support], [mask])
-    assert predictor.segment(query, encoded).mask.shape == query.shape[:2]
-    predictor.close()
+    episode = build_dataset(
+        "folder", root=tmp_path / "mine", fold=0, split="val", shots=1, seed=0, episodes=1
+    )[0]
+    with Predictor.open(out, precision="int8") as predictor:
+        result = predictor.run_episode(
+            episode.support_images, episode.support_masks, episode.query_image
+        )
+    assert result.mask.shape == episode.query_mask.shape
     # A class with fewer than K + 1 images: one line, and the export above left as it was.
     write_folder_dataset(tmp_path / "small", images=1)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     small = export_cli(*args, "--data-root", str(tmp_path / "small"))
     assert small.returncode == EXIT_USER_ERROR and small.stderr.count("\n") == 1, small.stderr
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
-
-
-def _folder_episode(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    folder = sorted(root.iterdir())[0]
-    image = np.asarray(Image.open(folder / "img0.png").convert("RGB"))
-    support = np.asarray(Image.open(folder / "img1.png").convert("RGB"))
-    mask = (np.asarray(Image.open(folder / "img1_mask.png")) > 0).astype(np.uint8)
-    return image, support, mask
 
 
 def test_quantizer_failure_is_an_export_error(tmp_path: Path) -> None:

@@ -57,20 +57,24 @@ class Server:
 
     def processes(self) -> list[psutil.Process]:
         """The server and every process it started (Ray's GCS, raylet, workers)."""
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
+        return process_tree(self.process)
 
     def replica_pids(self, deployment: str) -> list[int]:
-        """PIDs of the Ray Serve replicas of ``deployment`` (their process title names it)."""
-        pids = []
-        for process in self.processes():
-            try:
-                title = " ".join(process.cmdline())
-            except psutil.Error:
-                continue
-            if f"ServeReplica:dpnet:{deployment}" in title:
-                pids.append(process.pid)
-        return pids
+        """PIDs of the Ray Serve replicas of ``deployment`` among the server's processes."""
+        return replica_pids(self.processes(), deployment)
+
+
+def replica_pids(processes: list[psutil.Process], deployment: str) -> list[int]:
+    """PIDs of the Ray Serve replicas of ``deployment`` (their process title names it)."""
+    pids = []
+    for process in processes:
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if f"ServeReplica:dpnet:{deployment}" in title:
+            pids.append(process.pid)
+    return pids
 
 
 def assert_loopback_sockets(processes: list[psutil.Process]) -> None:
@@ -150,29 +154,44 @@ def start_server(
 
 
 def stop_server(server: Server) -> int | None:
-    """SIGTERM the server, wait (bounded), kill by PID whatever it started and left, and
-    remove its Ray folder.
+    """Stop the server and what it started (:func:`terminate_tree`); remove its Ray folder.
 
     Returns:
         The server's exit code, or ``None`` when it had to be killed.
     """
+    return terminate_tree(server.process, server.ray_dir)
+
+
+def process_tree(process: subprocess.Popen[str]) -> list[psutil.Process]:
+    """``process`` and every process it started, recursively."""
+    root = psutil.Process(process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def terminate_tree(process: subprocess.Popen[str], ray_dir: Path) -> int | None:
+    """SIGTERM ``process``, wait (bounded), kill by PID whatever it started and left, and
+    remove ``ray_dir``.
+
+    Returns:
+        The exit code, or ``None`` when the process had to be killed.
+    """
     try:
-        started = server.processes()[1:]
+        started = process_tree(process)[1:]
     except psutil.NoSuchProcess:
         started = []
     code: int | None = None
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
-        code = server.process.wait(timeout=STOP_TIMEOUT_S)
+        code = process.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=30)
-    for process in started:
+        process.kill()
+        process.wait(timeout=30)
+    for child in started:
         with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
+            child.kill()
     psutil.wait_procs(started, timeout=30)
-    shutil.rmtree(server.ray_dir, ignore_errors=True)
+    shutil.rmtree(ray_dir, ignore_errors=True)
     return code
 
 

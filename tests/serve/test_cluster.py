@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,16 @@ from dpnet.data.episode import Episode
 from dpnet_runtime import Predictor
 from dpnet_serve import Client
 
-from .conftest import Server, assert_loopback_sockets, start_server, stop_server, support_masks
+from .conftest import (
+    Server,
+    assert_loopback_sockets,
+    process_tree,
+    replica_pids,
+    start_server,
+    stop_server,
+    support_masks,
+    terminate_tree,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +67,7 @@ class Head:
     token: dict[str, str]
 
     def processes(self) -> list[psutil.Process]:
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
+        return process_tree(self.process)
 
 
 @pytest.fixture
@@ -82,7 +88,7 @@ def head() -> Iterator[Head]:
     try:
         yield started
     finally:
-        _stop_head(started)
+        terminate_tree(started.process, started.ray_dir)
 
 
 def _gcs_address(process: subprocess.Popen[str]) -> str:
@@ -96,24 +102,6 @@ def _gcs_address(process: subprocess.Popen[str]) -> str:
             break
     process.kill()
     raise AssertionError("the Ray head did not start")
-
-
-def _stop_head(head: Head) -> None:
-    try:
-        started = head.processes()[1:]
-    except psutil.NoSuchProcess:
-        started = []
-    head.process.send_signal(signal.SIGTERM)
-    try:
-        head.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        head.process.kill()
-        head.process.wait(timeout=30)
-    for process in started:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(started, timeout=30)
-    shutil.rmtree(head.ray_dir, ignore_errors=True)
 
 
 def test_serve_joins_a_cluster_and_leaves_it_running(
@@ -133,8 +121,7 @@ def test_serve_joins_a_cluster_and_leaves_it_running(
                 expected = predictor.segment(query, support).mask
                 np.testing.assert_array_equal(client.segment("joined", query), expected)
         # Serve's actors are the head's: its process tree holds the replicas, not the server's.
-        replicas = [p for p in head.processes() if "ServeReplica:dpnet:" in _title(p)]
-        assert replicas, "no dpnet replica runs on the cluster"
+        assert replica_pids(head.processes(), "QueryHead"), "no dpnet replica runs on the cluster"
         assert_loopback_sockets(head.processes() + server.processes())
     finally:
         code = stop_server(server)
@@ -143,13 +130,6 @@ def test_serve_joins_a_cluster_and_leaves_it_running(
     # The application is gone from the cluster; Serve's proxy may answer, but not for dpnet.
     with contextlib.suppress(requests.ConnectionError):
         assert requests.get(f"{server.url}/healthz", timeout=10).status_code != 200
-
-
-def _title(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
 
 
 def test_joining_without_the_token_is_one_line(head: Head, balanced_export_dir: Path) -> None:
