@@ -57,6 +57,10 @@ def serve(
     server: Annotated[
         str, typer.Option(help="how the server was started (recorded in the report)")
     ] = _DEFAULTS.server_command,
+    server_pid: Annotated[
+        int | None,
+        typer.Option(help="PID of the dpnet-serve process here: report CPU per request by process"),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
@@ -72,6 +76,7 @@ def serve(
         seed=seed,
         wait_s=wait_s,
         server_command=server,
+        server_pid=server_pid,
     )
     with make_progress() as progress:
         report = run_serve_bench(options, progress_advancer(progress))

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from dpnet.data import build_dataset
 from dpnet_bench.schema import TargetCheck
+from dpnet_bench.serve_cpu import CpuSampler
 from dpnet_bench.timing import LatencyStats, describe_environment, latency_stats
 from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DpnetError, InputError
@@ -67,6 +68,8 @@ class ServeBenchOptions:
         timeout_s: the most one request may take.
         class_name: the name the benchmark registers (replacing one of that name).
         server_command: how the server was started, recorded in the report.
+        server_pid: PID of the ``dpnet-serve`` process on this machine: CPU time per request
+            is then reported by process (:mod:`dpnet_bench.serve_cpu`).
     """
 
     artifacts: Path
@@ -81,6 +84,7 @@ class ServeBenchOptions:
     timeout_s: float = 120.0
     class_name: str = "dpnet-bench"
     server_command: str = ""
+    server_pid: int | None = None
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0 or self.shots < 1:
@@ -104,6 +108,8 @@ class LoadResult:
         latency: per-request latency of the successful ones (``None`` if none succeeded).
         batch_sizes: query-graph batch size -> batches the server ran during the level.
         support_graph_runs: support-graph runs on the server during the level.
+        cpu_ms_per_request: CPU milliseconds per successful request, by process role
+            (``--server-pid``; in-process: this process); empty when not measured.
     """
 
     path: str
@@ -117,6 +123,7 @@ class LoadResult:
     batch_sizes: dict[int, int]
     support_graph_runs: int
     first_error: str = ""
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ def run_serve_bench(
     """
     report = progress or (lambda name, done, total: None)
     threads = options.threads or len(os.sched_getaffinity(0))
+    sampler = None if options.server_pid is None else CpuSampler(options.server_pid)
     with Client(options.url, timeout_s=options.timeout_s) as client:
         _wait_ready(client, options)
         with Predictor.open(options.artifacts, intra_op_threads=threads) as predictor:
@@ -166,7 +174,7 @@ def run_serve_bench(
             for index in range(options.warmup):
                 client.segment(options.class_name, queries[index % len(queries)])
             levels = [
-                _load_level(client, level, queries, expected, options, report)
+                _load_level(client, level, queries, expected, options, report, sampler)
                 for level in options.concurrency
             ]
         finally:
@@ -219,6 +227,7 @@ def _in_process(
     for index in range(options.warmup):
         predictor.segment(queries[index % len(queries)], support)
     samples = []
+    cpu_start = time.process_time()
     start = time.perf_counter_ns()
     for index in range(options.requests):
         began = time.perf_counter_ns()
@@ -226,10 +235,12 @@ def _in_process(
         samples.append(time.perf_counter_ns() - began)
         report(IN_PROCESS, index + 1, options.requests)
     wall_s = (time.perf_counter_ns() - start) / 1e9
+    cpu_ms = (time.process_time() - cpu_start) * 1e3 / options.requests
     row = LoadResult(
         path=IN_PROCESS, concurrency=1, requests=options.requests, errors=0, mismatches=0,
         wall_s=wall_s, throughput_per_s=options.requests / wall_s,
         latency=latency_stats(samples), batch_sizes={}, support_graph_runs=0,
+        cpu_ms_per_request={IN_PROCESS: cpu_ms},
     )  # fmt: skip
     return row, expected
 
@@ -241,9 +252,12 @@ def _load_level(
     expected: list[np.ndarray],
     options: ServeBenchOptions,
     report: Progress,
+    sampler: CpuSampler | None,
 ) -> LoadResult:
     name = f"serve c={concurrency}"
     before = client.stats()
+    if sampler is not None:
+        sampler.delta()
     indices = iter(range(options.requests))
     lock = threading.Lock()
     samples: list[int] = []
@@ -278,6 +292,7 @@ def _load_level(
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
     wall_s = (time.perf_counter_ns() - start) / 1e9
+    cpu = {} if sampler is None else _per_request(sampler.delta(), len(samples))
     after = _settled_stats(client, before, len(samples))
     return LoadResult(
         path="serve",
@@ -291,7 +306,13 @@ def _load_level(
         batch_sizes=_batch_delta(before, after),
         support_graph_runs=after["support_graph_runs"] - before["support_graph_runs"],
         first_error=failures[0] if failures else "",
+        cpu_ms_per_request=cpu,
     )
+
+
+def _per_request(spent_s: dict[str, float], answered: int) -> dict[str, float]:
+    # The load generator's threads share this process with nothing else during a level.
+    return {role: seconds * 1e3 / max(answered, 1) for role, seconds in spent_s.items()}
 
 
 def _settled_stats(client: Client, before: dict[str, Any], answered: int) -> dict[str, Any]:

@@ -16,12 +16,13 @@ from rich.console import Group
 from rich.table import Table
 
 from dpnet_bench.report import json_ready, markdown_targets, render_targets
-from dpnet_bench.serve_load import LoadResult, ServeBenchReport
+from dpnet_bench.serve_load import IN_PROCESS, LoadResult, ServeBenchReport
 from dpnet_bench.timing import environment_lines
 from dpnet_runtime.fileio import atomic_write_text
 
 __all__ = [
     "SERVE_JSON_SCHEMA",
+    "cpu_table",
     "render_serve_markdown",
     "render_serve_table",
     "serve_report_to_dict",
@@ -65,6 +66,7 @@ def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
             **serve_row(result),
             "batch_size_counts": {str(size): n for size, n in result.batch_sizes.items()},
             "latency_samples_ms": [] if result.latency is None else list(result.latency.samples_ms),
+            "cpu_ms_per_request": result.cpu_ms_per_request,
         }
         for result in report.results
     ]
@@ -101,7 +103,40 @@ def render_serve_table(report: ServeBenchReport) -> Group:
         for result in report.results
         if result.first_error
     ]
+    cpu = cpu_table(report)
+    if cpu:
+        cpu_view = Table(title="CPU ms per request, by process")
+        for index, column in enumerate(cpu[0]):
+            cpu_view.add_column(column, justify="left" if index == 0 else "right")
+        for row in cpu[1:]:
+            cpu_view.add_row(*row)
+        return Group(table, cpu_view, render_targets(report.targets), *problems)
     return Group(table, render_targets(report.targets), *problems)
+
+
+def cpu_table(report: ServeBenchReport) -> list[list[str]]:
+    """CPU milliseconds per request by process: a header row, then one row per process role
+    (most expensive first), the total, and the total minus the in-process call's CPU (what
+    serving adds); empty when the run did not measure CPU (no ``--server-pid``)."""
+    measured = [result for result in report.results if result.cpu_ms_per_request]
+    if not any(result.path != IN_PROCESS for result in measured):
+        return []
+    roles = sorted(
+        {role for result in measured for role in result.cpu_ms_per_request},
+        key=lambda role: -max(result.cpu_ms_per_request.get(role, 0.0) for result in measured),
+    )
+    header = ["process", *(f"{result.path} c={result.concurrency}" for result in measured)]
+    rows = [
+        [role, *(f"{result.cpu_ms_per_request.get(role, 0.0):.1f}" for result in measured)]
+        for role in roles
+    ]
+    totals = [sum(result.cpu_ms_per_request.values()) for result in measured]
+    paths = [result.path for result in measured]
+    reference = totals[paths.index(IN_PROCESS)] if IN_PROCESS in paths else None
+    rows.append(["total", *(f"{total:.1f}" for total in totals)])
+    if reference is not None:
+        rows.append(["total - in-process", *(f"{total - reference:+.1f}" for total in totals)])
+    return [header, *rows]
 
 
 def render_serve_markdown(report: ServeBenchReport, command: str) -> str:
@@ -123,9 +158,25 @@ def render_serve_markdown(report: ServeBenchReport, command: str) -> str:
         "|---" * len(_COLUMNS) + "|",
         *("| " + " | ".join(_cells(result)) + " |" for result in report.results),
         "",
+        *_markdown_cpu(report),
         *markdown_targets(report.targets),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_cpu(report: ServeBenchReport) -> list[str]:
+    table = cpu_table(report)
+    if not table:
+        return []
+    return [
+        "CPU time per request by process (user + system, psutil, over each level's wall time; "
+        "in-process: the benchmark's own process):",
+        "",
+        "| " + " | ".join(table[0]) + " |",
+        "|---" * len(table[0]) + "|",
+        *("| " + " | ".join(row) + " |" for row in table[1:]),
+        "",
+    ]
 
 
 def _cells(result: LoadResult) -> list[str]:

@@ -28,5 +28,5 @@ trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; rm -rf "
 
 dpnet-bench serve --artifacts "$export_dir" --url "http://127.0.0.1:$port" --wait-s 600 \
     --requests "${REQUESTS:-64}" ${THREADS:+--threads "$THREADS"} \
-    --server "${server_command[*]}" \
+    --server "${server_command[*]}" --server-pid "$server" \
     --json "$results/serve_$name.json" --markdown "$results/serve_$name.md"

@@ -1,6 +1,6 @@
 """Client: the Python side of dpnet-serve's HTTP API, numpy in and out.
 
->>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+>>> with Client("http://127.0.0.1:8000", token=token) as client:  # doctest: +SKIP
 ...     client.register("cat", [image], [mask])  # uint8 [H, W, 3], [H, W] 0/1 or bool
 ...     mask = client.segment("cat", query)  # uint8 [H, W], 1 = object
 
@@ -32,6 +32,8 @@ class Client:
 
     Args:
         url: the server's base URL, as ``dpnet-serve`` prints it.
+        token: the server's bearer token (``dpnet-serve --token-file`` or
+            ``$DPNET_SERVE_TOKEN``), sent with every request; ``None`` for a server without one.
         timeout_s: seconds to wait for each answer.
 
     Every method raises :class:`~dpnet_runtime.errors.InputError` when the server answers 4xx
@@ -39,11 +41,13 @@ class Client:
     :class:`~dpnet_runtime.errors.DpnetError` when it answers 5xx or cannot be reached.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._requests = _import_requests()
         self._session = self._requests.Session()
+        if token is not None:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def register(
         self,
@@ -163,6 +167,7 @@ def _import_requests() -> ModuleType:
 
 def _error_text(answer: Any) -> str:
     try:
-        return str(answer.json()["error"])
+        body = answer.json()
+        return f"{body['error']} [{body['code']}]" if "code" in body else str(body["error"])
     except (ValueError, KeyError, TypeError):
         return answer.text[:200] or answer.reason

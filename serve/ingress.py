@@ -1,4 +1,5 @@
-"""The HTTP API of dpnet-serve: a FastAPI app served by Ray Serve's ``Ingress`` deployment.
+"""The HTTP API of dpnet-serve: a FastAPI app served by Ray Serve's ``Ingress`` deployment,
+which also holds the class store.
 
 Routes (OpenAPI page at ``/docs``, schema at ``/openapi.json``):
 
@@ -8,18 +9,19 @@ Routes (OpenAPI page at ``/docs``, schema at ``/openapi.json``):
 - ``POST /classes/{name}/segment``: multipart ``image`` -> the mask as a 0/255 PNG, or with
   ``Accept: application/json`` the object pixel count and COCO RLE (:mod:`dpnet_serve.wire`).
 - ``POST /episode``: multipart ``images``, ``masks`` and ``image``; nothing is stored.
-- ``GET /healthz`` (the ingress answers), ``GET /readyz`` (every deployment answers),
-  ``GET /stats`` (graph-run counters and query batch sizes since start).
+- ``GET /healthz`` (the ingress answers), ``GET /readyz`` (Serve reports the application
+  running and a query head answers), ``GET /stats`` (graph-run counters since start).
 
-Every error is JSON ``{"error": "..."}``: 400 bad image, mask or shot count; 404 unknown
-class; 409 the name exists (register with ``?replace=true``); 413 file or image too large;
-422 malformed request (missing field, bad class name); 500 a server-side failure; 503 not
-ready. The server keeps serving after any of them.
+Every request first passes :class:`~dpnet_serve.guard.RequestGuard` (token, ``Host``, body
+size, limits). Every error is JSON ``{"error": "...", "code": "..."}`` with a code of
+:data:`~dpnet_serve.api_errors.ERROR_CODES`; the server keeps serving after any of them.
 """
 
 import asyncio
 import logging
+import secrets
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -29,27 +31,34 @@ from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from dpnet_runtime import __version__
+from dpnet_runtime import SupportSet, __version__
 from dpnet_runtime.errors import DpnetError, InputError
 from dpnet_runtime.preprocess import check_mask
-from dpnet_serve.options import ServeOptions
-from dpnet_serve.store import ClassInfo
-from dpnet_serve.wire import (
-    MAX_FILE_BYTES,
-    OversizedImageError,
-    decode_image,
-    decode_mask,
-    mask_to_png,
-    mask_to_rle,
+from dpnet_serve.api_errors import (
+    ApiError,
+    ClassExistsError,
+    ClassNotFoundError,
+    error_body,
+    error_code,
+    status_of,
 )
+from dpnet_serve.guard import RETRY_AFTER_S, AccessPolicy, GuardState, RequestGuard, install
+from dpnet_serve.metrics import RequestMetrics
+from dpnet_serve.options import ServeOptions
+from dpnet_serve.store import ClassInfo, open_store
+from dpnet_serve.wire import MAX_FILE_BYTES, decode_image, decode_mask, mask_to_png, mask_to_rle
 
-__all__ = ["ClassExistsError", "ClassNotFoundError", "Ingress", "api"]
+__all__ = ["HEAD_NODE_RESOURCE", "Ingress", "api"]
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 READY_TIMEOUT_S: Final = 5.0
+HEAD_NODE_RESOURCE: Final = "node:__internal_head__"  # Ray's resource of the head node
+_LOST: Final = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,7 @@ api = FastAPI(
     description="Few-shot segmentation with DPNet: register a class once from 1 to a few "
     "annotated images, then segment any number of images against it.",
 )
+api.add_middleware(RequestGuard)
 
 ClassName = Annotated[str, UrlPath(pattern=NAME_PATTERN, description="class name")]
 Files = Annotated[list[UploadFile], File()]
@@ -69,14 +79,6 @@ MASK_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         '{"height", "width", "object_pixels", "rle": {"size": [H, W], "counts": [...]}}',
     }
 }
-
-
-class ClassNotFoundError(InputError):
-    """No class of that name is registered (HTTP 404)."""
-
-
-class ClassExistsError(InputError):
-    """A class of that name exists and the request did not ask to replace it (HTTP 409)."""
 
 
 # Defined before Ingress: @serve.ingress serialises the routes, and what they call, at once.
@@ -97,65 +99,96 @@ def _mask_response(mask: np.ndarray, request: Request) -> Response:
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
-
-
-# Most specific first: the first matching type gives the status.
-_STATUS: Final = (
-    (OversizedImageError, 413),
-    (ClassNotFoundError, 404),
-    (ClassExistsError, 409),
-    (InputError, 400),
-)
+def _error(code: str, message: str, retry: bool = False) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if retry else None
+    return Response(
+        error_body(code, message),
+        status_code=status_of(code),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 @api.exception_handler(DpnetError)
-async def _dpnet_error(request: Request, exc: DpnetError) -> JSONResponse:
+async def _dpnet_error(request: Request, exc: DpnetError) -> Response:
     # An error raised in another replica arrives as RayTaskError(<type>); .cause is the original.
     cause = getattr(exc, "cause", None) or exc
-    status = next((code for kind, code in _STATUS if isinstance(cause, kind)), 500)
-    return _error(status, str(cause))
+    code = error_code(cause)
+    if code == "internal_error":  # a server-side fault: its message may name server paths
+        error_id = secrets.token_hex(4)
+        logger.error("internal error %s: %s", error_id, cause, exc_info=cause)
+        return _error(code, f"internal error {error_id}; the server's log has the details")
+    retry = isinstance(cause, ApiError) and cause.retry_after_s is not None
+    return _error(code, str(cause), retry)
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     problems = "; ".join(
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
     )
-    return _error(422, f"malformed request: {problems}")
+    return _error("malformed_request", f"malformed request: {problems}")
 
 
 @api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_input")
+    return _error(code, str(exc.detail))
 
 
-@api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("internal error on %s %s", request.method, request.url.path)
-    return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+@api.exception_handler(BackPressureError)
+async def _overloaded(request: Request, exc: BackPressureError) -> Response:
+    return _error("overloaded", "every query head is busy and the queue is full", retry=True)
 
 
-# One replica: every registration and deletion passes through it, so its cache of class keys
-# stays exact without asking the registry on every query.
-@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("a replica was lost: %s", type(exc).__name__)
+    return _error("unavailable", "a replica was lost; retry shortly", retry=True)
+
+
+for _lost in _LOST:
+    api.add_exception_handler(_lost, _unavailable)
+
+
+def _serve_problem() -> str | None:
+    """What Serve reports wrong with this application, or ``None`` when it is running."""
+    app_name = serve.get_replica_context().app_name
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return "the application is not deployed"
+    if application.status == "RUNNING":
+        return None
+    unhealthy = [
+        f"{name} is {deployment.status}"
+        for name, deployment in application.deployments.items()
+        if deployment.status != "HEALTHY"
+    ]
+    return f"Serve reports the application {application.status}" + (
+        f" ({', '.join(unhealthy)})" if unhealthy else ""
+    )
+
+
+@serve.deployment(num_replicas=1)
 @serve.ingress(api)
 class Ingress:
-    """Decodes and checks uploads, then calls the registry, the encoder and the query heads."""
+    """Checks and decodes uploads, keeps the class store, and calls the query heads.
+
+    One replica: every registration and deletion passes through it, so the store needs no
+    locking across processes, and a query needs no call but the one to a query head.
+    """
 
     def __init__(
-        self,
-        options: ServeOptions,
-        registry: DeploymentHandle,
-        encoder: DeploymentHandle,
-        query: DeploymentHandle,
+        self, options: ServeOptions, export_id: str, token: str | None, query: DeploymentHandle
     ) -> None:
         self._options = options
-        self._registry = registry
-        self._encoder = encoder
         self._query = query
-        self._keys: dict[str, ClassInfo] = {}  # class name -> its registration, for queries
+        self._store = open_store(options.store, export_id)
+        self._writing = asyncio.Lock()  # store writes run in a thread, one at a time
+        self._counts: Counter[str] = Counter()
+        self._batch_sizes: Counter[int] = Counter()
+        metrics = RequestMetrics(lambda name: self._store.get(name) is not None)
+        self._guard = GuardState(AccessPolicy.from_options(options, token), metrics.observe)
+        install(self._guard)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -163,39 +196,50 @@ class Ingress:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
-        """200 when the registry, the encoder and a query head answer; 503 otherwise."""
-        calls = (self._registry.stats.remote(), self._encoder.ready.remote())
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*calls, self._query.ready.remote()), READY_TIMEOUT_S
-            )
-        except TimeoutError:
-            return _error(503, f"not ready: a deployment did not answer in {READY_TIMEOUT_S} s")
+    async def readyz(self) -> Response:
+        """200 when Serve reports the application running and a query head answers; 503
+        (``not_ready``, or ``draining`` on the way down) otherwise."""
+        if self._guard.draining:
+            return _error("draining", "the server is shutting down", retry=True)
+        problem = await asyncio.to_thread(_serve_problem)
+        if problem is None:
+            try:
+                await asyncio.wait_for(self._query.ready.remote(), READY_TIMEOUT_S)
+            except TimeoutError:
+                problem = f"no query head answered within {READY_TIMEOUT_S} s"
+            except _LOST:
+                problem = "a query head was lost"
+        if problem is not None:
+            return _error("not_ready", f"not ready: {problem}", retry=True)
         return JSONResponse({"status": "ready"})
 
     @api.get("/stats")
     async def stats(self) -> dict[str, Any]:
         """Graph runs, queries, episodes and query batch sizes since start; class count."""
-        stats: dict[str, Any] = await self._registry.stats.remote()
-        return stats
+        return {
+            "support_graph_runs": self._counts["support_graph_runs"],
+            "query_graph_runs": self._counts["query_graph_runs"],
+            "queries": self._counts["queries"],
+            "episodes": self._counts["episodes"],
+            "batch_sizes": {str(size): n for size, n in sorted(self._batch_sizes.items())},
+            "classes": len(self._store.classes()),
+        }
 
     @api.get("/classes")
     async def classes(self) -> dict[str, list[dict[str, Any]]]:
         """Every registered class."""
-        infos: list[ClassInfo] = await self._registry.classes.remote()
-        return {"classes": [info.to_json() for info in infos]}
+        return {"classes": [info.to_json() for info in self._store.classes()]}
 
     @api.get("/classes/{name}")
     async def get_class(self, name: ClassName) -> dict[str, Any]:
         """One class; 404 when unknown."""
-        return (await self._class(name)).to_json()
+        return self._class(name).to_json()
 
     @api.delete("/classes/{name}")
     async def delete_class(self, name: ClassName) -> dict[str, Any]:
-        """Remove a class; 404 when unknown."""
-        info: ClassInfo | None = await self._registry.delete.remote(name)
-        self._keys.pop(name, None)
+        """Remove a class; 404 when unknown, 507 (nothing removed) when the store fails."""
+        async with self._writing:
+            info = await asyncio.to_thread(self._store.delete, name)
         if info is None:
             raise ClassNotFoundError(f"no class {name!r} is registered")
         return {"deleted": info.to_json()}
@@ -205,11 +249,11 @@ class Ingress:
         self, name: ClassName, images: Files, masks: Files, replace: bool = False
     ) -> dict[str, Any]:
         """Encode K support pairs once and store them as class ``name``; 409 when the name
-        exists, unless ``replace=true``."""
-        if not replace:
-            await self._check_free(name)
+        exists, unless ``replace=true``; 507 (nothing stored) when the store fails."""
+        self._check_free(name, replace)
         support_images, support_masks = await self._read_support(images, masks)
-        support, encode_ms = await self._encoder.encode.remote(support_images, support_masks)
+        support, runs, encode_ms = await self._query.encode.remote(support_images, support_masks)
+        self._counts["support_graph_runs"] += runs
         info = ClassInfo(
             name=name,
             key=uuid.uuid4().hex,
@@ -217,9 +261,9 @@ class Ingress:
             encode_ms=round(encode_ms, 3),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        if not await self._registry.add.remote(info, support, replace):
-            await self._check_free(name)  # registered by another request meanwhile: 409
-        self._keys[name] = info
+        async with self._writing:
+            self._check_free(name, replace)  # registered by another request meanwhile: 409
+            await asyncio.to_thread(self._store.put, info, support)
         return info.to_json()
 
     @api.post("/classes/{name}/segment", responses=MASK_RESPONSES)
@@ -227,15 +271,22 @@ class Ingress:
         self, name: ClassName, image: Annotated[UploadFile, File()], request: Request
     ) -> Response:
         """Segment one image against class ``name``, with its cached support set."""
-        info = self._keys.get(name) or await self._class(name)
-        self._keys[name] = info
         pixels = await self._read_image(image, "image")
-        handle = self._query.options(multiplexed_model_id=info.key)
-        mask: np.ndarray | None = await handle.segment.remote(pixels)
-        if mask is None:  # the registry lost it (a memory store whose replica restarted)
-            self._keys.pop(name, None)
-            raise ClassNotFoundError(f"class {name!r} is no longer registered")
-        return _mask_response(mask, request)
+        for _ in range(3):  # a replaced class: its old key may be gone; a lost replica: retry
+            info = self._class(name)
+            try:
+                result = await self._query.options(multiplexed_model_id=info.key).segment.remote(
+                    pixels, name
+                )
+            except _LOST:
+                logger.warning("a query head was lost; retrying the query on another")
+                continue
+            if result.mask is not None:
+                self._count_query(result)
+                return _mask_response(result.mask, request)
+        raise ApiError(
+            "unavailable", "the query could not be answered; retry shortly", retry_after_s=1
+        )
 
     @api.post("/episode", responses=MASK_RESPONSES)
     async def episode(
@@ -244,17 +295,36 @@ class Ingress:
         """Segment ``image`` from K support pairs in one call; nothing is stored."""
         support_images, support_masks = await self._read_support(images, masks)
         query = await self._read_image(image, "image")
-        mask = await self._encoder.episode.remote(support_images, support_masks, query)
+        mask = await self._query.episode.remote(support_images, support_masks, query)
+        self._counts["episodes"] += 1
         return _mask_response(mask, request)
 
-    async def _class(self, name: str) -> ClassInfo:
-        info: ClassInfo | None = await self._registry.get.remote(name)
+    async def load(self, key: str) -> SupportSet | None:
+        """The support set of a registration key (a query head's cache miss), or ``None``."""
+        return await asyncio.to_thread(self._store.load, key)
+
+    async def drain(self) -> None:
+        """Start answering 503 ``draining`` to every new request (SIGTERM)."""
+        self._guard.draining = True
+
+    async def ongoing(self) -> int:
+        """Requests being worked on now (health checks not counted)."""
+        return self._guard.ongoing
+
+    def _count_query(self, result: Any) -> None:
+        self._counts["queries"] += 1
+        if result.leads_batch:
+            self._counts["query_graph_runs"] += result.graph_runs
+            self._batch_sizes[result.batch_size] += 1
+
+    def _class(self, name: str) -> ClassInfo:
+        info = self._store.get(name)
         if info is None:
             raise ClassNotFoundError(f"no class {name!r} is registered")
         return info
 
-    async def _check_free(self, name: str) -> None:
-        if await self._registry.get.remote(name) is not None:
+    def _check_free(self, name: str, replace: bool) -> None:
+        if not replace and self._store.get(name) is not None:
             raise ClassExistsError(
                 f"class {name!r} exists; delete it first or register with ?replace=true"
             )

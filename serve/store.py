@@ -10,7 +10,11 @@ One small interface, :class:`SupportStore`, with two implementations:
   the index, so a write killed half-way leaves the previous store readable: at worst a
   temporary or unreferenced ``.npz`` file that the store ignores.
 
-A store serves one writer (the server's single registry replica); several servers sharing a
+Every change is all or nothing: a write that fails (read-only folder, full disk) raises
+:class:`~dpnet_serve.api_errors.StoreWriteError` and leaves the store, in memory and on disk,
+as it was. The in-memory class list changes only once the index on disk has.
+
+A store serves one writer (the server's single ingress replica); several servers sharing a
 folder on a shared filesystem must not register classes at the same time.
 """
 
@@ -19,6 +23,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -28,6 +35,7 @@ import numpy as np
 from dpnet_runtime import SupportSet
 from dpnet_runtime.errors import DpnetError, IncompatibleModelError, InputError
 from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
+from dpnet_serve.api_errors import StoreWriteError
 
 __all__ = [
     "INDEX_FILE",
@@ -41,6 +49,8 @@ __all__ = [
 
 INDEX_FILE: Final = "index.json"
 STORE_FORMAT: Final = "dpnet-support-store/1"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,11 +94,19 @@ class SupportStore(Protocol):
         ...
 
     def put(self, info: ClassInfo, support: SupportSet) -> ClassInfo | None:
-        """Add a class, replacing one of the same name; returns the replaced class or ``None``."""
+        """Add a class, replacing one of the same name; returns the replaced class or ``None``.
+
+        Raises:
+            StoreWriteError: nothing was stored (and a replaced class is still there).
+        """
         ...
 
     def delete(self, name: str) -> ClassInfo | None:
-        """Remove a class; returns it, or ``None`` when there was none."""
+        """Remove a class; returns it, or ``None`` when there was none.
+
+        Raises:
+            StoreWriteError: nothing was removed.
+        """
         ...
 
     def load(self, key: str) -> SupportSet | None:
@@ -154,37 +172,77 @@ class DirectoryStore:
         return list(self._infos.values())
 
     def put(self, info: ClassInfo, support: SupportSet) -> ClassInfo | None:
-        atomic_write_bytes(self._file(info.key), _support_to_npz(support))
-        old = self._infos.pop(info.name, None)
-        self._infos[info.name] = info
-        self._write_index()
+        new_file = self._file(info.key)
+        _write(new_file, lambda: atomic_write_bytes(new_file, _support_to_npz(support)))
+        infos = {name: old for name, old in self._infos.items() if name != info.name}
+        infos[info.name] = info
+        try:
+            self._write_index(infos)
+        except StoreWriteError:
+            new_file.unlink(missing_ok=True)
+            raise
+        old = self._infos.get(info.name)
+        self._infos = infos
         if old is not None:
-            self._file(old.key).unlink(missing_ok=True)
+            self._remove_file(old.key)
         return old
 
     def delete(self, name: str) -> ClassInfo | None:
-        old = self._infos.pop(name, None)
-        if old is not None:
-            self._write_index()
-            self._file(old.key).unlink(missing_ok=True)
+        old = self._infos.get(name)
+        if old is None:
+            return None
+        infos = {other: kept for other, kept in self._infos.items() if other != name}
+        self._write_index(infos)
+        self._infos = infos
+        self._remove_file(old.key)
         return old
 
     def load(self, key: str) -> SupportSet | None:
         info = next((info for info in self._infos.values() if info.key == key), None)
         if info is None:
             return None
-        return _support_from_npz(self._file(key), info.shots)
+        try:
+            return _support_from_npz(self._file(key), info.shots)
+        except FileNotFoundError:  # replaced or deleted since the lookup above
+            return None
 
     def _file(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
-    def _write_index(self) -> None:
+    def _write_index(self, infos: dict[str, ClassInfo]) -> None:
         index = {
             "format": STORE_FORMAT,
             "export_id": self._export_id,
-            "classes": [info.to_json() for info in self._infos.values()],
+            "classes": [info.to_json() for info in infos.values()],
         }
-        atomic_write_text(self.folder / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+        path = self.folder / INDEX_FILE
+        _write(path, lambda: atomic_write_text(path, json.dumps(index, indent=2) + "\n"))
+
+    def _remove_file(self, key: str) -> None:
+        # The index no longer names it: a file left behind is ignored, so failing here is fine.
+        try:
+            self._file(key).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("support store: cannot remove %s (%s)", self._file(key), exc.strerror)
+
+
+def _write(path: Path, write: Callable[[], None]) -> None:
+    try:
+        write()
+    except (OSError, DpnetError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        logger.error("support store: cannot write %s: %s", path, reason)
+        raise StoreWriteError(
+            f"the class store cannot be written ({_reason(exc)}); nothing changed"
+        ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    # The cause, never the server's path: the message goes to clients.
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return os.strerror(cause.errno).lower()
+    return "write failed"
 
 
 def open_store(folder: Path | None, export_id: str) -> SupportStore:
@@ -230,6 +288,8 @@ def _support_from_npz(path: Path, shots: int) -> SupportSet:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError) as exc:
         raise DpnetError(
             f"support file {path} is unreadable ({exc}); register its class again"

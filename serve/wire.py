@@ -1,16 +1,24 @@
 """The HTTP wire format of dpnet-serve: image and mask PNGs in, mask PNG or RLE out.
 
 Shared by the server (:mod:`dpnet_serve.ingress`) and :class:`dpnet_serve.Client`, so both read
-and write the same bytes. Images are any format PIL reads (PNG, JPEG, ...), converted to RGB.
+and write the same bytes. Images are PNG, JPEG, BMP or WebP, converted to RGB.
 Masks are one-channel images whose values are all in {0, 1} or all in {0, 255}; the nonzero
 value marks the object (there is no ignore label over HTTP). Answers are a 0/255 PNG or COCO's
 uncompressed RLE: ``{"size": [H, W], "counts": [...]}``, run lengths of the column-major
 (Fortran order) mask, starting with a run of background (which may be 0).
+
+Decoding is bounded before it starts: the file size, the pixel count (read from the header,
+quoted as the server's own limit), and for PNG every compressed metadata chunk (``zTXt``,
+``iTXt``, ``iCCP``), which is inflated into at most :data:`CHUNK_DECODE_BUDGET_BYTES` (and all of
+them into :data:`TOTAL_DECODE_BUDGET_BYTES`) before PIL sees the file: a small file whose
+metadata inflates to hundreds of megabytes (a decompression bomb) is refused as a bad image.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any, Final
 
 import numpy as np
@@ -19,8 +27,12 @@ from PIL import Image, UnidentifiedImageError
 from dpnet_runtime.errors import InputError
 
 __all__ = [
+    "ACCEPTED_FORMATS",
+    "CHUNK_DECODE_BUDGET_BYTES",
     "MAX_FILE_BYTES",
+    "TOTAL_DECODE_BUDGET_BYTES",
     "OversizedImageError",
+    "UndecodableImageError",
     "binary_mask",
     "decode_image",
     "decode_mask",
@@ -33,11 +45,21 @@ __all__ = [
 ]
 
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+ACCEPTED_FORMATS: Final = ("PNG", "JPEG", "BMP", "WEBP")
+# Below PIL's own limit on a text chunk (1 MiB), so that the server's check answers first.
+CHUNK_DECODE_BUDGET_BYTES: Final = 512 * 1024
+TOTAL_DECODE_BUDGET_BYTES: Final = 2 * 1024 * 1024
 _MASK_MODES: Final = ("1", "L", "P", "I", "I;16")
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
 
 class OversizedImageError(InputError):
     """An uploaded file or image is larger than the server accepts (HTTP 413)."""
+
+
+class UndecodableImageError(InputError):
+    """An uploaded file is not an image the server decodes, or one that would inflate past
+    the decode budget (HTTP 400)."""
 
 
 def binary_mask(values: np.ndarray, name: str) -> np.ndarray:
@@ -162,26 +184,85 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise OversizedImageError(
             f"{name} is {len(data)} bytes; the server accepts files up to {MAX_FILE_BYTES}"
         )
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png(data, name, max_pixels)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise OversizedImageError(f"{name} is too large to decode ({exc})") from exc
+        raise _too_many_pixels(name, None, max_pixels) from exc
     except UnidentifiedImageError as exc:
-        raise InputError(
-            f"{name} is not an image format the server reads (PNG, JPEG, ...)"
+        raise UndecodableImageError(
+            f"{name} is not an image the server reads ({', '.join(ACCEPTED_FORMATS)})"
         ) from exc
-    except OSError as exc:
-        raise InputError(f"{name} is not an image the server can read ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise UndecodableImageError(f"{name} is not an image the server can read") from exc
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise OversizedImageError(
-            f"{name} is {width}x{height}; the server accepts at most {max_pixels} pixels "
-            "(resize it, or start dpnet-serve with a larger --max-image-pixels)"
-        )
+        raise _too_many_pixels(name, (width, height), max_pixels)
     try:
         image.load()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         image.close()
-        raise InputError(f"{name} cannot be decoded ({exc})") from exc
+        raise UndecodableImageError(f"{name} cannot be decoded (a damaged or cut file)") from exc
     return image
+
+
+def _too_many_pixels(
+    name: str, size: tuple[int, int] | None, max_pixels: int
+) -> OversizedImageError:
+    shown = f"is {size[0]}x{size[1]}" if size else "has more pixels than that"
+    return OversizedImageError(
+        f"{name} {shown}; the server accepts at most {max_pixels} pixels "
+        "(resize it, or start dpnet-serve with a larger --max-image-pixels)"
+    )
+
+
+def _check_png(data: bytes, name: str, max_pixels: int) -> None:
+    """Walk a PNG's chunks: its size against ``max_pixels``, and every compressed metadata
+    chunk inflated within the decode budgets, before PIL decodes anything."""
+    offset, inflated = len(_PNG_SIGNATURE), 0
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        body = data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+        if kind == b"IHDR" and len(body) >= 8:
+            width, height = struct.unpack(">II", body[:8])
+            if width * height > max_pixels:
+                raise _too_many_pixels(name, (width, height), max_pixels)
+        elif kind in (b"zTXt", b"iCCP", b"iTXt"):
+            inflated += _inflated_size(kind, body, name)
+            if inflated > TOTAL_DECODE_BUDGET_BYTES:
+                raise UndecodableImageError(
+                    f"{name}'s metadata chunks inflate beyond the server's decode budget "
+                    f"({TOTAL_DECODE_BUDGET_BYTES} bytes in all); strip the metadata"
+                )
+        elif kind == b"IEND":
+            return
+
+
+def _inflated_size(kind: bytes, body: bytes, name: str) -> int:
+    keyword_end = body.find(b"\0")
+    if kind == b"iTXt":  # keyword, compressed flag, method, language, translated keyword
+        if keyword_end < 0 or body[keyword_end + 1 : keyword_end + 2] != b"\1":
+            return 0  # not compressed
+        rest = body[keyword_end + 3 :]
+        for _ in range(2):  # skip the language tag and the translated keyword
+            rest = rest[rest.find(b"\0") + 1 :]
+        stream = rest
+    else:  # zTXt and iCCP: keyword or profile name, method byte, zlib stream
+        stream = body[keyword_end + 2 :] if keyword_end >= 0 else b""
+    inflater = zlib.decompressobj()
+    try:
+        size = len(inflater.decompress(stream, CHUNK_DECODE_BUDGET_BYTES + 1))
+    except zlib.error as exc:
+        raise UndecodableImageError(
+            f"{name} has a damaged {kind.decode()} chunk; strip the metadata"
+        ) from exc
+    if size > CHUNK_DECODE_BUDGET_BYTES:
+        raise UndecodableImageError(
+            f"{name}: its {kind.decode()} chunk inflates beyond the server's decode budget "
+            f"({CHUNK_DECODE_BUDGET_BYTES} bytes per chunk): a decompression bomb, or metadata "
+            "to strip"
+        )
+    return size
