@@ -21,7 +21,6 @@ SIGTERM or SIGINT drains the server before it stops: the ingress answers new req
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
@@ -48,17 +47,20 @@ _LOCAL_ENVIRONMENT: Final = {
     # store (Ray's default is 100 KiB): a 321 x 321 query and its mask then cost 7 ms less
     # per request on 2 cores.
     "RAY_max_direct_call_object_size": str(2 << 20),
-    # Idle CPU of Ray's processes (measured per process, 2 cores): the Serve controller's loop
-    # every 1 s instead of 0.1 s (33 -> 14 ms/s), replicas' metric exports every 1 s, no task
-    # events for a state API nobody reads (GCS 15 -> 5 ms/s), the dashboard agent's node
-    # statistics every minute.
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
-    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    # No task events for a state API nobody reads (GCS 15 -> 5 ms/s idle), the dashboard
+    # agent's node statistics every minute.
     "RAY_task_events_report_interval_ms": "0",
     "REPORTER_UPDATE_INTERVAL_MS": "60000",
-    # A request's replica code runs on the replica's event loop (ONNX Runtime runs in a worker
-    # thread anyway), and the ingress routes to the query heads from its own loop: two thread
-    # hand-overs fewer per query.
+}
+# Ray Serve settings of the controller and the replicas, set after this process has read its
+# own (its handles keep routing from a loop of their own, as a blocking caller needs). Idle CPU
+# measured per process on 2 cores: the controller's loop every 1 s instead of 0.1 s (33 -> 14
+# ms/s), replicas' metric exports every 1 s. A request's replica code runs on the replica's
+# event loop (ONNX Runtime runs in a worker thread anyway), and the ingress routes to the
+# query heads from that loop too: two thread hand-overs fewer per query.
+_REPLICA_ENVIRONMENT: Final = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
@@ -84,6 +86,9 @@ def run_server(options: ServeOptions, report: Callable[[str], None]) -> None:
         for name, value in _LOCAL_ENVIRONMENT.items():
             os.environ.setdefault(name, value)  # before Ray is imported: it reads them once
     ray, serve = _import_serving()
+    if options.on_loopback:
+        for name, value in _REPLICA_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)  # inherited by the local Ray's workers only
     from dpnet_serve.app import build_app
 
     application = build_app(options)
@@ -118,22 +123,17 @@ def run_server(options: ServeOptions, report: Callable[[str], None]) -> None:
 
 def _drain(serve: ModuleType, options: ServeOptions) -> None:
     """New requests get 503 while the ones in flight finish (bounded by drain_timeout_s)."""
+    started = time.monotonic()
     try:
-        asyncio.run(_drain_ingress(serve, options.drain_timeout_s))
+        ingress = serve.get_app_handle(APP_NAME)
+        ingress.drain.remote().result(timeout_s=10)
+        while (elapsed := time.monotonic() - started) < options.drain_timeout_s:
+            if elapsed >= DRAIN_NOTICE_S and ingress.ongoing.remote().result(timeout_s=10) == 0:
+                return
+            time.sleep(0.1)
+        logger.warning("requests still in flight after %s s; stopping", options.drain_timeout_s)
     except Exception as exc:  # a lost ingress cannot drain: stop anyway, and say why
         logger.warning("could not drain the server (%s); stopping", one_line(exc))
-
-
-async def _drain_ingress(serve: ModuleType, timeout_s: float) -> None:
-    # In an event loop: the local Ray's handles route from the caller's loop.
-    started = time.monotonic()
-    ingress = serve.get_app_handle(APP_NAME)
-    await asyncio.wait_for(ingress.drain.remote(), 10)
-    while (elapsed := time.monotonic() - started) < timeout_s:
-        if elapsed >= DRAIN_NOTICE_S and await asyncio.wait_for(ingress.ongoing.remote(), 10) == 0:
-            return
-        await asyncio.sleep(0.1)
-    logger.warning("requests still in flight after %s s; stopping", timeout_s)
 
 
 def _import_serving() -> tuple[ModuleType, ModuleType]:

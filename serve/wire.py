@@ -192,7 +192,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise _too_many_pixels(name, None, max_pixels) from exc
     except UnidentifiedImageError as exc:
         raise UndecodableImageError(
-            f"{name} is not an image the server reads ({', '.join(ACCEPTED_FORMATS)})"
+            f"{name} is not an image format the server reads ({', '.join(ACCEPTED_FORMATS)})"
         ) from exc
     except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise UndecodableImageError(f"{name} is not an image the server can read") from exc

@@ -1,13 +1,17 @@
 """The support store: memory and folder stores keep support sets bit for bit; a folder store
-survives a reopen, refuses another export's classes, and stays readable when a write is killed."""
+survives a reopen, refuses another export's classes, stays readable when a write is killed, and
+changes nothing, in memory or on disk, when it cannot be written (read-only, full disk)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 
 from dpnet_runtime import SupportSet
 from dpnet_runtime.errors import DpnetError, IncompatibleModelError, InputError
+from dpnet_serve.api_errors import StoreWriteError
 from dpnet_serve.store import INDEX_FILE, ClassInfo, DirectoryStore, MemoryStore, SupportStore
 
 EXPORT = "sha-of-checkpoint:beta"
@@ -156,3 +161,97 @@ def test_a_class_write_killed_half_way_leaves_the_store_readable(tmp_path: Path)
     store.put(_info("dog", "k3", shots=1), _support(5, shots=1))
     _assert_same(DirectoryStore(folder, "export").load("k3"), _support(5, shots=1))
     assert json.loads((folder / INDEX_FILE).read_text())["export_id"] == "export"
+
+
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """Make ``path`` refuse changes for real: immutable (``chattr +i``) as root, who ignores
+    permission bits, read-only permissions otherwise."""
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make {path} immutable here: {done.stderr.strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("unwritable", ["folder", "index"])
+def test_a_store_that_cannot_be_written_changes_nothing(tmp_path: Path, unwritable: str) -> None:
+    folder = tmp_path / "store"
+    store = DirectoryStore(folder, EXPORT)
+    cat, dog = _support(0), _support(1)
+    store.put(_info("cat", "k1"), cat)
+    store.put(_info("dog", "k2"), dog)
+    before = _listing(folder)
+    if unwritable == "index" and os.geteuid() != 0:
+        pytest.skip("an unwritable index beside a writable folder needs chattr (root)")
+    with _unwritable(folder if unwritable == "folder" else folder / INDEX_FILE):
+        with pytest.raises(StoreWriteError, match=r"cannot be written .*; nothing changed"):
+            store.put(_info("bird", "k3"), _support(2))
+        with pytest.raises(StoreWriteError):
+            store.put(_info("cat", "k4"), _support(3))  # a replace keeps the old class
+        with pytest.raises(StoreWriteError):
+            store.delete("dog")
+        assert [info.name for info in store.classes()] == ["cat", "dog"]
+        assert store.get("cat") == _info("cat", "k1") and store.get("bird") is None
+        _assert_same(store.load("k1"), cat)
+        _assert_same(store.load("k2"), dog)
+        assert store.load("k3") is None and store.load("k4") is None
+    assert _listing(folder) == before  # no new class file, no temporary file left
+    reopened = DirectoryStore(folder, EXPORT)
+    assert reopened.classes() == store.classes()
+    # Once writable again, the store goes on.
+    store.delete("dog")
+    assert [info.name for info in DirectoryStore(folder, EXPORT).classes()] == ["cat"]
+
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    import numpy as np
+    from dpnet_runtime import SupportSet
+    from dpnet_serve.api_errors import StoreWriteError
+    from dpnet_serve.store import ClassInfo, DirectoryStore
+
+    store = DirectoryStore(Path(sys.argv[1]), "export")
+    small = SupportSet(shots=1, feeds=({"x": np.ones((1, 1, 4, 4), np.float32)},))
+    store.put(ClassInfo("cat", "k1", 1, 1.0, "t"), small)
+    # No file may grow past 64 KiB from here on: the kernel fails the write (EFBIG), as a
+    # full disk fails it (ENOSPC).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    big = SupportSet(shots=1, feeds=({"x": np.ones((1, 1, 256, 256), np.float32)},))
+    try:
+        store.put(ClassInfo("dog", "k2", 1, 1.0, "t"), big)
+    except StoreWriteError as exc:
+        print("refused:", exc)
+    print("classes:", [info.name for info in store.classes()])
+    """
+)
+
+
+def test_a_full_disk_changes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(folder)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused: the class store cannot be written (file too large)")
+    assert lines[1] == "classes: ['cat']"
+    assert sorted(path.name for path in folder.iterdir()) == ["index.json", "k1.npz"]
+    assert [info.name for info in DirectoryStore(folder, "export").classes()] == ["cat"]

@@ -6,11 +6,14 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from dpnet_runtime.errors import InputError
 from dpnet_serve.wire import (
+    CHUNK_DECODE_BUDGET_BYTES,
+    TOTAL_DECODE_BUDGET_BYTES,
     OversizedImageError,
+    UndecodableImageError,
     binary_mask,
     decode_image,
     decode_mask,
@@ -111,3 +114,64 @@ def test_rle_is_coco_column_major_starting_with_background(first: int) -> None:
     np.testing.assert_array_equal(rle_to_mask(rle), mask)
     with pytest.raises(InputError, match="add up to"):
         rle_to_mask({"size": [6, 9], "counts": rle["counts"][:-1]})
+
+
+def _png_with(pixels: np.ndarray, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("chunk", ["zTXt", "iTXt", "iCCP"])
+def test_a_metadata_chunk_that_inflates_past_the_budget_is_a_bad_image(chunk: str) -> None:
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    inflated = b"\0" * (64 * 1024 * 1024)  # 64 MiB of zeros: a file of about 64 KiB
+    if chunk == "iCCP":
+        data = _png_with(pixels, icc_profile=inflated)
+    else:
+        info = PngImagePlugin.PngInfo()
+        if chunk == "zTXt":
+            info.add_text("comment", inflated.decode(), zip=True)
+        else:
+            info.add_itxt("comment", inflated.decode(), lang="en", tkey="c", zip=True)
+        data = _png_with(pixels, pnginfo=info)
+    assert len(data) < 1024 * 1024 and chunk.encode() in data
+    with pytest.raises(UndecodableImageError, match=f"its {chunk} chunk inflates beyond the ser"):
+        decode_image(data, "image 1", max_pixels=100)
+    with pytest.raises(UndecodableImageError, match="decode budget"):
+        decode_mask(data, "mask 1", max_pixels=100)
+    # Metadata within the budget is fine.
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 1000, zip=True)
+    assert decode_image(_png_with(pixels, pnginfo=info), "image 1", max_pixels=100).shape == (
+        8, 8, 3,
+    )  # fmt: skip
+
+
+def test_many_small_chunks_share_one_budget() -> None:
+    info = PngImagePlugin.PngInfo()
+    for index in range(TOTAL_DECODE_BUDGET_BYTES // CHUNK_DECODE_BUDGET_BYTES + 1):
+        info.add_text(f"k{index}", "y" * CHUNK_DECODE_BUDGET_BYTES, zip=True)
+    data = _png_with(np.zeros((4, 4), np.uint8), pnginfo=info)
+    with pytest.raises(UndecodableImageError, match="metadata chunks inflate beyond"):
+        decode_image(data, "image 1", max_pixels=100)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP"])
+def test_a_huge_image_quotes_the_servers_pixel_limit_not_pils(fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("1" if fmt == "PNG" else "L", (20000, 20000)).save(buffer, format=fmt)
+    data = buffer.getvalue()[:4096]  # the header says the size; the pixels never arrive
+    with pytest.raises(OversizedImageError) as caught:
+        decode_image(data, "image", max_pixels=40000)
+    message = str(caught.value)
+    assert "the server accepts at most 40000 pixels" in message
+    assert "--max-image-pixels" in message and "decompression bomb" not in message.lower()
+    assert str(Image.MAX_IMAGE_PIXELS) not in message
+
+
+def test_formats_beyond_png_jpeg_bmp_webp_are_refused() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buffer, format="TIFF")
+    with pytest.raises(UndecodableImageError, match=r"\(PNG, JPEG, BMP, WEBP\)"):
+        decode_image(buffer.getvalue(), "image", max_pixels=100)
