@@ -22,8 +22,9 @@ import logging
 import secrets
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
@@ -58,7 +59,8 @@ __all__ = ["HEAD_NODE_RESOURCE", "Ingress", "api"]
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 READY_TIMEOUT_S: Final = 5.0
 HEAD_NODE_RESOURCE: Final = "node:__internal_head__"  # Ray's resource of the head node
-_LOST: Final = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
+_LOST: Final = (RayActorError, ActorUnavailableError)
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +138,22 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error(code, str(exc.detail))
 
 
-@api.exception_handler(BackPressureError)
-async def _overloaded(request: Request, exc: BackPressureError) -> Response:
-    return _error("overloaded", "every query head is busy and the queue is full", retry=True)
+async def _ask(call: Awaitable[T]) -> T:
+    """Await a query head. Ray Serve installs its own plain-text handlers for a full queue and
+    an unavailable deployment on the app, so both are turned into API errors here."""
+    try:
+        return await call
+    except BackPressureError as exc:
+        raise ApiError(
+            "overloaded",
+            "every query head is busy and the queue is full (--max-queued-requests); retry "
+            "after Retry-After",
+            retry_after_s=RETRY_AFTER_S,
+        ) from exc
+    except DeploymentUnavailableError as exc:
+        raise ApiError(
+            "unavailable", "no query head is running; retry shortly", retry_after_s=RETRY_AFTER_S
+        ) from exc
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
@@ -207,8 +222,8 @@ class Ingress:
                 await asyncio.wait_for(self._query.ready.remote(), READY_TIMEOUT_S)
             except TimeoutError:
                 problem = f"no query head answered within {READY_TIMEOUT_S} s"
-            except _LOST:
-                problem = "a query head was lost"
+            except (*_LOST, BackPressureError, DeploymentUnavailableError):
+                problem = "no query head could answer"
         if problem is not None:
             return _error("not_ready", f"not ready: {problem}", retry=True)
         return JSONResponse({"status": "ready"})
@@ -252,7 +267,8 @@ class Ingress:
         exists, unless ``replace=true``; 507 (nothing stored) when the store fails."""
         self._check_free(name, replace)
         support_images, support_masks = await self._read_support(images, masks)
-        support, runs, encode_ms = await self._query.encode.remote(support_images, support_masks)
+        encoding = self._query.encode.remote(support_images, support_masks)
+        support, runs, encode_ms = await _ask(encoding)
         self._counts["support_graph_runs"] += runs
         info = ClassInfo(
             name=name,
@@ -275,9 +291,8 @@ class Ingress:
         for _ in range(3):  # a replaced class: its old key may be gone; a lost replica: retry
             info = self._class(name)
             try:
-                result = await self._query.options(multiplexed_model_id=info.key).segment.remote(
-                    pixels, name
-                )
+                handle = self._query.options(multiplexed_model_id=info.key)
+                result = await _ask(handle.segment.remote(pixels, name))
             except _LOST:
                 logger.warning("a query head was lost; retrying the query on another")
                 continue
@@ -295,7 +310,7 @@ class Ingress:
         """Segment ``image`` from K support pairs in one call; nothing is stored."""
         support_images, support_masks = await self._read_support(images, masks)
         query = await self._read_image(image, "image")
-        mask = await self._query.episode.remote(support_images, support_masks, query)
+        mask = await _ask(self._query.episode.remote(support_images, support_masks, query))
         self._counts["episodes"] += 1
         return _mask_response(mask, request)
 

@@ -32,12 +32,12 @@ from types import ModuleType
 from typing import Any, Final
 
 from dpnet_runtime.errors import BackendUnavailableError, one_line
-from dpnet_serve.config import http_options
+from dpnet_serve.config import LOOPBACK_HOOK, http_options
 from dpnet_serve.options import APP_NAME, ServeOptions
 
 __all__ = ["DRAIN_NOTICE_S", "loopback_replica_listeners", "run_server"]
 
-DRAIN_NOTICE_S: Final = 1.0
+DRAIN_NOTICE_S: Final = 2.0
 
 _SERVING_MODULES: Final = ("ray", "ray.serve", "fastapi", "python_multipart", "requests")
 _LOCAL_ENVIRONMENT: Final = {
@@ -65,7 +65,6 @@ _REPLICA_ENVIRONMENT: Final = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
 _QUIET: Final = {"enable_access_log": False, "log_level": "WARNING"}
-_LOOPBACK_HOOK: Final = "dpnet_serve.server.loopback_replica_listeners"
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def _ray_arguments(options: ServeOptions) -> dict[str, Any]:
     metrics = {} if options.metrics_port is None else {"_metrics_export_port": options.metrics_port}
     loopback = {
         "_node_ip_address": "127.0.0.1",
-        "runtime_env": {"worker_process_setup_hook": _LOOPBACK_HOOK},
+        "runtime_env": {"worker_process_setup_hook": LOOPBACK_HOOK},
     }
     if not options.local:
         return {"address": options.address, **(loopback if options.on_loopback else {}), **quiet}

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import queue
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -274,3 +275,94 @@ def predictor(balanced_export_dir: Path) -> Iterator[Predictor]:
     """The in-process Predictor on the server's export (the expected masks)."""
     with Predictor.open(balanced_export_dir, intra_op_threads=1) as opened:
         yield opened
+
+
+_START_TIMEOUT_S = 180.0
+# Block SIGTERM only after Ray has started its GCS and raylet, so they do not inherit the mask.
+_HEAD = """
+import signal, ray
+ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
+         logging_level="WARNING")
+print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+signal.sigwait({signal.SIGTERM})
+ray.shutdown()
+"""
+
+
+@dataclass
+class Head:
+    """A Ray head on 127.0.0.1 and the GCS address other jobs join it at."""
+
+    process: subprocess.Popen[str]
+    address: str
+    ray_dir: Path
+    token: dict[str, str]
+
+    def processes(self) -> list[psutil.Process]:
+        return process_tree(self.process)
+
+
+def start_head(environment: Mapping[str, str] | None = None) -> Head:
+    """A Ray head on 127.0.0.1 with token authentication, in a Python process of the test's
+    own, as another job on a shared cluster would be; its token is given by environment, never
+    written to ``~/.ray``. ``environment`` is added to what its processes inherit."""
+    ray_dir = Path(tempfile.mkdtemp(prefix="dph", dir="/tmp"))  # Ray's socket paths are short
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    variables = {
+        **os.environ,
+        **token,
+        "RAY_TMPDIR": str(ray_dir),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **(environment or {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HEAD], stdout=subprocess.PIPE, text=True, env=variables
+    )
+    return Head(process, _gcs_address(process), ray_dir, token)
+
+
+@pytest.fixture
+def head() -> Iterator[Head]:
+    """A Ray head (:func:`start_head`), stopped by SIGTERM to its PID, then whatever it
+    started, by PID."""
+    started = start_head()
+    try:
+        yield started
+    finally:
+        terminate_tree(started.process, started.ray_dir)
+
+
+def _gcs_address(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("GCS "):
+            return line.split()[1]
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError("the Ray head did not start")
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """Make ``path`` refuse changes for real: immutable (``chattr +i``) as root, who ignores
+    permission bits, read-only permissions otherwise."""
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make {path} immutable here: {done.stderr.strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)

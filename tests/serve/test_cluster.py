@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import requests
 
@@ -32,76 +26,16 @@ from dpnet_runtime import Predictor
 from dpnet_serve import Client
 
 from .conftest import (
+    Head,
     Server,
     assert_loopback_sockets,
-    process_tree,
     replica_pids,
     start_server,
     stop_server,
     support_masks,
-    terminate_tree,
 )
 
 pytestmark = pytest.mark.slow
-
-_START_TIMEOUT_S = 180.0
-# Block SIGTERM only after Ray has started its GCS and raylet, so they do not inherit the mask.
-_HEAD = """
-import signal, ray
-ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=4,
-         logging_level="WARNING")
-print("GCS", ray.get_runtime_context().gcs_address, flush=True)
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-signal.sigwait({signal.SIGTERM})
-ray.shutdown()
-"""
-
-
-@dataclass
-class Head:
-    """A Ray head on 127.0.0.1 and the GCS address other jobs join it at."""
-
-    process: subprocess.Popen[str]
-    address: str
-    ray_dir: Path
-    token: dict[str, str]
-
-    def processes(self) -> list[psutil.Process]:
-        return process_tree(self.process)
-
-
-@pytest.fixture
-def head() -> Iterator[Head]:
-    ray_dir = Path(tempfile.mkdtemp(prefix="dph", dir="/tmp"))  # Ray's socket paths are short
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    environment = {
-        **os.environ,
-        **token,
-        "RAY_TMPDIR": str(ray_dir),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-c", _HEAD], stdout=subprocess.PIPE, text=True, env=environment
-    )
-    started = Head(process, _gcs_address(process), ray_dir, token)
-    try:
-        yield started
-    finally:
-        terminate_tree(started.process, started.ray_dir)
-
-
-def _gcs_address(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("GCS "):
-            return line.split()[1]
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError("the Ray head did not start")
 
 
 def test_serve_joins_a_cluster_and_leaves_it_running(

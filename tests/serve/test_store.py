@@ -4,14 +4,12 @@ changes nothing, in memory or on disk, when it cannot be written (read-only, ful
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ from dpnet_runtime import SupportSet
 from dpnet_runtime.errors import DpnetError, IncompatibleModelError, InputError
 from dpnet_serve.api_errors import StoreWriteError
 from dpnet_serve.store import INDEX_FILE, ClassInfo, DirectoryStore, MemoryStore, SupportStore
+
+from .conftest import unwritable
 
 EXPORT = "sha-of-checkpoint:beta"
 
@@ -163,42 +163,21 @@ def test_a_class_write_killed_half_way_leaves_the_store_readable(tmp_path: Path)
     assert json.loads((folder / INDEX_FILE).read_text())["export_id"] == "export"
 
 
-@contextlib.contextmanager
-def _unwritable(path: Path) -> Iterator[None]:
-    """Make ``path`` refuse changes for real: immutable (``chattr +i``) as root, who ignores
-    permission bits, read-only permissions otherwise."""
-    if os.geteuid() == 0:
-        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot make {path} immutable here: {done.stderr.strip()}")
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-    else:
-        mode = path.stat().st_mode
-        path.chmod(0o555 if path.is_dir() else 0o444)
-        try:
-            yield
-        finally:
-            path.chmod(mode)
-
-
 def _listing(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("unwritable", ["folder", "index"])
-def test_a_store_that_cannot_be_written_changes_nothing(tmp_path: Path, unwritable: str) -> None:
+@pytest.mark.parametrize("target", ["folder", "index"])
+def test_a_store_that_cannot_be_written_changes_nothing(tmp_path: Path, target: str) -> None:
     folder = tmp_path / "store"
     store = DirectoryStore(folder, EXPORT)
     cat, dog = _support(0), _support(1)
     store.put(_info("cat", "k1"), cat)
     store.put(_info("dog", "k2"), dog)
     before = _listing(folder)
-    if unwritable == "index" and os.geteuid() != 0:
+    if target == "index" and os.geteuid() != 0:
         pytest.skip("an unwritable index beside a writable folder needs chattr (root)")
-    with _unwritable(folder if unwritable == "folder" else folder / INDEX_FILE):
+    with unwritable(folder if target == "folder" else folder / INDEX_FILE):
         with pytest.raises(StoreWriteError, match=r"cannot be written .*; nothing changed"):
             store.put(_info("bird", "k3"), _support(2))
         with pytest.raises(StoreWriteError):
