@@ -177,3 +177,11 @@ def test_the_token_comes_from_its_file_or_the_environment(tmp_path: Path) -> Non
 def test_loopback_hosts() -> None:
     assert all(is_loopback_host(host) for host in ("127.0.0.1", "127.8.9.1", "::1", "[::1]"))
     assert not any(is_loopback_host(host) for host in ("0.0.0.0", "::", "10.0.0.1", "example"))
+
+
+def test_every_error_code_is_documented() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for page in ("serve.md", "troubleshooting.md"):
+        text = (docs / page).read_text(encoding="utf-8")
+        missing = [code for code in ERROR_CODES if f"`{code}`" not in text]
+        assert missing == [], (page, missing)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import requests
 from PIL import Image
@@ -193,6 +194,30 @@ def test_a_body_over_the_limit_is_refused_before_it_arrives(guarded: Guarded) ->
     assert (status, body["code"]) == (413, "body_too_large"), body
     assert f"up to {BODY_LIMIT}" in body["error"]
     assert time.monotonic() - began < 10  # answered from the headers: 200 MB never came
+    # A client that sends the whole body anyway is cut off, and nothing is kept.
+    front = [p for p in guarded.server.processes() if _title(p, ("ProxyActor", ":Ingress"))]
+    before = sum(process.memory_info().rss for process in front)
+    for _ in range(3):
+        connection = _raw_request(guarded.port, _head(guarded.port, "/classes/cat/segment", length))
+        sent = 0
+        try:
+            while sent < length:
+                sent += connection.send(b"\0" * (1 << 20))
+        except OSError:  # the server closed the connection: it stopped reading
+            pass
+        finally:
+            connection.close()
+        assert sent < length // 2, sent
+    grown = sum(process.memory_info().rss for process in front) - before
+    assert grown < 64 * 1024 * 1024, grown
+
+
+def _title(process: psutil.Process, keys: tuple[str, ...]) -> bool:
+    try:
+        title = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return any(key in title for key in keys)
 
 
 def test_decompression_bombs_are_400_and_huge_images_413_with_the_servers_limit(
