@@ -28,8 +28,12 @@ def _serve(program: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_help_and_option_errors_need_no_ray(tmp_path: Path) -> None:
     shown = _serve(_WITHOUT_RAY, "--help")
     assert shown.returncode == 0, shown.stderr
-    for flag in ("--model", "--replicas", "--max-batch", "--batch-wait-ms", "--store", "--address"):
+    for flag in ("--model", "--replicas", "--max-batch", "--batch-wait-ms", "--store", "--address",
+                 "--token-file", "--allowed-hosts", "--max-body-bytes", "--request-timeout-s",
+                 "--max-queued-requests", "--max-replicas", "--drain-timeout-s"):  # fmt: skip
         assert flag in shown.stdout
+    config = _serve(_WITHOUT_RAY, "config", "--help")
+    assert config.returncode == 0 and "--out" in config.stdout and "--token-file" in config.stdout
     refused = _serve(_WITHOUT_RAY, "--model", str(tmp_path), "--replicas", "0")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "error: replicas must be at least 1, got 0"
@@ -47,6 +51,14 @@ def test_a_bad_model_is_refused_before_ray_starts(tmp_path: Path) -> None:
     done = _serve(_WITH_RAY, "--model", str(tmp_path / "missing"), "--port", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.startswith("error: ") and "dpnet-export onnx" in done.stderr
+    assert "starting Ray" not in done.stdout
+
+
+@pytest.mark.slow
+def test_another_address_than_loopback_needs_a_token(balanced_export_dir: Path) -> None:
+    done = _serve(_WITH_RAY, "--model", str(balanced_export_dir), "--host", "0.0.0.0")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("error: refusing to serve 0.0.0.0 without a token")
     assert "starting Ray" not in done.stdout
 
 
