@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -143,13 +145,16 @@ def test_serve_run_runs_the_generated_config(
     assert done.returncode == 0, done.stderr
     # The builder runs in the cluster: the token is the head's environment, not the file's.
     head = start_head({TOKEN_ENV: TOKEN})
+    driver_dir = tempfile.mkdtemp(prefix="dpd", dir="/tmp")  # short: Ray's socket paths
     try:
         serve_cli = [sys.executable, "-m", "ray.serve.scripts", "run", str(config),
                      "--address", head.address, "--non-blocking"]  # fmt: skip
+        # Its own Ray folder, as every driver of the tests: /tmp/ray may hold other sessions.
+        driver = {"RAY_TMPDIR": driver_dir, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                  "RAY_USAGE_STATS_ENABLED": "0", **head.token}  # fmt: skip
         deployed = subprocess.run(
-            serve_cli, capture_output=True, text=True, timeout=600,
-            env={**os.environ, **head.token},
-        )  # fmt: skip
+            serve_cli, capture_output=True, text=True, timeout=600, env={**os.environ, **driver}
+        )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         url = f"http://127.0.0.1:{port}"
         with Client(url, timeout_s=120) as anonymous, Client(url, token=TOKEN) as writer:
@@ -168,6 +173,7 @@ def test_serve_run_runs_the_generated_config(
         assert_loopback_sockets(head.processes())
     finally:
         terminate_tree(head.process, head.ray_dir)
+        shutil.rmtree(driver_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
