@@ -38,6 +38,7 @@ from ray.serve.handle import DeploymentHandle
 from dpnet_runtime import Predictor, SupportSet
 from dpnet_runtime.errors import InputError
 from dpnet_serve.ingress import HEAD_NODE_RESOURCE, Ingress
+from dpnet_serve.loopback import loopback_replica_listeners
 from dpnet_serve.metrics import CacheMetrics
 from dpnet_serve.options import (
     ServeOptions,
@@ -122,6 +123,8 @@ class QueryHead:
     """
 
     def __init__(self, options: ServeOptions) -> None:
+        if is_loopback_host(options.host):
+            loopback_replica_listeners()
         self._predictor = open_predictor(options)
         self._cache = CacheMetrics()
         self._ingress: DeploymentHandle | None = None

@@ -15,11 +15,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Final
 
-from dpnet_serve.options import APP_NAME, ServeOptions, is_loopback_host
+from dpnet_serve.options import APP_NAME, ServeOptions
 
 __all__ = [
     "IMPORT_PATH",
-    "LOOPBACK_HOOK",
     "PROXY_GRACE_S",
     "http_options",
     "render_serve_config",
@@ -27,9 +26,6 @@ __all__ = [
 ]
 
 IMPORT_PATH: Final = "dpnet_serve.app:app"
-# Ray worker setup hook that keeps the replicas' own listeners on 127.0.0.1 (see
-# dpnet_serve.server.loopback_replica_listeners); used when the server is this machine's alone.
-LOOPBACK_HOOK: Final = "dpnet_serve.server.loopback_replica_listeners"
 # Serve's proxy gives up this long after the ingress's own deadline: the ingress answers the
 # timeout as JSON first, and the proxy only ends what the ingress could not.
 PROXY_GRACE_S: Final = 2.0
@@ -50,8 +46,7 @@ def http_options(options: ServeOptions) -> dict[str, Any]:
 def serve_config(options: ServeOptions) -> dict[str, Any]:
     """A Ray Serve config (``ServeDeploySchema``) that runs ``options`` as application
     ``dpnet`` at ``/``; ``args`` hold every option that differs from its default, and
-    ``model`` (absolute). A loopback ``host`` adds the worker hook that keeps the replicas'
-    listeners on loopback too."""
+    ``model`` (absolute)."""
     defaults = ServeOptions(model=options.model)
     args: dict[str, Any] = {"model": str(options.model.resolve())}
     for field in dataclasses.fields(ServeOptions):
@@ -60,14 +55,7 @@ def serve_config(options: ServeOptions) -> dict[str, Any]:
             continue
         if value != getattr(defaults, field.name) or field.name in ("host", "port"):
             args[field.name] = _plain(value)
-    application: dict[str, Any] = {
-        "name": APP_NAME,
-        "route_prefix": "/",
-        "import_path": IMPORT_PATH,
-        "args": args,
-    }
-    if is_loopback_host(options.host):
-        application["runtime_env"] = {"worker_process_setup_hook": LOOPBACK_HOOK}
+    application = {"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}
     return {
         "proxy_location": "HeadOnly",
         "http_options": http_options(options),

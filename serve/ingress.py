@@ -49,8 +49,9 @@ from dpnet_serve.api_errors import (
     status_of,
 )
 from dpnet_serve.guard import RETRY_AFTER_S, AccessPolicy, GuardState, RequestGuard, install
+from dpnet_serve.loopback import loopback_replica_listeners
 from dpnet_serve.metrics import RequestMetrics
-from dpnet_serve.options import ServeOptions
+from dpnet_serve.options import ServeOptions, is_loopback_host
 from dpnet_serve.store import ClassInfo, open_store
 from dpnet_serve.wire import MAX_FILE_BYTES, decode_image, decode_mask, mask_to_png, mask_to_rle
 
@@ -195,6 +196,8 @@ class Ingress:
     def __init__(
         self, options: ServeOptions, export_id: str, token: str | None, query: DeploymentHandle
     ) -> None:
+        if is_loopback_host(options.host):
+            loopback_replica_listeners()
         self._options = options
         self._query = query
         self._store = open_store(options.store, export_id)

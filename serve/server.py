@@ -32,10 +32,10 @@ from types import ModuleType
 from typing import Any, Final
 
 from dpnet_runtime.errors import BackendUnavailableError, one_line
-from dpnet_serve.config import LOOPBACK_HOOK, http_options
+from dpnet_serve.config import http_options
 from dpnet_serve.options import APP_NAME, ServeOptions
 
-__all__ = ["DRAIN_NOTICE_S", "loopback_replica_listeners", "run_server"]
+__all__ = ["DRAIN_NOTICE_S", "run_server"]
 
 DRAIN_NOTICE_S: Final = 2.0
 
@@ -150,10 +150,7 @@ def _import_serving() -> tuple[ModuleType, ModuleType]:
 def _ray_arguments(options: ServeOptions) -> dict[str, Any]:
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     metrics = {} if options.metrics_port is None else {"_metrics_export_port": options.metrics_port}
-    loopback = {
-        "_node_ip_address": "127.0.0.1",
-        "runtime_env": {"worker_process_setup_hook": LOOPBACK_HOOK},
-    }
+    loopback = {"_node_ip_address": "127.0.0.1"}
     if not options.local:
         return {"address": options.address, **(loopback if options.on_loopback else {}), **quiet}
     # Logical CPUs: every replica reserves its threads, so a small machine still fits them all.
@@ -165,27 +162,6 @@ def _ray_arguments(options: ServeOptions) -> dict[str, Any]:
         **metrics,
         **quiet,
     }
-
-
-def loopback_replica_listeners() -> None:
-    """Ray worker setup hook: Serve replicas listen on 127.0.0.1, not on every interface.
-
-    Ray Serve 2.60 starts an inter-deployment gRPC server in every replica bound to ``[::]:0``
-    with no setting to change it (ray-project/ray#64544); a local dpnet-serve binds it to the
-    loopback address like the rest of its local Ray. Should Ray rename the function, the
-    server still runs and the loopback test fails.
-    """
-    from ray.serve._private import replica
-
-    bind = getattr(replica, "add_port_to_grpc_server", None)
-    if bind is None:
-        return
-
-    def bind_loopback(server: Any, address: str) -> int:
-        port: int = bind(server, address.replace("[::]:", "127.0.0.1:"))
-        return port
-
-    replica.add_port_to_grpc_server = bind_loopback
 
 
 def _wait_for_stop_signal() -> None:
