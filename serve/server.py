@@ -48,9 +48,10 @@ _LOCAL_ENVIRONMENT: Final = {
     # per request on 2 cores.
     "RAY_max_direct_call_object_size": str(2 << 20),
     # No task events for a state API nobody reads (GCS 15 -> 5 ms/s idle), the dashboard
-    # agent's node statistics every minute.
+    # agent's node statistics every minute, the log monitor's scan for new log files every 5 s.
     "RAY_task_events_report_interval_ms": "0",
     "REPORTER_UPDATE_INTERVAL_MS": "60000",
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",
 }
 # Ray Serve settings of the controller and the replicas, set after this process has read its
 # own (its handles keep routing from a loop of their own, as a blocking caller needs). Idle CPU
