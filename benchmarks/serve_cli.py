@@ -61,6 +61,9 @@ def serve(
         int | None,
         typer.Option(help="PID of the dpnet-serve process here: report CPU per request by process"),
     ] = None,
+    idle_s: Annotated[
+        float, typer.Option(help="with --server-pid: seconds of idle CPU measured first")
+    ] = _DEFAULTS.idle_s,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
@@ -77,6 +80,7 @@ def serve(
         wait_s=wait_s,
         server_command=server,
         server_pid=server_pid,
+        idle_s=idle_s,
     )
     with make_progress() as progress:
         report = run_serve_bench(options, progress_advancer(progress))

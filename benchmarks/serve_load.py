@@ -75,7 +75,9 @@ class ServeBenchOptions:
         class_name: the name the benchmark registers (replacing one of that name).
         server_command: how the server was started, recorded in the report.
         server_pid: PID of the ``dpnet-serve`` process on this machine: CPU time per request
-            is then reported by process (:mod:`dpnet_bench.serve_cpu`).
+            is then reported by process (:mod:`dpnet_bench.serve_cpu`), and the CPU each
+            process spends idle, measured for ``idle_s`` before the first level.
+        idle_s: how long the idle CPU is measured (``server_pid`` only).
     """
 
     artifacts: Path
@@ -91,6 +93,7 @@ class ServeBenchOptions:
     class_name: str = "dpnet-bench"
     server_command: str = ""
     server_pid: int | None = None
+    idle_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0 or self.shots < 1:
@@ -142,6 +145,7 @@ class ServeBenchReport:
     environment: dict[str, str]
     results: tuple[LoadResult, ...]
     targets: tuple[TargetCheck, ...]
+    idle_cpu_ms_per_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def check_failed(self) -> bool:
@@ -179,6 +183,7 @@ def run_serve_bench(
         try:
             for index in range(options.warmup):
                 client.segment(options.class_name, queries[index % len(queries)])
+            idle = {} if sampler is None else _idle_rates(sampler, options.idle_s)
             levels = [
                 _load_level(client, level, queries, expected, options, report, sampler)
                 for level in options.concurrency
@@ -193,7 +198,15 @@ def run_serve_bench(
         environment=describe_environment(),
         results=results,
         targets=_targets(reference, levels),
+        idle_cpu_ms_per_s=idle,
     )
+
+
+def _idle_rates(sampler: CpuSampler, seconds: float) -> dict[str, float]:
+    # What each process spends with no request at all: Ray's and Serve's own loops.
+    sampler.delta()
+    time.sleep(seconds)
+    return {role: spent * 1e3 / seconds for role, spent in sampler.delta().items()}
 
 
 def _wait_ready(client: Client, options: ServeBenchOptions) -> None:

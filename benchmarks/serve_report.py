@@ -79,6 +79,7 @@ def serve_report_to_dict(report: ServeBenchReport) -> dict[str, Any]:
         "environment": report.environment,
         "results": results,
         "targets": [dataclasses.asdict(target) for target in report.targets],
+        "idle_cpu_ms_per_s": report.idle_cpu_ms_per_s,
     }
 
 
@@ -117,25 +118,34 @@ def render_serve_table(report: ServeBenchReport) -> Group:
 def cpu_table(report: ServeBenchReport) -> list[list[str]]:
     """CPU milliseconds per request by process: a header row, then one row per process role
     (most expensive first), the total, and the total minus the in-process call's CPU (what
-    serving adds); empty when the run did not measure CPU (no ``--server-pid``)."""
+    serving adds); the first column is each process's CPU while idle, in ms per second. Empty
+    when the run did not measure CPU (no ``--server-pid``)."""
     measured = [result for result in report.results if result.cpu_ms_per_request]
     if not any(result.path != IN_PROCESS for result in measured):
         return []
+    idle = report.idle_cpu_ms_per_s
     roles = sorted(
         {role for result in measured for role in result.cpu_ms_per_request},
         key=lambda role: -max(result.cpu_ms_per_request.get(role, 0.0) for result in measured),
     )
-    header = ["process", *(f"{result.path} c={result.concurrency}" for result in measured)]
+    header = [
+        "process", "idle ms/s",
+        *(f"{result.path} c={result.concurrency} ms/request" for result in measured),
+    ]  # fmt: skip
     rows = [
-        [role, *(f"{result.cpu_ms_per_request.get(role, 0.0):.1f}" for result in measured)]
+        [
+            role,
+            f"{idle[role]:.1f}" if role in idle else "-",
+            *(f"{result.cpu_ms_per_request.get(role, 0.0):.1f}" for result in measured),
+        ]
         for role in roles
     ]
     totals = [sum(result.cpu_ms_per_request.values()) for result in measured]
     paths = [result.path for result in measured]
     reference = totals[paths.index(IN_PROCESS)] if IN_PROCESS in paths else None
-    rows.append(["total", *(f"{total:.1f}" for total in totals)])
+    rows.append(["total", f"{sum(idle.values()):.1f}", *(f"{total:.1f}" for total in totals)])
     if reference is not None:
-        rows.append(["total - in-process", *(f"{total - reference:+.1f}" for total in totals)])
+        rows.append(["total - in-process", "", *(f"{total - reference:+.1f}" for total in totals)])
     return [header, *rows]
 
 
@@ -169,8 +179,10 @@ def _markdown_cpu(report: ServeBenchReport) -> list[str]:
     if not table:
         return []
     return [
-        "CPU time per request by process (user + system, psutil, over each level's wall time; "
-        "in-process: the benchmark's own process):",
+        "CPU time by process (user + system, psutil): idle, in ms per second, measured before "
+        "the first level with no request; then per request, over each level's wall time (idle "
+        "time included: at a lower request rate it weighs more per request). In-process: the "
+        "benchmark's own process.",
         "",
         "| " + " | ".join(table[0]) + " |",
         "|---" * len(table[0]) + "|",

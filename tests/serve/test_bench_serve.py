@@ -30,6 +30,7 @@ def test_levels_in_process_row_and_reports(
     done = _bench(
         "--artifacts", str(balanced_export_dir), "--url", server.url, "--requests", "12",
         "--concurrency", "1,4", "--warmup", "2", "--threads", "1", "--wait-s", "120",
+        "--server-pid", str(server.process.pid), "--idle-s", "2",
         "--json", str(report), "--markdown", str(markdown),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -52,10 +53,20 @@ def test_levels_in_process_row_and_reports(
     assert targets["serve_errors"]["met"] and targets["support_graph_runs_during_queries"]["met"]
     assert targets["serve_c1_p50_vs_in_process_ratio"]["measured"] > 0
     assert "serve_c4_throughput_vs_in_process_ratio" in targets
+    # CPU by process: the query head computes, the load generator sends, all idle a little.
+    for row in rows:
+        cpu = row["cpu_ms_per_request"]
+        key = "in-process" if row["path"] == "in-process" else "query head"
+        assert cpu[key] > 0, cpu
+    assert rows[1]["cpu_ms_per_request"]["load generator (this process)"] > 0
+    assert {"query head", "ingress", "Serve HTTP proxy"} <= set(data["idle_cpu_ms_per_s"])
     text = markdown.read_text()
     assert text.startswith("# dpnet-bench serve: 129x129, 1-shot")
     assert (
         "Command: `dpnet-bench serve --artifacts" in text and "| serve | 4 | 12 | 0 | 0 |" in text
+    )
+    assert (
+        "| process | idle ms/s | in-process c=1 ms/request |" in text and "| query head |" in text
     )
 
 
