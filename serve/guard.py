@@ -12,7 +12,8 @@ and headers alone, before one byte of the body is read (:func:`check_request`):
 5. Without a token the server answers loopback clients only.
 6. With a token, writes (register, delete) need ``Authorization: Bearer <token>``, and so do
    reads unless ``--public-read``.
-7. A body needs a ``Content-Length`` no larger than ``--max-body-bytes``.
+7. A body needs a ``Content-Length`` no larger than ``--max-body-bytes`` (any method: Ray
+   Serve's proxy reads a body as it arrives, whether a route wants it or not).
 8. At most ``--max-ongoing-requests`` requests are worked on at once; more get 503 with
    ``Retry-After``.
 
@@ -52,7 +53,6 @@ PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_S: Final = 1
 _WRITE_PATH: Final = re.compile(r"^/classes/[^/]+/?$")
 _WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,9 @@ def check_request(
     refusal = _check_credentials(policy, scope, headers, path, method)
     if refusal is not None:
         return refusal
-    if method in _BODY_METHODS:
-        refusal = _check_length(policy, headers)
-        if refusal is not None:
-            return refusal
+    refusal = _check_length(policy, headers)
+    if refusal is not None:
+        return refusal
     if ongoing >= policy.max_ongoing_requests:
         return Refusal(
             "overloaded",
@@ -178,6 +177,7 @@ def _check_credentials(
 
 
 def _check_length(policy: AccessPolicy, headers: dict[str, str]) -> Refusal | None:
+    # Any method: Serve's proxy reads a body as it arrives, whether a route wants it or not.
     length = headers.get("content-length")
     if length is None:
         if "chunked" in headers.get("transfer-encoding", "").lower():

@@ -121,6 +121,7 @@ def test_body_size_is_checked_from_the_headers() -> None:
     assert _code(policy, _scope(**post, content_length="12x")) == "invalid_input"
     assert _code(policy, _scope(**post, transfer_encoding="chunked")) == "length_required"
     assert _code(policy, _scope(**post)) is None  # no body at all
+    assert _code(policy, _scope(content_length="5000")) == "body_too_large"  # a GET too
 
 
 def test_limits_draining_and_probes() -> None:
