@@ -1,10 +1,11 @@
 """dpnet-serve against a hostile or unlucky client, on a real server on 127.0.0.1: the token,
-Host and Origin checks, body and image limits, decompression bombs, stalled uploads, a full
-queue, internal errors, a store that cannot be written, a class replaced under load, and the
+Host and Origin checks, body and image limits, idle keep-alive connections, decompression
+bombs, stalled uploads, a full queue, internal errors, a store that cannot be written, a class replaced under load, and the
 Prometheus metrics. Every error is checked to be JSON with its code.
 
 One server for the module: a token, a folder store, one query-head replica of one thread,
-batches of 2, 2 queued queries at most, a 6 s request timeout and a 4 MiB body limit.
+batches of 2, 2 queued queries at most, a 6 s request timeout, a 3 s keep-alive timeout and a
+4 MiB body limit.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "t0ken-for-the-hardening-tests-0123456789"
 BODY_LIMIT = 4 * 1024 * 1024
 TIMEOUT_S = 6.0
+KEEP_ALIVE_S = 3
 STALLED = 300
 
 
@@ -79,6 +81,7 @@ def guarded(
         "--token-file", str(folder / "token"), "--store", str(folder / "store"),
         "--replicas", "1", "--threads", "1", "--max-batch", "2", "--max-queued-requests", "2",
         "--request-timeout-s", str(TIMEOUT_S), "--max-body-bytes", str(BODY_LIMIT),
+        "--keep-alive-timeout-s", str(KEEP_ALIVE_S),
         "--max-image-pixels", str(MAX_PIXELS), "--metrics-port", str(metrics_port),
         environment={"RAY_metrics_report_interval_ms": "1000"},
     )  # fmt: skip
@@ -218,6 +221,21 @@ def _title(process: psutil.Process, keys: tuple[str, ...]) -> bool:
     except psutil.Error:
         return False
     return any(key in title for key in keys)
+
+
+def test_idle_keep_alive_connections_are_closed(guarded: Guarded) -> None:
+    connection = socket.create_connection(("127.0.0.1", guarded.port), timeout=30)
+    try:
+        connection.sendall(
+            f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{guarded.port}\r\n\r\n".encode()
+        )
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        connection.settimeout(KEEP_ALIVE_S + 30)
+        assert connection.recv(1) == b""  # closed by the server once idle
+        assert KEEP_ALIVE_S - 1 <= time.monotonic() - began < KEEP_ALIVE_S + 30
+    finally:
+        connection.close()
 
 
 def test_decompression_bombs_are_400_and_huge_images_413_with_the_servers_limit(
