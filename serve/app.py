@@ -193,6 +193,11 @@ class QueryHead:
         ]
 
 
+# Requests the ingress accepts beyond its own limit: health checks, and the query heads'
+# support loads, pass while the limit answers 503 to the rest.
+_HEALTH_HEADROOM: Final = 64
+
+
 def build_app(options: ServeOptions) -> Application:
     """The bound application: the ingress (and its store) and the query heads.
 
@@ -244,11 +249,6 @@ def build_app(options: ServeOptions) -> Application:
         )
         .bind(options, export_id, token, query)
     )
-
-
-# Requests the ingress accepts beyond its own limit: health checks, and the query heads'
-# support loads, pass while the limit answers 503 to the rest.
-_HEALTH_HEADROOM: Final = 64
 
 
 def app(args: Mapping[str, Any]) -> Application:
