@@ -1,7 +1,8 @@
 """dpnet-serve against a hostile or unlucky client, on a real server on 127.0.0.1: the token,
 Host and Origin checks, body and image limits, idle keep-alive connections, decompression
-bombs, stalled uploads, a full queue, internal errors, a store that cannot be written, a class replaced under load, and the
-Prometheus metrics. Every error is checked to be JSON with its code.
+bombs, stalled uploads, a full queue, internal errors, a store that cannot be written, a class
+replaced under load, and the Prometheus metrics. Every error is checked to be JSON with its
+code.
 
 One server for the module: a token, a folder store, one query-head replica of one thread,
 batches of 2, 2 queued queries at most, a 6 s request timeout, a 3 s keep-alive timeout and a
