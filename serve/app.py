@@ -7,27 +7,25 @@
                              +-> QueryHead xN   POST /classes/{name}: support graph, once
                                                 POST /classes/{name}/segment: query graph
 
-A class is registered once: a :class:`QueryHead` replica runs the support graph and the
-ingress keeps the encoded support set in its store. A query goes to a query-head replica
-chosen by Ray Serve's model multiplexing, keyed by the class's registration key, so queries of
-a class go to replicas that already cache its support set (``@serve.multiplexed``; on a miss
-the replica loads it from the ingress); there, ``@serve.batch`` collects queries of one class
-into one query-graph call. Per query only the query graph runs, and one Ray call is made: the
-counters of ``GET /stats`` travel back with the answer.
+A class is registered once: a query head runs the support graph and the ingress keeps the
+encoded support set in its store. A query goes to a query-head replica chosen by Ray Serve's
+model multiplexing, keyed by the class's registration key, so queries of a class go to replicas
+that already cache its support set (``@serve.multiplexed``; on a miss the replica loads it from
+the ingress); there, ``@serve.batch`` collects queries into one query-graph call per class
+(:class:`~dpnet_serve.engine.QueryEngine`). Per query only the query graph runs, and one Ray
+call is made: the counters of ``GET /stats`` travel back with the answer.
 
-Two deployments, not four: each Ray process costs CPU even when idle (about 9 ms/s here), and
-a separate registry or support encoder added a process and, for the registry, a call per
-query. The same application runs on a multi-node Ray cluster; :func:`app` is the builder
+With one replica and no autoscaling there is nothing to route: the ingress runs the engine
+itself, and there is no QueryHead deployment. Each Ray process costs CPU even when idle (about
+9 ms/s on 2 cores) and each Ray call a few milliseconds, which a co-located server takes from
+the model. The same application runs on a multi-node Ray cluster; :func:`app` is the builder
 ``serve run`` and Serve config files call (``import_path: dpnet_serve.app:app``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import numpy as np
@@ -35,11 +33,11 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
-from dpnet_runtime import Predictor, SupportSet
+from dpnet_runtime import SupportSet
 from dpnet_runtime.errors import InputError
-from dpnet_serve.ingress import HEAD_NODE_RESOURCE, Ingress
+from dpnet_serve.engine import QueryEngine, QueryResult, open_predictor
+from dpnet_serve.ingress import CACHED_CLASSES_PER_REPLICA, HEAD_NODE_RESOURCE, Ingress
 from dpnet_serve.loopback import loopback_replica_listeners
-from dpnet_serve.metrics import CacheMetrics
 from dpnet_serve.options import (
     ServeOptions,
     is_loopback_host,
@@ -48,31 +46,9 @@ from dpnet_serve.options import (
 )
 from dpnet_serve.store import open_store
 
-__all__ = [
-    "CACHED_CLASSES_PER_REPLICA",
-    "QueryHead",
-    "QueryResult",
-    "app",
-    "build_app",
-    "check_model",
-    "open_predictor",
-]
-
-# Support sets a query-head replica keeps (least recently used ones are dropped): a 5-shot
-# class of the paper model caches about 35 MB.
-CACHED_CLASSES_PER_REPLICA: Final = 16
+__all__ = ["QueryHead", "app", "build_app", "check_model"]
 
 logger = logging.getLogger(__name__)
-
-
-def open_predictor(options: ServeOptions) -> Predictor:
-    """The Predictor every replica runs, opened as ``options`` say."""
-    runner_options = (
-        {"intra_op_threads": options.replica_threads} if options.backend == "ort" else {}
-    )
-    return Predictor.open(
-        options.model, options.backend, precision=options.precision, **runner_options
-    )
 
 
 def check_model(options: ServeOptions) -> str:
@@ -98,99 +74,53 @@ def check_model(options: ServeOptions) -> str:
     return export_id
 
 
-@dataclass(frozen=True)
-class QueryResult:
-    """A query head's answer to one query.
-
-    Attributes:
-        mask: ``uint8 [H, W]`` 0/1, or ``None`` when the registration key is gone (the class
-            was replaced or deleted meanwhile).
-        batch_size: queries in the query-graph call this one ran in.
-        leads_batch: True for one query of each batch (so the batch is counted once).
-        graph_runs: query-graph calls of that batch (one per inference scale).
-    """
-
-    mask: np.ndarray | None
-    batch_size: int
-    leads_batch: bool
-    graph_runs: int
-
-
 @serve.deployment
 class QueryHead:
-    """Encodes support sets and segments queries against cached ones, batching queries of one
-    class. Segment requests carry the class's registration key as their multiplexed model id.
-    """
+    """A :class:`~dpnet_serve.engine.QueryEngine` behind Ray Serve: segment requests carry
+    their class's registration key as the multiplexed model id, and a replica caches the
+    support sets of its classes (loaded from the ingress on a miss)."""
 
     def __init__(self, options: ServeOptions) -> None:
         if is_loopback_host(options.host):
             loopback_replica_listeners()
-        self._predictor = open_predictor(options)
-        self._cache = CacheMetrics()
+        self._engine = QueryEngine(options, self._lookup)
         self._ingress: DeploymentHandle | None = None
-        self._loaded = False
-        batching: Any = self._segment_batch  # @serve.batch's wrapper; its stubs show the method
-        batching.set_max_batch_size(options.max_batch)
-        batching.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
+        self._missed = False
 
     async def encode(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     ) -> tuple[SupportSet, int, float]:
-        """Encode K support pairs (``uint8 [H, W, 3]``, ``uint8 [H, W]`` 0/1).
-
-        Returns:
-            The support set, how many support-graph calls it took (0 without split graphs),
-            and the encoding time in milliseconds.
-
-        Raises:
-            InputError: as :meth:`Predictor.encode_support`.
-        """
-        start = time.perf_counter()
-        support = await asyncio.to_thread(self._predictor.encode_support, images, masks)
-        encode_ms = (time.perf_counter() - start) * 1e3
-        return support, len(support.feeds) if self._predictor.has_split else 0, encode_ms
+        """As :meth:`QueryEngine.encode`."""
+        return await self._engine.encode(images, masks)
 
     async def episode(
         self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], query: np.ndarray
     ) -> np.ndarray:
-        """Segment ``query`` from K support pairs with nothing stored: ``uint8 [H, W]`` 0/1."""
-        result = await asyncio.to_thread(self._predictor.run_episode, images, masks, query)
-        return result.mask
+        """As :meth:`QueryEngine.episode`."""
+        return await self._engine.episode(images, masks, query)
 
     async def segment(self, image: np.ndarray, name: str) -> QueryResult:
-        """Segment ``image`` (``uint8 [H, W, 3]``) for the request's class ``name``."""
-        return await self._segment_batch((image, name))
+        """Segment ``image`` for class ``name``, whose key is the request's model id."""
+        return await self._engine.segment(serve.get_multiplexed_model_id(), image, name)
 
     async def ready(self) -> bool:
         """True once the replica is up (``GET /readyz``)."""
         return True
 
+    async def _lookup(self, key: str) -> tuple[SupportSet | None, bool]:
+        # The engine looks up one key at a time, so the miss flag belongs to this lookup.
+        self._missed = False
+        support = await self._support(key)
+        return support, self._missed
+
     @serve.multiplexed(max_num_models_per_replica=CACHED_CLASSES_PER_REPLICA)
     async def _support(self, key: str) -> SupportSet | None:
-        self._loaded = True  # this call is a cache miss
+        self._missed = True  # only a miss calls the loader
         if self._ingress is None:
             app_name = serve.get_replica_context().app_name
             self._ingress = serve.get_deployment_handle(Ingress.name, app_name)
         support: SupportSet | None = await self._ingress.load.remote(key)
         return support
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _segment_batch(self, queries: list[tuple[np.ndarray, str]]) -> list[QueryResult]:
-        # Ray Serve splits batches by multiplexed model id: one class per batch, and runs one
-        # batch at a time, so the miss flag belongs to this batch.
-        self._loaded = False
-        support = await self._support(serve.get_multiplexed_model_id())
-        self._cache.record(queries[0][1], missed=self._loaded, queries=len(queries))
-        count = len(queries)
-        if support is None:
-            return [QueryResult(None, count, index == 0, 0) for index in range(count)]
-        images = [image for image, _ in queries]
-        results = await asyncio.to_thread(self._predictor.segment_batch, images, support)
-        runs = len(support.feeds)
-        return [
-            QueryResult(result.mask, count, index == 0, runs)
-            for index, result in enumerate(results)
-        ]
 
 
 # Requests the ingress accepts beyond its own limit: health checks, and the query heads'
@@ -199,7 +129,8 @@ _HEALTH_HEADROOM: Final = 64
 
 
 def build_app(options: ServeOptions) -> Application:
-    """The bound application: the ingress (and its store) and the query heads.
+    """The bound application: the ingress (and its store) and the query heads (none with one
+    replica and no autoscaling: the ingress runs the model).
 
     Opens the model once first (:func:`check_model`) and reads the token (:func:`read_token`).
 
@@ -216,6 +147,8 @@ def build_app(options: ServeOptions) -> Application:
             "serve 127.0.0.1)"
         )
     compute = {"num_cpus": options.replica_threads}
+    # One replica, no autoscaling: the ingress runs the model itself (no QueryHead).
+    co_located = not options.autoscaling and options.replicas == 1
     scaling: dict[str, Any] = (
         {
             "autoscaling_config": {
@@ -230,7 +163,9 @@ def build_app(options: ServeOptions) -> Application:
     )
     # @serve.deployment made these classes Deployments; Ray's stubs still show the classes.
     query = (
-        cast(Deployment, QueryHead)
+        None
+        if co_located
+        else cast(Deployment, QueryHead)
         .options(
             max_ongoing_requests=2 * options.max_batch,
             max_queued_requests=options.max_queued_requests,
@@ -240,12 +175,13 @@ def build_app(options: ServeOptions) -> Application:
         )
         .bind(options)
     )
+    head = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
     return (
         cast(Deployment, Ingress)
         .options(
             max_ongoing_requests=options.max_ongoing_requests + _HEALTH_HEADROOM,
             graceful_shutdown_timeout_s=options.drain_timeout_s,
-            ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+            ray_actor_options={**(compute if co_located else {"num_cpus": 0}), **head},
         )
         .bind(options, export_id, token, query)
     )

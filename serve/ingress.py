@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, TypeVar
@@ -48,17 +48,21 @@ from dpnet_serve.api_errors import (
     error_code,
     status_of,
 )
+from dpnet_serve.engine import QueryEngine, QueryResult
 from dpnet_serve.guard import RETRY_AFTER_S, AccessPolicy, GuardState, RequestGuard, install
 from dpnet_serve.loopback import loopback_replica_listeners
 from dpnet_serve.metrics import RequestMetrics
 from dpnet_serve.options import ServeOptions, is_loopback_host
-from dpnet_serve.store import ClassInfo, open_store
+from dpnet_serve.store import ClassInfo, SupportStore, open_store
 from dpnet_serve.wire import MAX_FILE_BYTES, decode_image, decode_mask, mask_to_png, mask_to_rle
 
-__all__ = ["HEAD_NODE_RESOURCE", "Ingress", "api"]
+__all__ = ["CACHED_CLASSES_PER_REPLICA", "HEAD_NODE_RESOURCE", "Ingress", "api"]
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 READY_TIMEOUT_S: Final = 5.0
+# Support sets a replica keeps (least recently used ones are dropped): a 5-shot class of the
+# paper model caches about 35 MB.
+CACHED_CLASSES_PER_REPLICA: Final = 16
 HEAD_NODE_RESOURCE: Final = "node:__internal_head__"  # Ray's resource of the head node
 _LOST: Final = (RayActorError, ActorUnavailableError)
 T = TypeVar("T")
@@ -157,6 +161,55 @@ async def _ask(call: Awaitable[T]) -> T:
         ) from exc
 
 
+class _RemoteQueries:
+    """The query-head deployment, with :class:`~dpnet_serve.engine.QueryEngine`'s methods."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def encode(
+        self, images: list[np.ndarray], masks: list[np.ndarray]
+    ) -> tuple[SupportSet, int, float]:
+        result: tuple[SupportSet, int, float] = await _ask(
+            self._handle.encode.remote(images, masks)
+        )
+        return result
+
+    async def episode(
+        self, images: list[np.ndarray], masks: list[np.ndarray], query: np.ndarray
+    ) -> np.ndarray:
+        mask: np.ndarray = await _ask(self._handle.episode.remote(images, masks, query))
+        return mask
+
+    async def segment(self, key: str, image: np.ndarray, name: str) -> QueryResult:
+        routed = self._handle.options(multiplexed_model_id=key)
+        result: QueryResult = await _ask(routed.segment.remote(image, name))
+        return result
+
+    async def ready(self) -> bool:
+        answer: bool = await _ask(self._handle.ready.remote())
+        return answer
+
+
+class _SupportCache:
+    """The co-located engine's support sets: the most recently used ones, from the store."""
+
+    def __init__(self, store: SupportStore) -> None:
+        self._store = store
+        self._sets: OrderedDict[str, SupportSet] = OrderedDict()
+
+    async def lookup(self, key: str) -> tuple[SupportSet | None, bool]:
+        if key in self._sets:
+            self._sets.move_to_end(key)
+            return self._sets[key], False
+        support = await asyncio.to_thread(self._store.load, key)
+        if support is not None:
+            self._sets[key] = support
+            if len(self._sets) > CACHED_CLASSES_PER_REPLICA:
+                self._sets.popitem(last=False)
+        return support, True
+
+
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("a replica was lost: %s", type(exc).__name__)
     return _error("unavailable", "a replica was lost; retry shortly", retry=True)
@@ -194,13 +247,22 @@ class Ingress:
     """
 
     def __init__(
-        self, options: ServeOptions, export_id: str, token: str | None, query: DeploymentHandle
+        self,
+        options: ServeOptions,
+        export_id: str,
+        token: str | None,
+        query: DeploymentHandle | None,
     ) -> None:
         if is_loopback_host(options.host):
             loopback_replica_listeners()
         self._options = options
-        self._query = query
         self._store = open_store(options.store, export_id)
+        # No query-head deployment: this replica runs the model (see dpnet_serve.app).
+        self._queries: _RemoteQueries | QueryEngine = (
+            QueryEngine(options, _SupportCache(self._store).lookup)
+            if query is None
+            else _RemoteQueries(query)
+        )
         self._writing = asyncio.Lock()  # store writes run in a thread, one at a time
         self._counts: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
@@ -222,10 +284,10 @@ class Ingress:
         problem = await asyncio.to_thread(_serve_problem)
         if problem is None:
             try:
-                await asyncio.wait_for(self._query.ready.remote(), READY_TIMEOUT_S)
+                await asyncio.wait_for(self._queries.ready(), READY_TIMEOUT_S)
             except TimeoutError:
                 problem = f"no query head answered within {READY_TIMEOUT_S} s"
-            except (*_LOST, BackPressureError, DeploymentUnavailableError):
+            except (*_LOST, ApiError):
                 problem = "no query head could answer"
         if problem is not None:
             return _error("not_ready", f"not ready: {problem}", retry=True)
@@ -270,8 +332,7 @@ class Ingress:
         exists, unless ``replace=true``; 507 (nothing stored) when the store fails."""
         self._check_free(name, replace)
         support_images, support_masks = await self._read_support(images, masks)
-        encoding = self._query.encode.remote(support_images, support_masks)
-        support, runs, encode_ms = await _ask(encoding)
+        support, runs, encode_ms = await self._queries.encode(support_images, support_masks)
         self._counts["support_graph_runs"] += runs
         info = ClassInfo(
             name=name,
@@ -294,8 +355,7 @@ class Ingress:
         for _ in range(3):  # a replaced class: its old key may be gone; a lost replica: retry
             info = self._class(name)
             try:
-                handle = self._query.options(multiplexed_model_id=info.key)
-                result = await _ask(handle.segment.remote(pixels, name))
+                result = await self._queries.segment(info.key, pixels, name)
             except _LOST:
                 logger.warning("a query head was lost; retrying the query on another")
                 continue
@@ -313,7 +373,7 @@ class Ingress:
         """Segment ``image`` from K support pairs in one call; nothing is stored."""
         support_images, support_masks = await self._read_support(images, masks)
         query = await self._read_image(image, "image")
-        mask = await _ask(self._query.episode.remote(support_images, support_masks, query))
+        mask = await self._queries.episode(support_images, support_masks, query)
         self._counts["episodes"] += 1
         return _mask_response(mask, request)
 
@@ -329,7 +389,7 @@ class Ingress:
         """Requests being worked on now (health checks not counted)."""
         return self._guard.ongoing
 
-    def _count_query(self, result: Any) -> None:
+    def _count_query(self, result: QueryResult) -> None:
         self._counts["queries"] += 1
         if result.leads_batch:
             self._counts["query_graph_runs"] += result.graph_runs

@@ -55,7 +55,8 @@ def test_serve_joins_a_cluster_and_leaves_it_running(
                 expected = predictor.segment(query, support).mask
                 np.testing.assert_array_equal(client.segment("joined", query), expected)
         # Serve's actors are the head's: its process tree holds the replicas, not the server's.
-        assert replica_pids(head.processes(), "QueryHead"), "no dpnet replica runs on the cluster"
+        # One replica: the ingress runs the model; it is the head's, not the server's process.
+        assert replica_pids(head.processes(), "Ingress"), "no dpnet replica runs on the cluster"
         assert_loopback_sockets(head.processes() + server.processes())
     finally:
         code = stop_server(server)

@@ -126,6 +126,12 @@ def test_the_builder_is_what_serve_run_calls(balanced_export_dir: Path) -> None:
     assert (scaling.min_replicas, scaling.initial_replicas, scaling.max_replicas) == (1, 2, 3)
     assert query.max_queued_requests == 5 and query.ray_actor_options["num_cpus"] == 1
     assert deployments["Ingress"].num_replicas == 1
+    # One replica without autoscaling: the ingress runs the model on the replica's CPUs.
+    alone = call_user_app_builder_with_args_if_necessary(
+        app, {"model": str(balanced_export_dir), "threads": "2"}
+    )
+    (ingress,) = build_app(alone, name="dpnet").deployments
+    assert ingress.name == "Ingress" and ingress.ray_actor_options["num_cpus"] == 2
     with pytest.raises(InputError, match="needs model=DIR"):
         app({"replicas": "2"})
     with pytest.raises(InputError, match=r"refusing to serve 0\.0\.0\.0 without a token"):
@@ -169,7 +175,7 @@ def test_serve_run_runs_the_generated_config(
             for query in [e.query_image for e in episodes]:  # --public-read: queries need none
                 want = predictor.segment(query, support).mask
                 np.testing.assert_array_equal(anonymous.segment("cat", query), want)
-        assert replica_pids(head.processes(), "QueryHead")
+        assert replica_pids(head.processes(), "Ingress")  # one replica: it runs the model
         assert_loopback_sockets(head.processes())
     finally:
         terminate_tree(head.process, head.ray_dir)
