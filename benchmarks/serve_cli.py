@@ -61,6 +61,10 @@ def serve(
         int | None,
         typer.Option(help="PID of the dpnet-serve process here: report CPU per request by process"),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the server's token (else $DPNET_SERVE_TOKEN)"),
+    ] = None,
     idle_s: Annotated[
         float, typer.Option(help="with --server-pid: seconds of idle CPU measured first")
     ] = _DEFAULTS.idle_s,
@@ -81,6 +85,7 @@ def serve(
         server_command=server,
         server_pid=server_pid,
         idle_s=idle_s,
+        token_file=token_file,
     )
     with make_progress() as progress:
         report = run_serve_bench(options, progress_advancer(progress))

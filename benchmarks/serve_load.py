@@ -34,7 +34,8 @@ from dpnet_bench.serve_cpu import CpuSampler
 from dpnet_bench.timing import LatencyStats, describe_environment, latency_stats
 from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DpnetError, InputError
-from dpnet_serve import Client
+from dpnet_serve import Client, ServeOptions
+from dpnet_serve.options import read_token
 
 __all__ = [
     "C1_P50_RATIO_LIMIT",
@@ -78,6 +79,8 @@ class ServeBenchOptions:
             is then reported by process (:mod:`dpnet_bench.serve_cpu`), and the CPU each
             process spends idle, measured for ``idle_s`` before the first level.
         idle_s: how long the idle CPU is measured (``server_pid`` only).
+        token_file: file holding the server's bearer token (``dpnet-serve --token-file``);
+            ``None``: ``$DPNET_SERVE_TOKEN``, or no token.
     """
 
     artifacts: Path
@@ -94,6 +97,7 @@ class ServeBenchOptions:
     server_command: str = ""
     server_pid: int | None = None
     idle_s: float = 10.0
+    token_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.warmup < 0 or self.shots < 1:
@@ -173,7 +177,7 @@ def run_serve_bench(
     report = progress or (lambda name, done, total: None)
     threads = options.threads or len(os.sched_getaffinity(0))
     sampler = None if options.server_pid is None else CpuSampler(options.server_pid)
-    with Client(options.url, timeout_s=options.timeout_s) as client:
+    with _client(options) as client:
         _wait_ready(client, options)
         with Predictor.open(options.artifacts, intra_op_threads=threads) as predictor:
             images, masks, queries = _episode_images(options, predictor.info.input_size)
@@ -207,6 +211,11 @@ def _idle_rates(sampler: CpuSampler, seconds: float) -> dict[str, float]:
     sampler.delta()
     time.sleep(seconds)
     return {role: spent * 1e3 / seconds for role, spent in sampler.delta().items()}
+
+
+def _client(options: ServeBenchOptions) -> Client:
+    token = read_token(ServeOptions(model=options.artifacts, token_file=options.token_file))
+    return Client(options.url, token=token, timeout_s=options.timeout_s)
 
 
 def _wait_ready(client: Client, options: ServeBenchOptions) -> None:
@@ -284,7 +293,7 @@ def _load_level(
     mismatches = [0]
 
     def worker() -> None:
-        with Client(options.url, timeout_s=options.timeout_s) as own:
+        with _client(options) as own:
             while True:
                 with lock:
                     index = next(indices, None)

@@ -15,6 +15,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +62,7 @@ class Guarded:
     server: Server
     store: Path
     metrics_port: int
+    token_file: Path
 
     @property
     def url(self) -> str:
@@ -91,7 +94,7 @@ def guarded(
             deadline = time.monotonic() + 120
             while not client.ready() and time.monotonic() < deadline:
                 time.sleep(0.5)
-        yield Guarded(server, folder / "store", metrics_port)
+        yield Guarded(server, folder / "store", metrics_port, folder / "token")
     finally:
         stop_server(server)
 
@@ -415,3 +418,19 @@ def test_metrics_reach_prometheus(
 
 def test_its_sockets_stay_on_loopback(guarded: Guarded) -> None:
     assert_loopback_sockets(guarded.server.processes())
+
+
+def test_the_load_test_runs_against_a_token_server(
+    guarded: Guarded, balanced_export_dir: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "serve.json"
+    command = [
+        sys.executable, "-c", "from dpnet_bench.scripts import bench; bench()", "serve",
+        "--artifacts", str(balanced_export_dir), "--url", guarded.url,
+        "--token-file", str(guarded.token_file), "--requests", "3", "--concurrency", "2",
+        "--warmup", "0", "--threads", "1", "--json", str(report),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert [(row["errors"], row["mask_mismatches"]) for row in rows] == [(0, 0), (0, 0)]
