@@ -336,7 +336,7 @@ def test_the_api_page_shows_the_mask_table_and_the_class_id_field(
     schema = requests.get(f"{store_server[0].url}/openapi.json", timeout=60).json()
     for path in ("/classes/{name}", "/episode"):
         operation = schema["paths"][path]["post"]
-        assert mask_rules_markdown() in operation["description"], path
+        assert mask_rules_markdown().strip() in operation["description"], path
         body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
         fields = schema["components"]["schemas"][body.rsplit("/", 1)[1]]["properties"]
         assert {"images", "masks", "class_id"} <= set(fields), path
