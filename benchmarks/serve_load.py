@@ -201,8 +201,8 @@ def _episode_images(
         episodes=_QUERY_POOL, image_size=size,
     )  # fmt: skip
     episodes = [dataset[index] for index in range(len(dataset))]
-    # HTTP masks are 0/1: the dataset's ignore label (255) counts as background, as in-process.
-    masks = [(mask == 1).astype(np.uint8) for mask in episodes[0].support_masks]
+    # The dataset's 0/1/255 masks, as they are: the Client reads them as Predictor does.
+    masks = list(episodes[0].support_masks)
     return list(episodes[0].support_images), masks, [e.query_image for e in episodes]
 
 

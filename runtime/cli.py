@@ -18,6 +18,7 @@ from dpnet_runtime.batch import SegmentReport, SegmentRequest, expand_queries, s
 from dpnet_runtime.console import make_app, make_progress, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.masks import mask_rules_help
 
 __all__ = ["app", "main"]
 
@@ -28,7 +29,16 @@ app = make_app(
 )
 
 
-@app.command()
+# The mask table is data (dpnet_runtime.masks): --help, the docs and dpnet-serve show the same.
+_HELP = f"""Segment every query from the support pairs; the support set is encoded once.
+
+Mask files (--support and --labels) by their values:
+
+{mask_rules_help()}
+"""
+
+
+@app.command(help=_HELP)
 def command(
     model: Annotated[
         Path, typer.Option(help="Export directory (dpnet-export onnx --out) or graph.")
@@ -83,18 +93,7 @@ def command(
         int | None, typer.Option(help="CPU threads per operator (ort backend).", min=1)
     ] = None,
 ) -> None:
-    """Segment every query from the support pairs; the support set is encoded once.
-
-    Mask files (--support and --labels) by their values:
-
-    - 0 and 1: 1 = object
-    - 0 and 255: 255 = object
-    - 0, 1 and 255: 1 = object, 255 = ignore
-    - other grey levels (soft edges, JPEG): object above 127
-    - with --class-id N (VOC/COCO label maps): N = object, 255 = ignore, the rest background
-
-    A label map read without --class-id is refused. Python arrays: 0 / 1 / 255 always.
-    """
+    """Segment every query from the support pairs (the help text is ``_HELP``)."""
     request = SegmentRequest(
         supports=tuple(_split_pair(pair) for pair in support),
         queries=expand_queries(query),

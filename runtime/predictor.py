@@ -185,13 +185,20 @@ class Predictor:
         return SUPPORT in self._runners and QUERY in self._runners
 
     def encode_support(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        class_id: int | None = None,
     ) -> SupportSet:
         """Validate and encode K support pairs once, for any number of queries.
 
         Args:
             images: K images ``uint8 [H_k, W_k, 3]`` RGB, any sizes.
-            masks: K masks ``[H_k, W_k]``: bool, or values in {0, 1, 255 (ignore)}.
+            masks: K masks ``[H_k, W_k]``: bool, or values in {0, 1, 255 (ignore)}; class-label
+                maps with ``class_id`` (the array column of
+                :data:`dpnet_runtime.masks.MASK_RULES`).
+            class_id: the masks are class-label maps: this class is the object, 255 ignore.
 
         Returns:
             The encoded support set.
@@ -201,7 +208,7 @@ class Predictor:
         """
         feeds = []
         for size in self.sizes:
-            inputs = self._support_inputs(images, masks, size)
+            inputs = self._support_inputs(images, masks, size, class_id)
             feeds.append(self.infer_support(inputs) if self.has_split else inputs)
         return SupportSet(shots=len(images), feeds=tuple(feeds))
 
@@ -287,6 +294,8 @@ class Predictor:
         support_images: Sequence[np.ndarray],
         support_masks: Sequence[np.ndarray],
         query: np.ndarray,
+        *,
+        class_id: int | None = None,
     ) -> SegmentResult:
         """Segment a query from K support pairs with the one-graph ``dpnet.onnx`` path.
 
@@ -294,19 +303,21 @@ class Predictor:
 
         Args:
             support_images: K images ``uint8 [H_k, W_k, 3]``.
-            support_masks: K masks ``[H_k, W_k]``.
+            support_masks: K masks ``[H_k, W_k]`` (see :meth:`encode_support`).
             query: ``uint8 [H, W, 3]``.
+            class_id: the masks are class-label maps of this class.
 
         Raises:
             InputError: see :meth:`encode_support` and :meth:`segment`.
         """
         if EPISODE not in self._runners:
-            return self.segment(query, self.encode_support(support_images, support_masks))
+            support = self.encode_support(support_images, support_masks, class_id=class_id)
+            return self.segment(query, support)
         image = check_image(query, "query image")
         outputs = [
             self.infer_episode(
                 {
-                    **self._support_inputs(support_images, support_masks, size),
+                    **self._support_inputs(support_images, support_masks, size, class_id),
                     QUERY_IMAGE: self._query_input(image, size),
                 }
             )
@@ -387,7 +398,11 @@ class Predictor:
         self.close()
 
     def _support_inputs(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        size: int,
+        class_id: int | None,
     ) -> dict[str, np.ndarray]:
         info = self.info
         support_images, support_masks = prepare_support(
@@ -398,6 +413,7 @@ class Predictor:
             max_shots=info.max_shots,
             mean=info.mean,
             std=info.std,
+            class_id=class_id,
         )
         return {SUPPORT_IMAGES: support_images, SUPPORT_MASKS: support_masks}
 

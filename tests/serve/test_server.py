@@ -188,8 +188,9 @@ def test_every_bad_request_gets_its_4xx_json_and_the_server_keeps_serving(
         "mask without object": (
             register("bad", [(_png(image), _png(mask * 0))]), 400, "mask 1 has no object pixel",
         ),
-        "mask with other values": (
-            register("bad", [(_png(image), _png(mask * 7))]), 400, "expected 0/1 or 0/255",
+        "label map without class_id": (
+            register("bad", [(_png(image), _png(mask * 7))]), 400,
+            r"support mask 1 looks like a class-label map \(values \[0, 7\]\).*class_id=N",
         ),
         "too many shots": (
             register("bad", [good_pair] * (MAX_SHOTS + 1)), 400, "too many shots: got 4",
