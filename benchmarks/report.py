@@ -210,7 +210,7 @@ def _table(
 
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
-    """The DESIGN.md targets measured in this run: value, limit, met or not (target names are
+    """The design targets (docs/design.md#targets) measured in this run: value, limit, met or not (target names are
     never cut; the explanation wraps)."""
     table = Table(title="targets")
     width = max((len(target.name) for target in targets), default=6)

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS: Final = ("minmax", "percentile")
 """Calibration methods, ``--calib-method``: ``minmax`` (the default: best mIoU parity, see
-README) and ``percentile`` (99.999th percentile of a histogram). ``quantize_static``'s Entropy
+docs/export/int8.md) and ``percentile`` (99.999th percentile of a histogram). ``quantize_static``'s Entropy
 is left out: with its fixed 128 histogram bins and 128 quantized bins it has one candidate
 threshold, the full range, and gives MinMax's scales (measured: identical graphs)."""
 FLOAT_SCOPES: Final = ("classifier",)
