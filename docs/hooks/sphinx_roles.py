@@ -20,14 +20,16 @@ import griffe
 
 __all__ = ["SphinxRoles"]
 
-_ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|exc|obj|const):`(?P<tilde>~?)(?P<target>[^`]+)`")
+_ROLE = re.compile(
+    r":(?:func|meth|class|mod|data|attr|exc|obj|const):`(?P<tilde>~?)(?P<target>[^`]+)`"
+)
 _PACKAGES = ("dpnet", "dpnet_runtime", "dpnet_export", "dpnet_bench", "dpnet_serve")
 
 
 class SphinxRoles(griffe.Extension):
     """Rewrite ``:role:`target``` in every docstring to an optional ``<autoref>``."""
 
-    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:  # noqa: ARG002
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         """Rewrite the roles of one object's docstring."""
         if obj.docstring is None:
             return
