@@ -66,7 +66,8 @@ NEEDS: dict[str, str] = {
     "tensorrt": "needs TensorRT and an NVIDIA GPU",
     "dataset": "needs a dataset that is not in the repository (PASCAL VOC, COCO)",
     "docker": "needs Docker and NVIDIA's Triton container",
-    "ci": "is the test suite or the lint that CI runs itself",
+    "chromium": "needs Chromium (apt-get install chromium)",
+    "ci": "is what the tests run themselves (the test suite, the strict docs build)",
     "server": "starts a service that runs until it is stopped (the blocks marked `server` run "
     "against one that the test starts the same way)",
     "measurement": "a measurement for benchmarks/results: minutes on a quiet machine",

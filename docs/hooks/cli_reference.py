@@ -211,7 +211,9 @@ def _help_markdown(text: str) -> str:
     rendered = []
     for block in paragraphs:
         lines = block.splitlines()
-        if any(line.startswith(("  ", "\t")) for line in lines[1:]) or block.startswith("  "):
+        if all(line.lstrip().startswith(("- ", "* ")) for line in lines):  # a list, item by line
+            rendered.append("\n".join(f"- {_escape(line.lstrip()[2:].strip())}" for line in lines))
+        elif any(line.startswith(("  ", "\t")) for line in lines[1:]) or block.startswith("  "):
             rendered.append("```text\n" + "\n".join(line.rstrip() for line in lines) + "\n```")
         else:
             rendered.append(_escape(" ".join(line.strip() for line in lines)))

@@ -23,9 +23,7 @@ def test_the_serve_page_has_server_blocks() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", _PAGES, ids=lambda page: page.name)
-def test_page_blocks_run_against_a_server(
-    page: Path, docs_workspace: Path, tmp_path: Path
-) -> None:
+def test_page_blocks_run_against_a_server(page: Path, docs_workspace: Path, tmp_path: Path) -> None:
     snippets = parse_page(page)
     workspace = page_workspace(docs_workspace, tmp_path / "workspace", snippets)
     server = start_server(workspace / "out")
