@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from docs_snippets import build_workspace
 
 from dpnet.checkpoint import make_meta, save_checkpoint
