@@ -210,8 +210,8 @@ def _table(
 
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
-    """The DESIGN.md targets measured in this run: value, limit, met or not (target names are
-    never cut; the explanation wraps)."""
+    """The design targets (docs/design.md#targets) measured in this run: value, limit, met or
+    not (target names are never cut; the explanation wraps)."""
     table = Table(title="targets")
     width = max((len(target.name) for target in targets), default=6)
     table.add_column("target", no_wrap=True, min_width=width)

@@ -119,7 +119,7 @@ class BackendResult:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """A DESIGN.md section 9 target measured in this run.
+    """A target of docs/design.md#targets measured in this run.
 
     Attributes:
         name: snake_case key with its unit (``ort_vs_torch_episode_ratio``).

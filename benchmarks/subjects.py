@@ -71,7 +71,7 @@ class TorchRunner(BaseRunner):
 
     backend: ClassVar[str] = "torch"
     # Only running out of GPU memory is the user's to fix; any other RuntimeError of torch on a
-    # checked feed is a bug and must surface as one (STYLE.md 5.4), not as a user error.
+    # checked feed is a bug and must surface as one (docs/design.md#errors), not as a user error.
     backend_errors: ClassVar[tuple[type[Exception], ...]] = (torch.cuda.OutOfMemoryError,)
 
     def __init__(

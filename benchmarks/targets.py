@@ -1,4 +1,4 @@
-"""The DESIGN.md section 9 targets (and issue 12's INT8 ones) that a ``dpnet-bench`` run measures.
+"""The targets of docs/design.md#targets that a ``dpnet-bench`` run measures.
 
 Ratios use the median (p50) of runs interleaved on the same episodes, robust to the noise of a
 shared machine. A target whose subjects did not run is reported with ``met = None``; targets

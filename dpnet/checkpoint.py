@@ -1,4 +1,4 @@
-"""Save and load the ``dpnet-checkpoint`` format (DESIGN.md section 3).
+"""Save and load the ``dpnet-checkpoint`` format (docs/design.md#the-model).
 
 One file, ``torch.save`` of a plain dict::
 

@@ -53,7 +53,7 @@ class CalibrationOptions:
         fold: the fold whose training classes calibrate.
         episodes: number of calibration episodes (each gives a support and a query image).
         seed: episode seed.
-        method: ``minmax`` (default: measured best parity, see README), ``entropy`` or
+        method: ``minmax`` (default: measured best parity, see docs/export/int8.md), ``entropy`` or
             ``percentile``.
     """
 

@@ -7,8 +7,9 @@ the table cannot express:
 
 - an op that is missing from the table, marked unsupported, or in ``not_listed`` is an error
   (the parser would look for a plugin of that name);
-- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: DESIGN.md
-  forbids them outright (:data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
+- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: dpnet's
+  design forbids them outright (docs/design.md#deployment-precision;
+  :data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
 - INT64 or BOOL graph inputs and outputs are errors (TensorRT I/O is float, int32 or uint8 in
   dpnet's contract), and a UINT8 tensor that is not graph I/O is an error (the parser accepts
   UINT8 only at the boundary);

@@ -64,9 +64,10 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS: Final = ("minmax", "percentile")
 """Calibration methods, ``--calib-method``: ``minmax`` (the default: best mIoU parity, see
-README) and ``percentile`` (99.999th percentile of a histogram). ``quantize_static``'s Entropy
-is left out: with its fixed 128 histogram bins and 128 quantized bins it has one candidate
-threshold, the full range, and gives MinMax's scales (measured: identical graphs)."""
+docs/export/int8.md) and ``percentile`` (99.999th percentile of a histogram).
+``quantize_static``'s Entropy is left out: with its fixed 128 histogram bins and 128 quantized
+bins it has one candidate threshold, the full range, and gives MinMax's scales (measured:
+identical graphs)."""
 FLOAT_SCOPES: Final = ("classifier",)
 """Scopes kept float besides ``fp32_keep_list``'s: the 1x1 classifier behind the mask's ArgMax."""
 _ORT_METADATA: Final = ("onnx.infer", "onnx.quant.pre_process")

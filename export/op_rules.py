@@ -12,7 +12,7 @@ the two tables below:
   contains: the similarity and one-hot MatMuls, both ArgMax, the cycle's GatherElements, the
   ``[:, :, 0]`` pick (Gather), the one-hot Equal, the ``> 0.5`` Greater, the fg-and-fg And, the
   Casts and Unsqueezes. A new op in the CCM fails the export until it is added here (and to
-  README's list).
+  docs/export/index.md's list).
 """
 
 from __future__ import annotations

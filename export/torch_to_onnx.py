@@ -1,4 +1,6 @@
-"""DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract` (DESIGN.md section 5).
+"""DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract`.
+
+The contract and why it is data: docs/design.md#the-artifact-contract.
 
 :func:`export_onnx` writes ``dpnet.onnx`` (one episode), the split pair ``dpnet_support.onnx`` /
 ``dpnet_query.onnx``, with ``fp16`` their ``*_fp16.onnx`` mixed-precision copies and, with

@@ -2,7 +2,7 @@
 
 This module is the single source of truth shared by the exporter (which writes graphs that
 follow it), the runtime (which feeds them), the bench, the TensorRT builder and a C++ caller
-(README, "I/O contract"). Two tables hold every fact; everything else derives from them:
+(docs/runtime.md, "I/O contract"). Two tables hold every fact; everything else derives from them:
 
 - :data:`GRAPHS`: graph role (``episode``, ``support``, ``query``) -> :class:`GraphSpec`, the
   file name and the inputs and outputs as :class:`TensorSpec` on symbolic axes.

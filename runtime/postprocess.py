@@ -6,7 +6,8 @@ mask with nearest neighbour. Nearest neighbour on the mask draws the model grid'
 onto the full-size image (a 321 grid scaled to 1000 px steps every 3 pixels), costing
 boundary IoU; bilinear logits give sub-pixel boundaries and are what few-shot papers
 evaluate (PFENet/HSNet upsample logits to the label size). The same probabilities average
-over scales for multi-scale inference (softmax averaged at the original size, DESIGN.md 3).
+over scales for multi-scale inference (softmax averaged at the original size,
+docs/design.md#data-training-and-evaluation).
 """
 
 from __future__ import annotations

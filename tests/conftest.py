@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from docs_snippets import build_workspace
 
 from dpnet.checkpoint import make_meta, save_checkpoint
 from dpnet.config import preset
@@ -234,3 +235,16 @@ def tiny_segmenting_export_dir(
     calibration = CalibrationOptions(episodes=CALIBRATION_EPISODES)
     options = ExportOptions(fp16=True, int8=True, calibration=calibration)
     return _export(tiny_segmenting_checkpoint, tmp_path_factory, "tiny_segmenting", options)
+
+
+@pytest.fixture(scope="session")
+def docs_workspace(
+    tiny_segmenting_checkpoint: Path,
+    tiny_segmenting_export_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The folder the docs' code blocks start from (``tests/docs_snippets.py`` lists it): the
+    segmenting tiny model as ``model.pt``, its export as ``out/``, images, masks and a ``folder``
+    dataset. Read-only: each page's blocks run in a copy."""
+    root = tmp_path_factory.mktemp("docs") / "workspace"
+    return build_workspace(root, tiny_segmenting_checkpoint, tiny_segmenting_export_dir)

@@ -6,7 +6,7 @@ An episode is a query image and K support images of one class c, with binary mas
 only, so the same seed gives the same episodes on every machine, in any order, in any
 process (data-loader workers and DDP ranks included); the global RNG is never used.
 
-Two ways to choose the query (DESIGN.md section 4):
+Two ways to choose the query (docs/design.md#data-training-and-evaluation):
 
 * ``seed``: the class uniformly among the split's classes, then the query uniformly among
   that class's images (HSNet's COCO protocol, and every synthetic episode);

@@ -38,7 +38,7 @@ def command(
 ) -> None:
     """Write dpnet_support, dpnet_query (dynamic batching, dynamic K) and the dpnet BLS model.
 
-    Serving the repository needs NVIDIA's Triton container (not on PyPI); see README, Triton.
+    Serving the repository needs NVIDIA's Triton container (not on PyPI); see docs/export/triton.md.
     """
     from dpnet_export.onnx_to_triton import TritonOptions, onnx_to_triton
 

@@ -3,7 +3,8 @@
 A runner owns one graph or engine. Its public methods (``activate``, ``infer``, metadata,
 context manager) live here only: they check state and inputs, time the call and turn the
 backend library's exceptions into dpnet errors. A backend subclass implements the four hooks
-``_activate``, ``_infer``, ``_deactivate`` and ``_metadata`` and nothing else (STYLE.md 5.3).
+``_activate``, ``_infer``, ``_deactivate`` and ``_metadata`` and nothing else
+(docs/design.md#runner-interface).
 
 Backends are imported on first use through :func:`open_runner`, so ``dpnet_runtime`` imports
 without TensorRT or CUDA; a missing package becomes :class:`BackendUnavailableError` naming

@@ -1,4 +1,4 @@
-"""The demo (README's main job), on a small budget: train, compare, export, draw."""
+"""The demo (the main job of the quick start), on a small budget: train, compare, export, draw."""
 
 from __future__ import annotations
 

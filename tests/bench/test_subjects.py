@@ -65,7 +65,7 @@ def test_torch_runner_returns_contract_outputs(tiny_checkpoint: Path) -> None:
 
 def test_torch_runner_failure_on_an_unchecked_feed_stays_a_bug(tiny_checkpoint: Path) -> None:
     # With check_inputs=False the caller vouched for the feed: torch's RuntimeError (a 4-channel
-    # image into a 3-channel trunk) is a bug to report, not a user error (STYLE.md 5.4).
+    # image into a 3-channel trunk) is a bug to report, not a user error (docs/design.md#errors).
     feed = {
         "support_images": np.zeros((1, 1, 4, 129, 129), np.float32),
         "support_masks": np.zeros((1, 1, 129, 129), np.float32),

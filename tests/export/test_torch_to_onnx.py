@@ -23,7 +23,7 @@ from dpnet_runtime.fileio import sha256_file
 SIZE = 129
 GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
 FP16_GRAPHS = ("dpnet_fp16.onnx", "dpnet_support_fp16.onnx", "dpnet_query_fp16.onnx")
-# The op rules as README states them (Export): what the exported CCM is made of, and what no
+# The op rules as docs/export/index.md states them: what the exported CCM is made of, and what no
 # graph may contain.
 PINNED_CCM_OPS = {
     "MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze"
@@ -123,7 +123,7 @@ def test_graphs_follow_op_rules_and_pass_lint(export_fixture: str, request) -> N
         ops = {node.op_type for node in model.graph.node}
         assert not ops & PINNED_FORBIDDEN_OPS, name
         ccm_ops = {node.op_type for node in nodes_in_scope(model, CCM_SCOPE)}
-        # Exactly README's list: a new CCM op must be added there and to the allowed list.
+        # Exactly the docs' list: a new CCM op must be added there and to the allowed list.
         assert ccm_ops == (set() if name.startswith("dpnet_support") else PINNED_CCM_OPS), name
         report = lint_onnx(model)
         assert report.passed, f"{name}: {[f.message for f in report.errors]}"

@@ -1,6 +1,6 @@
 """The contract tables: pinned facts, derived helpers, and consumers that follow a change.
 
-The literal values here restate README's I/O contract on purpose: a change to
+The literal values here restate the I/O contract of docs/runtime.md on purpose: a change to
 ``dpnet_runtime.contract`` that breaks C++ callers must fail a test.
 """
 
