@@ -4,12 +4,11 @@ Thin: it parses flags into :class:`~dpnet_bench.serve_load.ServeBenchOptions`, c
 :func:`~dpnet_bench.serve_load.run_serve_bench` with a progress bar and renders the report.
 Exit codes: 0 passed, 1 user error (no server, say), 2 usage error, 3 a request failed, a mask
 differed from the in-process one or the support graph re-ran. ``dpnet-bench serve ...`` reaches
-:data:`cli` through :func:`dpnet_bench.scripts.bench`.
+:data:`app` through :func:`dpnet_bench.scripts.bench`.
 """
 
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from dpnet_bench.serve_report import (
 from dpnet_runtime.console import EXIT_CHECK_FAILED, make_app, make_progress, stdout_console
 from dpnet_runtime.fileio import atomic_write_text
 
-__all__ = ["PROGRAM", "app", "cli"]
+__all__ = ["PROGRAM", "app"]
 
 PROGRAM: Final = "dpnet-bench serve"
 _DEFAULTS = ServeBenchOptions(artifacts=Path("out"))
@@ -84,6 +83,3 @@ def serve(
     if report.check_failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
-
-cli = functools.partial(app, prog_name=PROGRAM)
-"""The app under the name ``dpnet-bench serve`` (its usage line), for ``run_app``."""

@@ -1,9 +1,14 @@
 """The one CLI error boundary, plus the rich console and progress bars every CLI shares.
 
 Library code never prints or exits; a console script calls :func:`run_app`, which turns a
-:class:`~dpnet_runtime.errors.DpnetError` into one line on stderr and exit code 1, and any
-other exception (a bug) into "internal error" with exit code 70 (``--debug`` or
-``DPNET_DEBUG=1`` shows the traceback).
+:class:`~dpnet_runtime.errors.DpnetError` into one line on stderr and exit code 1 (2 for an
+:class:`~dpnet_runtime.errors.OptionError`, a usage error, as typer's own), and any other
+exception (a bug) into "internal error" with exit code 70 (``--debug`` or ``DPNET_DEBUG=1``
+shows the traceback).
+
+:func:`run_app` is also where every command gets the same manners: old option spellings are
+rewritten (:mod:`dpnet_runtime.renames`, one deprecation line each), and a command that takes
+options prints its help when given no arguments (exit 2, as click does for a command group).
 
 An optional package that is not installed (torch, onnx, tensorrt: ``ModuleNotFoundError``) is
 a user error too: one line naming the extra that installs it. The base install
@@ -16,11 +21,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
+import click
 import typer
+import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -32,11 +39,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from dpnet_runtime.errors import BackendUnavailableError, DpnetError, one_line
+from dpnet_runtime.errors import BackendUnavailableError, DpnetError, OptionError, one_line
+from dpnet_runtime.renames import commands_with_renames, rewrite_argv
 
 __all__ = [
     "EXIT_CHECK_FAILED",
     "EXIT_INTERNAL",
+    "EXIT_USAGE",
     "EXIT_USER_ERROR",
     "make_app",
     "make_progress",
@@ -47,6 +56,7 @@ __all__ = [
 ]
 
 EXIT_USER_ERROR: Final = 1
+EXIT_USAGE: Final = 2
 EXIT_CHECK_FAILED: Final = 3
 EXIT_INTERNAL: Final = 70
 
@@ -68,13 +78,17 @@ stdout_console = Console(soft_wrap=True)
 stderr_console = Console(stderr=True, soft_wrap=True)
 
 
-def run_app(app: Callable[..., Any] | str, argv: list[str] | None = None) -> None:
-    """Run a typer app (or any callable CLI) inside the dpnet error boundary; never returns.
+def run_app(
+    app: typer.Typer | str, argv: list[str] | None = None, *, program: str | None = None
+) -> None:
+    """Run a typer app inside the dpnet error boundary; never returns.
 
     Args:
-        app: a ``typer.Typer`` (created with ``pretty_exceptions_enable=False``) or callable,
-            or ``"module:attribute"`` naming one, imported inside the boundary.
+        app: a ``typer.Typer`` made by :func:`make_app`, or ``"module:attribute"`` naming one,
+            imported inside the boundary.
         argv: arguments without the program name; ``None`` reads ``sys.argv``.
+        program: the command as typed, for the usage line and the rename table
+            (``"dpnet-bench serve"``); default: the app's name, else ``sys.argv[0]``'s.
 
     >>> run_app("dpnet.train.cli:app")  # doctest: +SKIP
     """
@@ -82,7 +96,12 @@ def run_app(app: Callable[..., Any] | str, argv: list[str] | None = None) -> Non
     debug = "--debug" in args or os.environ.get("DPNET_DEBUG") == "1"
     args = [arg for arg in args if arg != "--debug"]
     try:
-        _load(app)(args=args, standalone_mode=True)
+        loaded = _load(app)
+        name = program or loaded.info.name or Path(sys.argv[0]).name
+        command = typer.main.get_command(loaded)
+        if command.params and not isinstance(command, click.Group):
+            command.no_args_is_help = True  # a group (dpnet-export) says so in make_app
+        command.main(args=_renamed(name, args), prog_name=name, standalone_mode=True)
     except SystemExit as exc:
         raise SystemExit(exc.code) from None
     except DpnetError as exc:
@@ -107,9 +126,16 @@ def run_app(app: Callable[..., Any] | str, argv: list[str] | None = None) -> Non
 
 def make_app(name: str | None = None, help: str | None = None, **options: Any) -> typer.Typer:
     """A typer app set up for :func:`run_app`: no pretty tracebacks (the boundary reports
-    errors), no shell-completion options; ``options`` go to ``typer.Typer``."""
+    errors), no shell-completion options, and click's plain help, which wraps the text but
+    never cuts an option's name (rich panels did at 80 columns); ``options`` go to
+    ``typer.Typer``."""
     return typer.Typer(
-        name=name, help=help, pretty_exceptions_enable=False, add_completion=False, **options
+        name=name,
+        help=help,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+        **options,
     )
 
 
@@ -137,12 +163,23 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
             progress.advance(task)
 
 
-def _load(app: Callable[..., Any] | str) -> Callable[..., Any]:
+def _load(app: typer.Typer | str) -> typer.Typer:
     if not isinstance(app, str):
         return app
     module, _, attribute = app.partition(":")
-    loaded: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    loaded: typer.Typer = getattr(importlib.import_module(module), attribute)
     return loaded
+
+
+def _renamed(program: str, args: list[str]) -> list[str]:
+    """``args`` with old option spellings replaced (:mod:`dpnet_runtime.renames`)."""
+    command, rest, head = program, args, []
+    if args and f"{program} {args[0]}" in commands_with_renames():
+        command, rest, head = f"{program} {args[0]}", args[1:], args[:1]
+    rewritten, notes = rewrite_argv(command, rest)
+    for note in notes:
+        stderr_console.print(note, markup=False, highlight=False)
+    return head + rewritten
 
 
 def _missing_extra(exc: Exception) -> BackendUnavailableError | None:
@@ -163,7 +200,7 @@ def _user_error(exc: DpnetError, debug: bool) -> NoReturn:
     if debug:
         raise exc
     stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
-    raise SystemExit(EXIT_USER_ERROR) from None
+    raise SystemExit(EXIT_USAGE if isinstance(exc, OptionError) else EXIT_USER_ERROR) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -41,7 +41,12 @@ _SIXTEEN_BIT_SCALE: Final = 257  # 65535 / 255
 
 
 def decode_mask(
-    values: np.ndarray, source: str, *, class_id: int | None = None, palette: bool = False
+    values: np.ndarray,
+    source: str,
+    *,
+    class_id: int | None = None,
+    palette: bool = False,
+    require_object: bool = False,
 ) -> np.ndarray:
     """Turn the pixel values of a mask file into a ``0 / 1 / 255`` mask (module docstring).
 
@@ -50,12 +55,15 @@ def decode_mask(
         source: how messages name the file.
         class_id: read a class-label map: this class is the object (1..254).
         palette: the file is a palette image (a class-label map, never a plain mask).
+        require_object: the mask must show the object (a support mask): a label map with no
+            pixel of ``class_id`` is refused, naming the classes it holds.
 
     Returns:
         ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
     Raises:
-        InputError: a class id outside 1..254, or a class-label map read without ``class_id``.
+        InputError: a class id outside 1..254, a class-label map read without ``class_id``,
+            or (``require_object``) a label map that lacks ``class_id``.
 
     >>> decode_mask(np.array([[0, 255, 255]]), "m.png").tolist()
     [[0, 1, 1]]
@@ -68,6 +76,8 @@ def decode_mask(
         if not 0 < class_id < IGNORE_LABEL:
             raise InputError(f"class id must be in 1..{IGNORE_LABEL - 1}, got {class_id}")
         decoded = (values == class_id).astype(np.uint8)
+        if require_object and not decoded.any():
+            raise InputError(_missing_class(source, class_id, values))
         decoded[values == IGNORE_LABEL] = IGNORE_LABEL
         return decoded
     if values.size and values.max() > IGNORE_LABEL:
@@ -88,3 +98,16 @@ def decode_mask(
             "(Python: class_id=N) to read class N as the object, or save a 0/255 mask"
         )
     return (values > 127).astype(np.uint8)
+
+
+def _missing_class(source: str, class_id: int, values: np.ndarray) -> str:
+    """The message for a support label map without the object's class: the classes it holds."""
+    classes = [value for value in np.unique(values).tolist() if 0 < value < IGNORE_LABEL]
+    if not classes:
+        held = "no class at all (only background 0 and ignore 255)"
+        fix = "pick a support image that shows the object"
+    else:
+        held = f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes[:8]))}"
+        fix = f"pass --class-id {classes[0]}" if len(classes) == 1 else "pass the object's class"
+    given = f"class {class_id} (--class-id {class_id})"
+    return f"{source} holds no pixel of {given}: it holds {held}; {fix}"

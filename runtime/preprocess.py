@@ -273,15 +273,19 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _to_rgb(image, path)
 
 
-def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike[str], *, class_id: int | None = None, require_object: bool = False
+) -> np.ndarray:
     """Read a mask file as ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
     The file's values are decoded by :func:`dpnet_runtime.masks.decode_mask` (0/1, 0/255,
     0/1/255, grey, or a class-label map with ``class_id``). Colour masks are converted to grey.
+    ``require_object`` (support masks): a label map without ``class_id`` is refused.
 
     Raises:
         InputError: missing or unreadable file, one over the pixel limit
-            (:func:`open_image_file`), or a class-label map without ``class_id``.
+            (:func:`open_image_file`), a class-label map without ``class_id``, or
+            (``require_object``) one that lacks that class.
     """
     with _open_image(path) as image:
         palette = image.mode == "P"
@@ -292,7 +296,9 @@ def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> n
         raise InputError(
             f"mask {path} has shape {list(values.shape)}; expected a one-channel image"
         )
-    return decode_mask(values, f"mask {path}", class_id=class_id, palette=palette)
+    return decode_mask(
+        values, f"mask {path}", class_id=class_id, palette=palette, require_object=require_object
+    )
 
 
 def _to_rgb(image: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:
