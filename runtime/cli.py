@@ -18,7 +18,7 @@ from dpnet_runtime.batch import SegmentReport, SegmentRequest, iou_summary, segm
 from dpnet_runtime.console import make_app, make_progress, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, names_folder, output_format, refuse_inputs
+from dpnet_runtime.outputs import JSON_FORMATS, check_file_output, names_folder
 from dpnet_runtime.queries import expand_queries
 from dpnet_runtime.sheet import NO_OBJECT
 
@@ -116,9 +116,7 @@ def command(
         out=None if folder else out, out_dir=out if folder else None, overlay=overlay,
         labels=labels, class_id=class_id, sheet=sheet, class_name=class_name,
     )  # fmt: skip
-    if json_path is not None:
-        output_format(json_path, "--json", JSON_FORMATS, "json")
-        refuse_inputs({"--json": [json_path]}, {**request.inputs(), "--model": [model]})
+    check_file_output("--json", json_path, JSON_FORMATS, {**request.inputs(), "--model": [model]})
     options = {} if threads is None else {"intra_op_threads": threads}
     with make_progress(transient=True) as progress:
         task = progress.add_task("segmenting", total=len(request.queries), status="")

@@ -7,8 +7,10 @@ exception (a bug) into "internal error" with exit code 70 (``--debug`` or ``DPNE
 shows the traceback).
 
 :func:`run_app` is also where every command gets the same manners: old option spellings are
-rewritten (:mod:`dpnet_runtime.renames`, one deprecation line each), and a command that takes
-options prints its help when given no arguments (exit 2, as click does for a command group).
+rewritten (:mod:`dpnet_runtime.renames`, one deprecation line each), a command that takes
+options prints its help when given no arguments (exit 2, as click does for a command group),
+and a Python warning (the random-trunk one, say) is one ``warning: ...`` line, without the
+source line Python's default display adds (``--debug`` keeps that display).
 
 An optional package that is not installed (torch, onnx, tensorrt: ``ModuleNotFoundError``) is
 a user error too: one line naming the extra that installs it. The base install
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
@@ -29,7 +32,6 @@ import click
 import typer
 import typer.main
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -38,6 +40,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, OptionError, one_line
 from dpnet_runtime.renames import commands_with_renames, rewrite_argv
@@ -74,8 +77,10 @@ _EXTRAS: Final = {
 }
 
 # Soft wrap: a message holds paths a user copies; rich would break them at 80 columns in a pipe.
-stdout_console = Console(soft_wrap=True)
-stderr_console = Console(stderr=True, soft_wrap=True)
+# No markup: text is printed as it is, so "pip install 'dpnet[triton]'" or a file named
+# "[1].png" never loses its brackets to rich's markup (styles come from Text and Table styles).
+stdout_console = Console(soft_wrap=True, markup=False)
+stderr_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def run_app(
@@ -95,12 +100,14 @@ def run_app(
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("DPNET_DEBUG") == "1"
     args = [arg for arg in args if arg != "--debug"]
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         loaded = _load(app)
         name = program or loaded.info.name or Path(sys.argv[0]).name
         command = typer.main.get_command(loaded)
-        if command.params and not isinstance(command, click.Group):
-            command.no_args_is_help = True  # a group (dpnet-export) says so in make_app
+        # Bare, a command that takes options prints its help (dpnet-info takes none: it runs).
+        command.no_args_is_help = bool(command.params) or isinstance(command, click.Group)
         command.main(args=_renamed(name, args), prog_name=name, standalone_mode=True)
     except SystemExit as exc:
         raise SystemExit(exc.code) from None
@@ -116,8 +123,11 @@ def run_app(
         if debug:
             raise
         stderr_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(exc)} "
-            "(a bug in dpnet; rerun with --debug for the traceback and report it)",
+            _styled(
+                "internal error:",
+                f"{type(exc).__name__}: {one_line(exc)} "
+                "(a bug in dpnet; rerun with --debug for the traceback and report it)",
+            ),
             highlight=False,
         )
         raise SystemExit(EXIT_INTERNAL) from None
@@ -171,6 +181,18 @@ def _load(app: typer.Typer | str) -> typer.Typer:
     return loaded
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the CLIs: one line, no Python source."""
+    stderr_console.print(f"warning: {one_line(Exception(message))}", highlight=False)
+
+
 def _renamed(program: str, args: list[str]) -> list[str]:
     """``args`` with old option spellings replaced (:mod:`dpnet_runtime.renames`)."""
     command, rest, head = program, args, []
@@ -178,7 +200,7 @@ def _renamed(program: str, args: list[str]) -> list[str]:
         command, rest, head = f"{program} {args[0]}", args[1:], args[:1]
     rewritten, notes = rewrite_argv(command, rest)
     for note in notes:
-        stderr_console.print(note, markup=False, highlight=False)
+        stderr_console.print(note, highlight=False)
     return head + rewritten
 
 
@@ -199,10 +221,10 @@ def _missing_extra(exc: Exception) -> BackendUnavailableError | None:
 def _user_error(exc: DpnetError, debug: bool) -> NoReturn:
     if debug:
         raise exc
-    stderr_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
+    stderr_console.print(_styled("error:", one_line(exc)), highlight=False)
     raise SystemExit(EXIT_USAGE if isinstance(exc, OptionError) else EXIT_USER_ERROR) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    # Escaped: messages such as "pip install 'dpnet[trt]'" must not be read as rich markup.
-    return escape(one_line(exc))
+def _styled(label: str, message: str) -> Text:
+    """``label`` in bold red, then the message as plain text (never read as markup)."""
+    return Text.assemble((label, "bold red"), " ", message)

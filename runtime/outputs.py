@@ -35,11 +35,13 @@ from dpnet_runtime.errors import InputError, OptionError
 
 __all__ = [
     "CSV_FORMATS",
+    "ENGINE_FORMATS",
     "JSON_FORMATS",
     "MARKDOWN_FORMATS",
     "MASK_FORMATS",
     "PICTURE_FORMATS",
     "PLOT_FORMATS",
+    "check_file_output",
     "make_folder",
     "names_folder",
     "output_format",
@@ -56,6 +58,8 @@ PICTURE_FORMATS: Final = {**MASK_FORMATS, ".jpg": "JPEG", ".jpeg": "JPEG", ".web
 """Formats for pictures a person looks at (overlays, contact sheets)."""
 PLOT_FORMATS: Final = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 """matplotlib formats of plots."""
+ENGINE_FORMATS: Final = {".engine": "engine", ".plan": "plan"}
+"""Serialized TensorRT engines (Triton names them model.plan)."""
 JSON_FORMATS: Final = {".json": "json"}
 CSV_FORMATS: Final = {".csv": "csv"}
 MARKDOWN_FORMATS: Final = {".md": "markdown"}
@@ -92,6 +96,31 @@ def output_format(path: PathLike, option: str, formats: Mapping[str, str], defau
     raise OptionError(
         f"{option} {os.fspath(path)}: dpnet does not write {suffix} files here; name it {choices}"
     )
+
+
+def check_file_output(
+    option: str,
+    path: PathLike | None,
+    formats: Mapping[str, str],
+    inputs: Mapping[str, Iterable[PathLike | None]],
+) -> None:
+    """Rules 1 and 4 for one file that a command writes (``--json``, ``--csv``, ``--plot``):
+    its extension must fit ``formats`` and it must not be, or lie inside, an input.
+
+    Args:
+        option: the option that names it.
+        path: the file, or ``None`` (not asked for: nothing to check).
+        formats: extension -> format (:data:`JSON_FORMATS`...).
+        inputs: option -> the paths the command reads.
+
+    Raises:
+        OptionError: the extension does not fit.
+        InputError: the file is, or lies inside, an input.
+    """
+    if path is None:
+        return
+    output_format(path, option, formats, next(iter(formats.values())))
+    refuse_inputs({option: [path]}, inputs)
 
 
 def names_folder(path: PathLike) -> bool:
@@ -193,17 +222,23 @@ def refuse_folder_holding(
                 )
 
 
-def refuse_replacing(files: Iterable[PathLike], option: str, why: str, *, overwrite: bool) -> None:
+def refuse_replacing(
+    files: Iterable[PathLike], option: str, why: str, *, action: str, overwrite: bool
+) -> None:
     """Refuse to replace or remove existing ``files`` unless ``overwrite`` (module docstring, 2).
 
     Args:
         files: what the output would replace or remove; missing ones are ignored.
         option: the output option (``--out``).
-        why: what happens to them, completing "they ..." (``"would no longer match"``).
+        why: why they must go, completing "... holds FILES, which ..." (``"would no longer
+            match the new graphs"``).
+        action: what ``--overwrite`` does to them (``"remove them"``).
         overwrite: the user passed ``--overwrite``.
 
     Raises:
         InputError: listing the files (the first five) and the two ways on.
+
+    >>> refuse_replacing(["setup.py"], "--out", "x", action="remove them", overwrite=True)
     """
     present = sorted(Path(file) for file in files if Path(file).exists())
     if overwrite or not present:
@@ -211,6 +246,6 @@ def refuse_replacing(files: Iterable[PathLike], option: str, why: str, *, overwr
     folder = present[0].parent
     names = ", ".join(file.name for file in present[:5]) + (", ..." if len(present) > 5 else "")
     raise InputError(
-        f"{option} {folder} holds {names}, which {why}; pass --overwrite to replace them, "
+        f"{option} {folder} holds {names}, which {why}; pass --overwrite to {action}, "
         f"or choose another {option}"
     )

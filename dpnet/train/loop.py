@@ -59,6 +59,7 @@ from dpnet.train.options import (
 )
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import sha256_file
+from dpnet_runtime.outputs import refuse_inputs
 
 __all__ = [
     "LossRecord",
@@ -240,6 +241,15 @@ class _Trainer:
 
     def _prepare_out(self) -> None:
         last = self.out / "last.pt"
+        o = self.options
+        refuse_inputs(
+            {"--out": [self.out, last, self.out / "best.pt"]},
+            {
+                "--data-root": [o.data_root],
+                "--init": [o.init],
+                "--backbone-weights": [o.backbone_weights],
+            },
+        )
         if not self.options.resume:
             if last.exists():
                 raise InputError(
@@ -252,7 +262,7 @@ class _Trainer:
         if checkpoint.config != self.config or checkpoint.train_state is None:
             raise InputError(
                 f"{last} was trained with another config or has no training state; "
-                "resume with the same --config/--ablation-variant or choose another --out"
+                "resume with the same --preset/--ablation-variant or choose another --out"
             )
         self.model.load_state_dict(checkpoint.state_dict)
         state = checkpoint.train_state

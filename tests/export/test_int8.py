@@ -193,8 +193,8 @@ def test_scales_from_black_images_fail_the_bench_gate_with_exit_3(
         onnx.save(planted, tmp_path / f"{stem}_int8.onnx")
     command = [
         sys.executable, "-c", "from dpnet_bench.cli import main; main()",
-        "--ckpt", str(tiny_segmenting_checkpoint), "--artifacts", str(tmp_path),
-        "--backends", "torch,ort-int8", "--episodes", "20", "--warmup", "0", "--threads", "1",
+        "--ckpt", str(tiny_segmenting_checkpoint), "--model", str(tmp_path),
+        "--backends", "torch,ort-int8", "--episodes", "20", "--warmup-s", "0", "--threads", "1",
     ]  # fmt: skip
     wide = {**os.environ, "COLUMNS": "400"}
     failed = subprocess.run(
