@@ -18,7 +18,7 @@ from dpnet.data.episode import Episode, FewShotDataset
 from dpnet.data.folder import FolderDataset
 from dpnet.data.pascal import PascalDataset
 from dpnet.data.synthetic import SyntheticDataset
-from dpnet_runtime.errors import InputError, OptionError
+from dpnet_runtime.errors import OptionError
 
 __all__ = [
     "COCO_SPLITS",
@@ -144,7 +144,7 @@ class DatasetOptions:
             takers = [dataset for dataset, keys in _DATASET_FLAGS.items() if key in keys]
             if name not in takers:
                 plural = "s" if len(takers) > 1 else ""
-                raise InputError(
+                raise OptionError(
                     f"{key.replace('_', '-')} applies to the {' and '.join(takers)} "
                     f"dataset{plural} only, not to {name!r}"
                 )

@@ -30,7 +30,7 @@ from dpnet_export.onnx_to_fp16 import node_scopes
 from dpnet_export.onnx_to_int8 import INT8_FLAVOURS, float32_to_int8, fold_batch_norm
 from dpnet_export.torch_to_onnx import _write_all, check_graph
 from dpnet_runtime import Predictor, contract
-from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
+from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_USER_ERROR
 from dpnet_runtime.errors import DatasetError, ExportError, InputError
 from dpnet_runtime.preprocess import prepare_query, prepare_support
 
@@ -277,7 +277,7 @@ def test_cli_calibration_errors_are_one_line(
     export_cli, tiny_checkpoint: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     completed = export_cli("onnx", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), *args)
-    assert completed.returncode == EXIT_USER_ERROR, completed.stderr
+    assert completed.returncode == EXIT_USAGE, completed.stderr
     assert completed.stderr.startswith("error: ") and message in completed.stderr
     assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
     assert not list(tmp_path.iterdir())

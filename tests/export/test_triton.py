@@ -309,7 +309,5 @@ def test_cli_writes_a_checked_repository(
     assert plans.returncode == 0, plans.stderr
     assert f"--onnx {tiny_export_dir / 'dpnet_query_fp16.onnx'} --out " in plans.stdout
     assert "dpnet_query/1/model.plan --fp16 --batch-range 1:1:4" in plans.stdout
-    missing = export_cli(
-        "triton", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r2")
-    )
+    missing = export_cli("triton", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r2"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr

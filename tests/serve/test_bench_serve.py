@@ -54,9 +54,7 @@ def test_levels_in_process_row_and_reports(
     assert "serve_c4_throughput_vs_in_process_ratio" in targets
     text = markdown.read_text()
     assert text.startswith("# dpnet-bench serve: 129x129, 1-shot")
-    assert (
-        "Command: `dpnet-bench serve --model" in text and "| serve | 4 | 12 | 0 | 0 |" in text
-    )
+    assert "Command: `dpnet-bench serve --model" in text and "| serve | 4 | 12 | 0 | 0 |" in text
 
 
 def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
@@ -65,7 +63,8 @@ def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
     # The in-process row runs another export than the server: its masks differ.
     done = _bench(
         "--model", str(tiny_export_dir), "--url", server.url, "--requests", "3",
-        "--concurrency", "2", "--warmup-requests", "0", "--threads", "1", "--json", str(tmp_path / "r.json"),
+        "--concurrency", "2", "--warmup-requests", "0", "--threads", "1",
+        "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert done.returncode == 3, done.stdout + done.stderr
     level = json.loads((tmp_path / "r.json").read_text())["results"][1]
