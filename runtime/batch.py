@@ -354,11 +354,10 @@ def _plan(request: SegmentRequest, inputs: dict[str, tuple[Path, ...]]) -> list[
                 None if request.overlay is None else request.overlay / (f"{query.stem}_overlay.png")
             )
         plans.append(_Plan(query, mask, overlay, _label_of(query, request.labels)))
-    folders = {"--out": request.out_dir, "--overlay": request.overlay}
     if request.out_dir is not None:
-        for option, folder in folders.items():
-            if folder is not None:
-                refuse_folder_holding(folder, option, {"--query": request.queries})
+        for option, output in (("--out", request.out_dir), ("--overlay", request.overlay)):
+            if output is not None:
+                refuse_folder_holding(output, option, {"--query": request.queries})
     refuse_inputs(
         {
             "--out": [request.out, request.out_dir, *(plan.mask for plan in plans)],

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
-import click
 import typer
 import typer.main
 from rich.console import Console
@@ -106,8 +105,7 @@ def run_app(
         loaded = _load(app)
         name = program or loaded.info.name or Path(sys.argv[0]).name
         command = typer.main.get_command(loaded)
-        # Bare, a command that takes options prints its help (dpnet-info takes none: it runs).
-        command.no_args_is_help = bool(command.params) or isinstance(command, click.Group)
+        _help_when_bare(command)
         command.main(args=_renamed(name, args), prog_name=name, standalone_mode=True)
     except SystemExit as exc:
         raise SystemExit(exc.code) from None
@@ -179,6 +177,15 @@ def _load(app: typer.Typer | str) -> typer.Typer:
     module, _, attribute = app.partition(":")
     loaded: typer.Typer = getattr(importlib.import_module(module), attribute)
     return loaded
+
+
+def _help_when_bare(command: Any) -> None:
+    """A group, and every command that takes options, prints its help when given no arguments
+    (``dpnet-info`` takes none: it runs)."""
+    subcommands = getattr(command, "commands", None)  # a TyperGroup (typer vendors click)
+    command.no_args_is_help = bool(command.params) or subcommands is not None
+    for subcommand in (subcommands or {}).values():
+        _help_when_bare(subcommand)
 
 
 def _show_warning(

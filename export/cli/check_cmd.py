@@ -23,7 +23,9 @@ _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
 
 def command(
-    model: Annotated[Path, typer.Argument(help="ONNX file to lint, e.g. out/dpnet.onnx.")],
+    model: Annotated[
+        Path, typer.Argument(help="ONNX file to lint, e.g. out/dpnet.onnx.", metavar="MODEL")
+    ],
     json_path: Annotated[
         Path | None,
         typer.Option(
