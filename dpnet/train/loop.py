@@ -157,8 +157,9 @@ def train(options: TrainOptions, progress: TrainProgressCallback | None = None) 
         The run's :class:`TrainResult` (every rank returns one; only rank 0 wrote files).
 
     Raises:
-        InputError: bad options, or ``out`` holds a run and ``resume`` is off (or the run in
-            ``out`` was made with another config).
+        InputError: bad options, ``out`` is or lies inside an input (the dataset root, the
+            ``init`` checkpoint...), or ``out`` holds a run and ``resume`` is off (or the run
+            in ``out`` was made with another config).
         DatasetError: the dataset cannot be read.
         ModelFileError: ``resume`` without a readable ``out/last.pt``; bad backbone weights.
 
@@ -168,6 +169,15 @@ def train(options: TrainOptions, progress: TrainProgressCallback | None = None) 
     >>> result.steps
     2
     """
+    out = Path(options.out)
+    refuse_inputs(  # before any slow work
+        {"--out": [out, out / "last.pt", out / "best.pt"]},
+        {
+            "--data-root": [options.data_root],
+            "--init": [options.init],
+            "--backbone-weights": [options.backbone_weights],
+        },
+    )
     context = setup_distributed(options.device)
     try:
         return _Trainer(options, context).run(progress)
@@ -241,15 +251,6 @@ class _Trainer:
 
     def _prepare_out(self) -> None:
         last = self.out / "last.pt"
-        o = self.options
-        refuse_inputs(
-            {"--out": [self.out, last, self.out / "best.pt"]},
-            {
-                "--data-root": [o.data_root],
-                "--init": [o.init],
-                "--backbone-weights": [o.backbone_weights],
-            },
-        )
         if not self.options.resume:
             if last.exists():
                 raise InputError(
