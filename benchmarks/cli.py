@@ -104,14 +104,14 @@ def bench(
 
     `dpnet-bench serve --help`: load-test a running dpnet-serve instead.
     """
-    inputs = {"--ckpt": [ckpt], "--model": [model], "--data-root": [data_root]}
+    inputs = {"--ckpt": [ckpt], "--model": [model]}
     for option, path, formats in (
         ("--json", json_path, JSON_FORMATS),
         ("--csv", csv_path, CSV_FORMATS),
         ("--plot", plot, PLOT_FORMATS),
         ("--markdown", markdown, MARKDOWN_FORMATS),
     ):
-        check_file_output(option, path, formats, inputs)
+        check_file_output(option, path, formats, inputs, trees={"--data-root": [data_root]})
     options = BenchOptions(
         checkpoint=ckpt,
         artifacts=model,

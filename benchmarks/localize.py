@@ -392,7 +392,7 @@ def command(
         folds=folds,
     )
     check_file_output(
-        "--json", json_path, JSON_FORMATS, {"--model": [model], "--data-root": [data_root]}
+        "--json", json_path, JSON_FORMATS, {"--model": [model]}, trees={"--data-root": [data_root]}
     )
     options = LocalizeOptions(
         artifacts=model,

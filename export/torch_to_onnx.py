@@ -153,7 +153,8 @@ def export_onnx(
     _check_writable(Path(out_dir))
     refuse_inputs(
         {"--out": [out_dir]},
-        {"--ckpt": [checkpoint], "--data-root": [options.calibration.root]},
+        {"--ckpt": [checkpoint]},
+        trees={"--data-root": [options.calibration.root]},
     )
     planned = {Path(out_dir) / name for name in _planned_names(options)}
     refuse_replacing(

@@ -9,9 +9,9 @@ Names: for a query ``q.jpg``, an output folder receives ``q_mask.png`` (0 / 255)
 folder ``q_overlay.png``, and the ground truth is ``LABELS/q_mask.png`` or ``LABELS/q.png``
 (first found), so a folder of the ``folder`` dataset serves as queries and labels at once
 (queries: :func:`dpnet_runtime.queries.expand_queries`). Every name is checked before the first
-query runs: two queries with one name, a query without ground truth, an output that would land on
-or in an input (:func:`dpnet_runtime.outputs.refuse_inputs`: the ground truth, a support, a
-folder holding the queries) or an output format the extension does not allow fail at once.
+query runs: two queries with one name, a query without ground truth, an output that would land
+on an input (:func:`dpnet_runtime.outputs.refuse_inputs`: a ground-truth file or folder, a
+support, a folder holding the queries) or an extension an output cannot have fail at once.
 
 IoU per image leaves ignore pixels (255) out (the pfenet protocol of :mod:`dpnet.metrics`).
 An image with nothing to find and nothing predicted has no IoU ("no object"): it adds nothing
@@ -358,13 +358,14 @@ def _plan(request: SegmentRequest, inputs: dict[str, tuple[Path, ...]]) -> list[
         for option, output in (("--out", request.out_dir), ("--overlay", request.overlay)):
             if output is not None:
                 refuse_folder_holding(output, option, {"--query": request.queries})
+    labels = {"--labels": (*request.inputs()["--labels"], *(plan.label for plan in plans))}
     refuse_inputs(
         {
             "--out": [request.out, request.out_dir, *(plan.mask for plan in plans)],
             "--overlay": [request.overlay, *(plan.overlay for plan in plans)],
             "--sheet": [request.sheet],
         },
-        {**request.inputs(), **inputs},
+        {**request.inputs(), **labels, **inputs},
     )
     return plans
 

@@ -3,12 +3,14 @@
 :mod:`dpnet_runtime.fileio` says *how* a file is written (atomically, what may stand at the
 destination); this module says *whether* a destination is acceptable, before any work starts:
 
-1. **Inputs are never written.** An output that is one of the command's inputs, or lies inside
-   an input folder (``--labels``, a dataset root, an export folder), is refused with one line
-   (:func:`refuse_inputs`), and so is an output folder that holds input files given one by one
-   (:func:`refuse_folder_holding`: ``NAME_mask.png`` beside ``NAME.jpg`` is where ground
-   truth lives). No option lifts this: a prediction written over its ground truth, then scored
-   against itself, is never what a user wants.
+1. **Inputs are never written.** An output that is one of the command's inputs (a file such
+   as a ground-truth mask or a checkpoint, or a folder such as ``--labels`` or an export), or
+   lies anywhere inside a dataset root (read recursively: a run folder there would become a
+   class), is refused with one line (:func:`refuse_inputs`); so is an output folder that
+   holds input files (:func:`refuse_folder_holding`: ``NAME_mask.png`` beside ``NAME.jpg`` is
+   where ground truth lives). No option lifts this: a prediction written over its ground
+   truth, then scored against itself, is never what a user wants. A new file or folder beside
+   the inputs is fine.
 2. **Files the command did not write are removed only on request.** A folder output holding
    files that the new output would replace or make stale (the FP16 copies of an earlier export
    when only FP32 is exported again) is refused unless the user passes ``--overwrite``
@@ -103,6 +105,8 @@ def check_file_output(
     path: PathLike | None,
     formats: Mapping[str, str],
     inputs: Mapping[str, Iterable[PathLike | None]],
+    *,
+    trees: Mapping[str, Iterable[PathLike | None]] | None = None,
 ) -> None:
     """Rules 1 and 4 for one file that a command writes (``--json``, ``--csv``, ``--plot``):
     its extension must fit ``formats`` and it must not be, or lie inside, an input.
@@ -112,6 +116,7 @@ def check_file_output(
         path: the file, or ``None`` (not asked for: nothing to check).
         formats: extension -> format (:data:`JSON_FORMATS`...).
         inputs: option -> the paths the command reads.
+        trees: option -> the folders it reads recursively (see :func:`refuse_inputs`).
 
     Raises:
         OptionError: the extension does not fit.
@@ -120,7 +125,7 @@ def check_file_output(
     if path is None:
         return
     output_format(path, option, formats, next(iter(formats.values())))
-    refuse_inputs({option: [path]}, inputs)
+    refuse_inputs({option: [path]}, inputs, trees=trees)
 
 
 def names_folder(path: PathLike) -> bool:
@@ -160,27 +165,33 @@ def make_folder(path: PathLike, option: str) -> Path:
 def refuse_inputs(
     outputs: Mapping[str, Iterable[PathLike | None]],
     inputs: Mapping[str, Iterable[PathLike | None]],
+    *,
+    trees: Mapping[str, Iterable[PathLike | None]] | None = None,
 ) -> None:
-    """Refuse any output that is an input or lies inside an input folder (module docstring, 1).
+    """Refuse any output that is an input, or lies inside an input tree (module docstring, 1).
 
     Paths are compared after resolving links, so ``./truth`` and ``truth/`` are one folder.
 
     Args:
         outputs: option (``--out``) -> the paths it writes (files or folders; ``None`` skipped).
-        inputs: option (``--labels``) -> the paths it reads (files or folders; ``None`` skipped).
+        inputs: option (``--labels``) -> the files and folders it reads: an output may not be
+            one of them (a new file beside them, or a folder below them, is fine).
+        trees: option (``--data-root``) -> folders read recursively (a dataset): an output may
+            not lie anywhere inside them.
 
     Raises:
         InputError: naming both options and paths, and the fix.
 
-    >>> refuse_inputs({"--out": ["truth/a_mask.png"]}, {"--labels": ["truth"]})
+    >>> refuse_inputs({"--out": ["mine/run"]}, {}, trees={"--data-root": ["mine"]})
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    dpnet_runtime.errors.InputError: --out truth/a_mask.png lies inside --labels truth: ...
+    dpnet_runtime.errors.InputError: --out mine/run lies inside --data-root mine: ...
     """
     sources = [
-        (option, Path(path), Path(path).resolve())
-        for option, paths in inputs.items()
+        (option, Path(path), Path(path).resolve(), tree)
+        for tree, mapping in ((False, inputs), (True, trees or {}))
+        for option, paths in mapping.items()
         for path in paths
         if path is not None
     ]
@@ -189,9 +200,10 @@ def refuse_inputs(
             if path is None:
                 continue
             resolved = Path(path).resolve()
-            for source_option, source, source_resolved in sources:
-                if resolved == source_resolved or source_resolved in resolved.parents:
-                    where = "is" if resolved == source_resolved else "lies inside"
+            for source_option, source, source_resolved, tree in sources:
+                inside = tree and source_resolved in resolved.parents
+                if resolved == source_resolved or inside:
+                    where = "lies inside" if inside else "is"
                     raise InputError(
                         f"{option} {os.fspath(path)} {where} {source_option} {source}: dpnet "
                         f"never writes over or into its inputs; choose another {option}"

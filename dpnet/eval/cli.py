@@ -73,7 +73,7 @@ def command(
     Example: dpnet-eval --ckpt run/best.pt --dataset synthetic --fold 0 --shots 1 --episodes 1000
     """
     check_file_output(
-        "--json", json_path, JSON_FORMATS, {"--ckpt": [ckpt], "--data-root": [data_root]}
+        "--json", json_path, JSON_FORMATS, {"--ckpt": [ckpt]}, trees={"--data-root": [data_root]}
     )
     data_options = dataset_flags(
         coco_split=coco_split, splits_dir=splits_dir, skip_missing=skip_missing,

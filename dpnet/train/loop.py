@@ -172,11 +172,8 @@ def train(options: TrainOptions, progress: TrainProgressCallback | None = None) 
     out = Path(options.out)
     refuse_inputs(  # before any slow work
         {"--out": [out, out / "last.pt", out / "best.pt"]},
-        {
-            "--data-root": [options.data_root],
-            "--init": [options.init],
-            "--backbone-weights": [options.backbone_weights],
-        },
+        {"--init": [options.init], "--backbone-weights": [options.backbone_weights]},
+        trees={"--data-root": [options.data_root]},
     )
     context = setup_distributed(options.device)
     try:

@@ -77,29 +77,36 @@ def test_make_folder_creates_parents_and_refuses_a_file(tmp_path: Path) -> None:
         make_folder(tmp_path / "file", "--out")
 
 
-def test_an_output_on_or_in_an_input_is_refused(tmp_path: Path) -> None:
+def test_an_output_on_an_input_or_in_a_dataset_is_refused(tmp_path: Path) -> None:
     truth = tmp_path / "truth"
     truth.mkdir()
+    label = truth / "q_mask.png"
+    label.write_bytes(b"png")
     support = tmp_path / "cat.png"
     support.write_bytes(b"png")
+    root = tmp_path / "mine"
     (tmp_path / "alias").symlink_to(truth)
-    inputs = {"--labels": [truth], "--support": [support], "--model": [None]}
+    inputs = {"--labels": [truth, label], "--support": [support], "--model": [None]}
+    trees = {"--data-root": [root]}
     cases = {
         truth: f"--out {truth} is --labels {truth}",
-        truth / "q_mask.png": f"--out {truth / 'q_mask.png'} lies inside --labels {truth}",
-        tmp_path / "alias" / "q.png": "lies inside --labels",  # through a link
+        label: f"--out {label} is --labels {label}",
+        tmp_path / "alias" / "q_mask.png": f"is --labels {label}",  # through a link
         support: f"--out {support} is --support {support}",
+        root / "run": f"--out {root / 'run'} lies inside --data-root {root}",
+        root / "a" / "b.json": "lies inside --data-root",
     }
     for output, message in cases.items():
         with pytest.raises(InputError) as raised:
-            refuse_inputs({"--out": [None, output]}, inputs)
+            refuse_inputs({"--out": [None, output]}, inputs, trees=trees)
         assert message in str(raised.value)
         assert str(raised.value).endswith(
             ": dpnet never writes over or into its inputs; choose another --out"
         )
-    # Beside an input, above it, or a name that only starts like it: fine.
-    for output in (tmp_path / "masks", tmp_path, tmp_path / "truth2", tmp_path / "cat.png.out"):
-        refuse_inputs({"--out": [output]}, inputs)
+    # A new file or folder beside the inputs, above them, or a name that only starts alike.
+    for output in (truth / "r_mask.png", truth / "masks", tmp_path, tmp_path / "truth2",
+                   tmp_path / "cat.png.out", tmp_path / "mine2"):  # fmt: skip
+        refuse_inputs({"--out": [output]}, inputs, trees=trees)
 
 
 def test_an_output_folder_must_not_hold_the_inputs(tmp_path: Path) -> None:
@@ -134,6 +141,10 @@ def test_a_file_output_is_checked_for_format_and_place(tmp_path: Path) -> None:
     check_file_output("--json", tmp_path / "r.json", JSON_FORMATS, {"--model": [model]})
     with pytest.raises(OptionError, match=r"name it \.json"):
         check_file_output("--json", tmp_path / "r.csv", JSON_FORMATS, {"--model": [model]})
-    with pytest.raises(InputError, match="lies inside --model"):
-        check_file_output("--json", model / "r.json", JSON_FORMATS, {"--model": [model]})
+    with pytest.raises(InputError, match=r"--json .*out is --model .*out: "):
+        check_file_output("--json", model, JSON_FORMATS, {"--model": [model]})
+    with pytest.raises(InputError, match=r"--json .*out/r.json lies inside --data-root .*out: "):
+        check_file_output(
+            "--json", model / "r.json", JSON_FORMATS, {}, trees={"--data-root": [model]}
+        )
     assert sorted(os.listdir(tmp_path)) == ["out"]

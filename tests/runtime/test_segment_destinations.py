@@ -79,7 +79,7 @@ def test_labels_as_out_is_refused_and_the_ground_truth_stays(
         ("photos", "error: --out {tmp}/photos holds --query {tmp}/photos/q.png: dpnet does not "
          "write among your inputs; choose another --out (a new folder)"),
         ("photos/q_mask.png",
-         "error: --out {tmp}/photos/q_mask.png lies inside --labels {tmp}/photos"),
+         "error: --out {tmp}/photos/q_mask.png is --labels {tmp}/photos/q_mask.png"),
         ("cat_mask.png", "error: --out {tmp}/cat_mask.png is --support {tmp}/cat_mask.png"),
     ],
 )  # fmt: skip
