@@ -358,6 +358,10 @@ def _plan(request: SegmentRequest, inputs: dict[str, tuple[Path, ...]]) -> list[
         for option, output in (("--out", request.out_dir), ("--overlay", request.overlay)):
             if output is not None:
                 refuse_folder_holding(output, option, {"--query": request.queries})
+    pictures = (("--overlay", request.overlay if request.out else None), ("--sheet", request.sheet))
+    for option, picture in pictures:
+        if picture is not None and picture.is_dir():
+            raise InputError(f"{option} {picture} is a folder; give a file name")
     labels = {"--labels": (*request.inputs()["--labels"], *(plan.label for plan in plans))}
     refuse_inputs(
         {
