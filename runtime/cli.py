@@ -36,11 +36,14 @@ def command(
         Path, typer.Option(help="Export directory (dpnet-export onnx --out) or graph.")
     ],
     support: Annotated[
-        list[str], typer.Option(help="IMAGE:MASK support pair; repeat for K shots.")
+        list[str],
+        typer.Option(help="Support pair; repeat for K shots.", metavar="IMAGE:MASK"),
     ],
     query: Annotated[
         list[str],
-        typer.Option(help="Query image, folder or quoted glob ('photos/*.jpg'); repeatable."),
+        typer.Option(
+            help="Query image, folder or quoted glob ('photos/*.jpg'); repeatable.", metavar="PATH"
+        ),
     ],
     out: Annotated[
         Path,
