@@ -47,18 +47,25 @@ from dpnet_runtime.console import (
 )
 from dpnet_runtime.contract import FORMATS
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import (
+    CSV_FORMATS,
+    JSON_FORMATS,
+    MARKDOWN_FORMATS,
+    PLOT_FORMATS,
+    check_file_output,
+)
 
 __all__ = ["app", "main"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
 
-app = make_app()
+app = make_app(name="dpnet-bench")
 
 
 @app.command()
 def bench(
     ckpt: Annotated[Path, typer.Option(help="dpnet checkpoint: the torch reference")],
-    artifacts: Annotated[
+    model: Annotated[
         Path | None, typer.Option(help="export directory; exported from --ckpt if it has none")
     ] = None,
     dataset: DatasetOption = _DEFAULTS.dataset,
@@ -75,7 +82,7 @@ def bench(
     backends: Annotated[str, typer.Option(help=f"comma-separated: {','.join(FORMATS)}")] = ",".join(
         _DEFAULTS.backends
     ),
-    warmup: Annotated[float, typer.Option(help="warm-up seconds per path")] = _DEFAULTS.warmup_s,
+    warmup_s: Annotated[float, typer.Option(help="warm-up seconds per path")] = _DEFAULTS.warmup_s,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
     max_miou_delta: Annotated[
         float, typer.Option(help="allowed |mIoU delta| in points, FP32")
@@ -88,16 +95,26 @@ def bench(
     ] = _DEFAULTS.max_miou_delta_int8,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="write one row each")] = None,
-    plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="latency box plots (.png, .svg or .pdf)")
+    ] = None,
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """Benchmark backends on the same episodes; exit 3 when a parity check fails.
 
     `dpnet-bench serve --help`: load-test a running dpnet-serve instead.
     """
+    inputs = {"--ckpt": [ckpt], "--model": [model]}
+    for option, path, formats in (
+        ("--json", json_path, JSON_FORMATS),
+        ("--csv", csv_path, CSV_FORMATS),
+        ("--plot", plot, PLOT_FORMATS),
+        ("--markdown", markdown, MARKDOWN_FORMATS),
+    ):
+        check_file_output(option, path, formats, inputs, trees={"--data-root": [data_root]})
     options = BenchOptions(
         checkpoint=ckpt,
-        artifacts=artifacts,
+        artifacts=model,
         dataset=dataset,
         root=data_root,
         data_options=dataset_flags(
@@ -112,7 +129,7 @@ def bench(
         episodes=episodes,
         seed=seed,
         backends=tuple(name.strip() for name in backends.split(",") if name.strip()),
-        warmup_s=warmup,
+        warmup_s=warmup_s,
         threads=threads,
         max_miou_delta=max_miou_delta,
         max_miou_delta_fp16=max_miou_delta_fp16,

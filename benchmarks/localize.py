@@ -1,6 +1,6 @@
 """Where a low-precision graph leaves the FP32 one: a layer-wise divergence finder.
 
-``python -m dpnet_bench.localize --artifacts DIR --precision int8|fp16`` does for dpnet what
+``python -m dpnet_bench.localize --model DIR --precision int8|fp16`` does for dpnet what
 Polygraphy's ``--onnx-outputs mark all`` comparison does: every intermediate tensor that the
 FP32 graph and its low-precision copy (``contract.FORMATS``: ``ort-fp16``, ``ort-int8``) both
 compute becomes a graph output, both graphs run in ONNX Runtime on the same pre-processed
@@ -55,8 +55,9 @@ from dpnet_runtime.contract import (
     Format,
     find_format,
 )
-from dpnet_runtime.errors import InputError, ModelFileError, one_line
+from dpnet_runtime.errors import ModelFileError, OptionError, one_line
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import JSON_FORMATS, check_file_output
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -174,7 +175,7 @@ def localize(
     """
     low_format = _low_format(options)
     if options.graph not in GRAPHS or options.episodes < 1:
-        raise InputError(
+        raise OptionError(
             f"--graph must be one of {', '.join(GRAPHS)} and --episodes >= 1, "
             f"got {options.graph!r} and {options.episodes}"
         )
@@ -210,7 +211,7 @@ def localize(
 
 def _low_format(options: LocalizeOptions) -> Format:
     if options.precision not in DEFAULT_TOLERANCE:
-        raise InputError(
+        raise OptionError(
             f"--precision must be one of {', '.join(DEFAULT_TOLERANCE)}, got {options.precision!r}"
         )
     return find_format("ort", options.precision)
@@ -362,7 +363,7 @@ _DATA = DatasetOptions()
 
 @app.command()
 def command(
-    artifacts: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
+    model: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
     precision: Annotated[str, typer.Option(help="int8 or fp16")] = _DEFAULTS.precision,
     graph: Annotated[str, typer.Option(help="episode, support or query")] = _DEFAULTS.graph,
     dataset: DatasetOption = _DEFAULTS.dataset,
@@ -390,8 +391,11 @@ def command(
         val_classes=val_classes,
         folds=folds,
     )
+    check_file_output(
+        "--json", json_path, JSON_FORMATS, {"--model": [model]}, trees={"--data-root": [data_root]}
+    )
     options = LocalizeOptions(
-        artifacts=artifacts,
+        artifacts=model,
         precision=precision,
         graph=graph,
         dataset=dataset,

@@ -27,12 +27,14 @@ from rich.text import Text
 from dpnet_bench.schema import BackendResult, BenchReport, TargetCheck
 from dpnet_bench.timing import LatencyStats, environment_lines
 from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
+from dpnet_runtime.outputs import PLOT_FORMATS, output_format
 
 __all__ = [
     "JSON_SCHEMA",
     "STAGES",
     "STATUS_ICONS",
     "json_ready",
+    "latency_figure",
     "markdown_targets",
     "plot_latency",
     "progress_advancer",
@@ -295,7 +297,22 @@ def progress_advancer(progress: Progress) -> Callable[[str, int, int], None]:
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
-    """Box plots of the latency samples per backend: whole episode, and cached-support query.
+    """Write :func:`latency_figure` to ``path`` in the format of its extension.
+
+    Raises:
+        OptionError: ``path`` is not a .png, .svg or .pdf file.
+        BackendUnavailableError: matplotlib is not installed (``pip install 'dpnet[train]'``).
+    """
+    image_format = output_format(path, "--plot", PLOT_FORMATS, "png")
+    figure = latency_figure(report)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=image_format, dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def latency_figure(report: BenchReport) -> Any:
+    """Box plots of the latency samples per backend (whole episode, cached-support query), with
+    a legend saying what the box, the lines and the marks are: a matplotlib ``Figure``.
 
     Raises:
         BackendUnavailableError: matplotlib is not installed (``pip install 'dpnet[train]'``).
@@ -304,34 +321,47 @@ def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as exc:
         from dpnet_runtime.errors import BackendUnavailableError
 
         raise BackendUnavailableError(
             "--plot needs matplotlib (pip install 'dpnet[train]')"
         ) from exc
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    figure = Figure(figsize=(11, 5))  # not pyplot's: nothing global to close
+    axes = figure.subplots(1, 2, squeeze=False)
+    parts: dict[str, Any] = {}
     for axis, stage, title in zip(
         axes[0], ("episode", "query"), ("whole episode", "query on cached support"), strict=True
     ):
         measured = [(r.backend, getattr(r, stage)) for r in report.results]
         present = [(name, stats.samples_ms) for name, stats in measured if stats is not None]
         if present:
-            axis.boxplot([samples for _, samples in present], whis=(1, 99), showmeans=True)
+            parts = axis.boxplot([samples for _, samples in present], whis=(1, 99), showmeans=True)
             axis.set_xticks(range(1, len(present) + 1), [name for name, _ in present])
         axis.set_title(title)
-        axis.set_ylabel("latency (ms), whiskers p1-p99")
+        axis.set_ylabel("latency (ms)")
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(
         f"{report.model} {report.input_size}x{report.input_size}, {report.options.shots}-shot, "
         f"{report.threads} threads"
     )
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    shown = [(parts[key][0], label) for key, label in _BOX_LEGEND if parts.get(key)]
+    if shown:
+        handles, labels = zip(*shown, strict=True)
+        figure.legend(handles, labels, loc="lower center", ncol=len(shown), frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the plots
+    return figure
+
+
+# What each part of a box plot (matplotlib's boxplot() keys) shows, in legend order.
+_BOX_LEGEND: Final = (
+    ("medians", "median (p50)"),
+    ("means", "mean"),
+    ("boxes", "box: p25 to p75"),
+    ("whiskers", "whiskers: p1 to p99"),
+    ("fliers", "runs beyond p1 / p99"),
+)
 
 
 def _fmt(value: object, digits: int = 1) -> str:

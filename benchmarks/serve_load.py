@@ -1,7 +1,7 @@
 """``dpnet-bench serve``: load a running dpnet-serve and compare it with an in-process Predictor.
 
 Against a server on this machine (``--url``, default ``http://127.0.0.1:8000``) running the
-export given as ``--artifacts``, :func:`run_serve_bench`
+export given as ``--model``, :func:`run_serve_bench`
 
 1. opens the same export in-process and times :meth:`Predictor.segment` on the query images,
    one after the other (the reference row);

@@ -47,6 +47,7 @@ from dpnet_runtime.errors import (
     ExportError,
     IncompatibleModelError,
     InputError,
+    OptionError,
 )
 from dpnet_runtime.predictor import Predictor
 
@@ -195,7 +196,7 @@ def open_subject(
     """
     fmt = FORMATS.get(name)
     if fmt is None:
-        raise InputError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
+        raise OptionError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
     if fmt.backend == "torch":
         torch.set_num_threads(threads)
         predictor = Predictor(_torch_runners(fmt, checkpoint))

@@ -71,8 +71,8 @@ from dpnet_runtime.contract import (
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     DpnetError,
-    InputError,
     ModelFileError,
+    OptionError,
 )
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
 
@@ -194,18 +194,18 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
 def _check_options(options: BenchOptions) -> None:
     unknown = sorted(set(options.backends) - set(FORMATS))
     if unknown or not options.backends:
-        raise InputError(
+        raise OptionError(
             f"unknown backends {unknown}; choose from {', '.join(FORMATS)}"
             if unknown
             else f"no backend given; choose from {', '.join(FORMATS)}"
         )
     if options.episodes < 1:
-        raise InputError(f"--episodes must be at least 1, got {options.episodes}")
+        raise OptionError(f"--episodes must be at least 1, got {options.episodes}")
     if options.warmup_s < 0 or (options.threads is not None and options.threads < 1):
-        raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
+        raise OptionError("--warmup-s must be >= 0 seconds and --threads >= 1")
     limits = (options.max_miou_delta, options.max_miou_delta_fp16, options.max_miou_delta_int8)
     if min(limits) < 0:
-        raise InputError("--max-miou-delta, -fp16 and -int8 must be >= 0 points")
+        raise OptionError("--max-miou-delta, -fp16 and -int8 must be >= 0 points")
     options.data_options.keywords(options.dataset)
 
 

@@ -29,8 +29,9 @@ from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
 from dpnet_runtime.backends.trt import import_tensorrt
 from dpnet_runtime.backends.trt_sidecar import EngineSidecar, TensorProfile, sidecar_path
-from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from dpnet_runtime.errors import BackendUnavailableError, ModelFileError, OptionError
 from dpnet_runtime.fileio import sha256_bytes
+from dpnet_runtime.outputs import ENGINE_FORMATS, output_format, refuse_inputs
 
 __all__ = [
     "BuildTarget",
@@ -62,7 +63,7 @@ class ShapeRange:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise InputError(
+            raise OptionError(
                 f"shape range {self.min}:{self.opt}:{self.max} must satisfy 1 <= min <= opt <= max"
             )
 
@@ -74,11 +75,11 @@ def parse_shape_range(text: str) -> ShapeRange:
     ShapeRange(min=1, opt=1, max=5)
 
     Raises:
-        InputError: not one or three integers, or not 1 <= min <= opt <= max.
+        OptionError: not one or three integers, or not 1 <= min <= opt <= max.
     """
     parts = text.strip().split(":")
     if len(parts) not in (1, 3) or not all(part.strip().isdigit() for part in parts):
-        raise InputError(f"shape range {text!r} must be 'min:opt:max' (e.g. 1:1:5) or one integer")
+        raise OptionError(f"shape range {text!r} must be 'min:opt:max' (e.g. 1:1:5) or one integer")
     values = [int(part) for part in parts]
     return ShapeRange(values[0], values[len(values) // 2], values[-1])
 
@@ -90,12 +91,12 @@ def parse_workspace(text: str) -> int:
     4294967296
 
     Raises:
-        InputError: not a positive size.
+        OptionError: not a positive size.
     """
     match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
     size = int(match.group(1)) * _UNITS[match.group(2).upper()] if match else 0
     if size <= 0:
-        raise InputError(
+        raise OptionError(
             f"workspace {text!r} must be a positive size such as 4G, 512M or 1073741824"
         )
     return size
@@ -212,6 +213,15 @@ class EngineBuildOptions:
     timing_cache: Path | None = None
     rebuild: bool = False
     device: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked before TensorRT is even imported: the engine and its sidecar never land on
+        # the graph or the timing cache, and the engine's extension says it is one.
+        output_format(self.engine_path, "--out", ENGINE_FORMATS, "engine")
+        refuse_inputs(
+            {"--out": [self.engine_path, sidecar_path(self.engine_path)]},
+            {"--onnx": [self.onnx_path], "--timing-cache": [self.timing_cache]},
+        )
 
     @property
     def engine_path(self) -> Path:

@@ -41,8 +41,15 @@ from dpnet_runtime.contract import (
     TensorSpec,
     find_format,
 )
-from dpnet_runtime.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    ExportError,
+    InputError,
+    ModelFileError,
+    OptionError,
+)
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import refuse_inputs
 
 __all__ = [
     "BLS_MODEL",
@@ -104,9 +111,9 @@ class TritonOptions:
                 f"unknown Triton backend {self.backend!r}; choose {' or '.join(TRITON_BACKENDS)}"
             )
         if self.kind not in ("KIND_GPU", "KIND_CPU"):
-            raise InputError(f"kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
+            raise OptionError(f"kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
         if min(self.max_batch, self.instances) < 1 or self.queue_delay_us < 0:
-            raise InputError("max_batch and instances must be >= 1, queue_delay_us >= 0")
+            raise OptionError("--max-batch and --instances must be >= 1, --queue-delay-us >= 0")
         if self.precision not in PRECISIONS:
             raise InputError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -154,10 +161,12 @@ def onnx_to_triton(
         options: see :class:`TritonOptions`.
 
     Raises:
+        InputError: ``repo`` is, or lies inside, ``artifacts``.
         ModelFileError: a graph is missing or its metadata or I/O is not the contract's.
         ExportError: a written config fails Triton's schema.
     """
     options = options or TritonOptions()
+    refuse_inputs({"--out": [repo]}, {"--model": [artifacts]})
     files = source_graphs(artifacts, options)
     specs = {role: _bound_specs(role, file) for role, file in files.items()}
     configs = {

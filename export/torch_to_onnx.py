@@ -52,8 +52,9 @@ from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
 from dpnet_runtime.contract import FORMATS, GRAPHS, SUPPORT, GraphSpec, find_format
-from dpnet_runtime.errors import ExportError, InputError, one_line
+from dpnet_runtime.errors import ExportError, InputError, OptionError, one_line
 from dpnet_runtime.fileio import atomic_write_files, sha256_file
+from dpnet_runtime.outputs import refuse_inputs, refuse_replacing
 
 __all__ = [
     "ExportOptions",
@@ -82,6 +83,9 @@ class ExportOptions:
         beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
         raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
         opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
+        overwrite: remove the graphs of an earlier export that this one does not write (its
+            other precisions: they would not match the new graphs); without it such a folder
+            is refused before anything runs.
     """
 
     size: int | None = None
@@ -92,6 +96,7 @@ class ExportOptions:
     beta: float | None = None
     raw_input: bool = False
     opset: int = 18
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,9 @@ def export_onnx(
         :class:`ExportResult` naming the written files.
 
     Raises:
-        InputError: invalid options, or ``out_dir`` cannot be created or written.
+        OptionError: invalid options.
+        InputError: ``out_dir`` cannot be created or written, is or lies inside an input, or
+            holds an earlier export's other precisions (without ``overwrite``).
         ModelFileError: missing, damaged or foreign checkpoint.
         DatasetError: the INT8 calibration dataset cannot be read.
         ExportError: the exporter, the quantizer, the ONNX checker or the op rules rejected
@@ -146,6 +153,19 @@ def export_onnx(
     start = time.perf_counter()
     _check_options(options)
     _check_writable(Path(out_dir))
+    refuse_inputs(
+        {"--out": [out_dir]},
+        {"--ckpt": [checkpoint]},
+        trees={"--data-root": [options.calibration.root]},
+    )
+    planned = {Path(out_dir) / name for name in _planned_names(options)}
+    refuse_replacing(
+        _graph_files(Path(out_dir)) - planned,
+        "--out",
+        "an earlier export wrote in other precisions and would no longer match the new graphs",
+        action="remove them",
+        overwrite=options.overwrite,
+    )
     model, loaded = load_model(Path(checkpoint))
     size = options.size or loaded.config.input_size
     calibration = (
@@ -225,17 +245,19 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
 
 def _check_options(options: ExportOptions) -> None:
     if options.size is not None and options.size < _MIN_SIZE:
-        raise InputError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
+        raise OptionError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
     if not 1 <= options.max_shots <= 64:
-        raise InputError(f"--max-shots must lie in 1..64, got {options.max_shots}")
+        raise OptionError(f"--max-shots must lie in 1..64, got {options.max_shots}")
     if options.beta is not None:
         check_beta(options.beta, "--beta")
     if options.opset < 18:
-        raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
+        raise OptionError(
+            f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}"
+        )
     if options.int8:
         check_calibration_options(options.calibration)
     elif options.calibration != CalibrationOptions():
-        raise InputError("the --calib-* options and --data-root calibrate --int8: add --int8")
+        raise OptionError("the --calib-* options and --data-root calibrate --int8: add --int8")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -370,6 +392,29 @@ def _int8_copies(
     return copies
 
 
+def _graph_files(out_dir: Path) -> set[Path]:
+    """Every ONNX graph a format reads: its own copies, and the graphs an engine is built from."""
+    return {
+        out_dir / fmt.onnx_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact != "checkpoint"
+        for role in GRAPHS
+    }
+
+
+def _planned_names(options: ExportOptions) -> set[str]:
+    """The graph files an export with ``options`` writes (FP32 always)."""
+    precisions = (
+        {"fp32"} | ({"fp16"} if options.fp16 else set()) | ({"int8"} if options.int8 else set())
+    )
+    return {
+        fmt.onnx_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact != "checkpoint" and fmt.precision in precisions
+        for role in GRAPHS
+    }
+
+
 def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
     """Swap the new graphs in as one set: all of them, or the earlier export untouched.
 
@@ -381,14 +426,7 @@ def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path,
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
     files = {out_dir / name: proto.SerializeToString() for name, proto in graphs.items()}
-    # Every ONNX graph a format reads: its own copies, and the graphs an engine is built from.
-    graph_files = {
-        out_dir / fmt.onnx_name(role)
-        for fmt in FORMATS.values()
-        if fmt.artifact != "checkpoint"
-        for role in GRAPHS
-    }
-    stale = sorted(path for path in graph_files - files.keys() if path.exists())
+    stale = sorted(path for path in _graph_files(out_dir) - files.keys() if path.exists())
     for path in stale:
         logger.info("removing %s from an earlier export", path)
     atomic_write_files(files, remove=stale)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
 __all__ = ["ArtifactSet", "GraphInfo", "read_graph_info", "resolve_artifacts"]
 
 _EXPORT_HINT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
+# A training run's checkpoints (dpnet-train --out) and the suffixes torch users give them.
+_RUN_CHECKPOINTS: Final = ("best.pt", "last.pt")
+_CHECKPOINT_SUFFIXES: Final = (".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,10 @@ def resolve_artifacts(path: str | os.PathLike[str], fmt: Format) -> ArtifactSet:
     if (SUPPORT in files) != (QUERY in files):
         files = {role: file for role, file in files.items() if role == EPISODE}
     if not files:
+        run = [name for name in _RUN_CHECKPOINTS if (location / name).is_file()]
+        if run:
+            what = f"{location} is a training run, not an export; {run[0]} is a checkpoint"
+            raise ModelFileError(_checkpoint_message(location / run[0], what))
         raise ModelFileError(
             f"{location} holds no {fmt.name} model (looked for {', '.join(names.values())}); "
             f"create it with {fmt.make}"
@@ -109,7 +117,17 @@ def resolve_artifacts(path: str | os.PathLike[str], fmt: Format) -> ArtifactSet:
     return ArtifactSet(files)
 
 
+def _checkpoint_message(checkpoint: Path, what: str) -> str:
+    return (
+        f"{what}: export it with dpnet-export onnx --ckpt {checkpoint} --out DIR, "
+        "then pass --model DIR"
+    )
+
+
 def _resolve_file(file: Path, fmt: Format) -> ArtifactSet:
+    # torch.save writes a zip archive; no graph or engine is one.
+    if file.suffix.lower() in _CHECKPOINT_SUFFIXES or zipfile.is_zipfile(file):
+        raise ModelFileError(_checkpoint_message(file, f"{file} is a checkpoint"))
     expected = f".{fmt.artifact}"
     if file.suffix in (".onnx", ".engine") and file.suffix != expected:
         raise ModelFileError(f"{file} is not a {fmt.artifact} file (expected a {expected} file)")

@@ -132,6 +132,7 @@ def decode_mask(
     class_id: int | None = None,
     palette: bool = False,
     array: bool = False,
+    require_object: bool = False,
 ) -> np.ndarray:
     """Turn the values of a mask into a ``0 / 1 / 255`` mask (the rows of :data:`MASK_RULES`).
 
@@ -142,14 +143,17 @@ def decode_mask(
         class_id: read a class-label map: this class is the object (1..254).
         palette: the file is a palette image (a class-label map, never a plain mask).
         array: ``values`` is a caller's array (the array column), not a file's pixels.
+        require_object: the mask must show the object (a support mask): a label map with no
+            pixel of ``class_id`` is refused, naming the classes it holds.
 
     Returns:
         ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore. It may hold no object: a
         support mask is checked for one by :func:`~dpnet_runtime.preprocess.check_mask`.
 
     Raises:
-        InputError: a class id outside 1..254, a class-label map read without ``class_id``, or
-            an array outside ``0 / 1 / 255``.
+        InputError: a class id outside 1..254, a class-label map read without ``class_id``,
+            an array outside ``0 / 1 / 255``, or (``require_object``) a label map that lacks
+            ``class_id``.
 
     >>> decode_mask(np.array([[0, 255, 255]]), "m.png").tolist()
     [[0, 1, 1]]
@@ -167,6 +171,8 @@ def decode_mask(
     if class_id is not None:
         if not 0 < class_id < IGNORE_LABEL:
             raise InputError(f"class id must be in 1..{IGNORE_LABEL - 1}, got {class_id}")
+        if require_object and not (values == class_id).any():
+            raise InputError(_missing_class(source, class_id, values))
         return _with_ignore(values == class_id, values)
     if not array and values.size and values.max() > IGNORE_LABEL:
         values = np.round(values / _SIXTEEN_BIT_SCALE).clip(0, IGNORE_LABEL).astype(np.uint8)
@@ -196,3 +202,16 @@ def _with_ignore(objects: np.ndarray, values: np.ndarray) -> np.ndarray:
     decoded = objects.astype(np.uint8)
     decoded[values == IGNORE_LABEL] = IGNORE_LABEL
     return decoded
+
+
+def _missing_class(source: str, class_id: int, values: np.ndarray) -> str:
+    """The message for a support label map without the object's class: the classes it holds."""
+    classes = [value for value in np.unique(values).tolist() if 0 < value < IGNORE_LABEL]
+    if not classes:
+        held = "no class at all (only background 0 and ignore 255)"
+        fix = "pick a support image that shows the object"
+    else:
+        held = f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes[:8]))}"
+        fix = f"pass --class-id {classes[0]}" if len(classes) == 1 else "pass the object's class"
+    given = f"class {class_id} (--class-id {class_id})"
+    return f"{source} holds no pixel of {given}: it holds {held}; {fix}"

@@ -45,7 +45,7 @@ from dpnet_runtime.contract import (
     SUPPORT_MASKS,
     find_format,
 )
-from dpnet_runtime.errors import IncompatibleModelError, InputError
+from dpnet_runtime.errors import IncompatibleModelError, InputError, OptionError
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
 from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support, scale_sides
 
@@ -157,12 +157,12 @@ class Predictor:
         Raises:
             ModelFileError: missing, empty or corrupt model path (message says how to export).
             BackendUnavailableError: the backend's packages are not installed.
-            InputError: unknown backend, precision or option.
+            OptionError: unknown backend, precision or option.
         """
         try:
             fmt = find_format(backend, precision)
         except ValueError as exc:
-            raise InputError(str(exc)) from exc
+            raise OptionError(str(exc)) from exc
         artifacts = resolve_artifacts(path, fmt)
         runners: dict[str, BaseRunner] = {}
         try:

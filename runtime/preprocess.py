@@ -172,7 +172,7 @@ def check_mask(
             f"{name} is {list(mask.shape)} but its image is {list(image_shape[:2])}: "
             "a mask must have its image's height and width"
         )
-    labels = decode_mask(mask, name, class_id=class_id, array=True)
+    labels = decode_mask(mask, name, class_id=class_id, array=True, require_object=True)
     binary = (labels == 1).astype(np.uint8)
     if not binary.any():
         # Only background and ignore: a 0/255 array (almost always meant 255 = object), or a
@@ -279,22 +279,32 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _to_rgb(image, path)
 
 
-def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike[str], *, class_id: int | None = None, require_object: bool = False
+) -> np.ndarray:
     """Read a mask file as ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
     The file's values are decoded by :func:`decode_mask_image` (the file column of
-    :data:`dpnet_runtime.masks.MASK_RULES`).
+    :data:`dpnet_runtime.masks.MASK_RULES`). ``require_object`` (support masks): a label map
+    without a pixel of ``class_id`` is refused, naming the classes it holds.
 
     Raises:
         InputError: missing or unreadable file, one over the pixel limit
-            (:func:`open_image_file`), or a class-label map without ``class_id``.
+            (:func:`open_image_file`), a class-label map without ``class_id``, or
+            (``require_object``) one that lacks that class.
     """
     with _open_image(path) as image:
-        return decode_mask_image(image, f"mask {path}", class_id=class_id)
+        return decode_mask_image(
+            image, f"mask {path}", class_id=class_id, require_object=require_object
+        )
 
 
 def decode_mask_image(
-    image: Image.Image, source: str, *, class_id: int | None = None
+    image: Image.Image,
+    source: str,
+    *,
+    class_id: int | None = None,
+    require_object: bool = False,
 ) -> np.ndarray:
     """Decode an opened mask image by the file rule of :func:`dpnet_runtime.masks.decode_mask`.
 
@@ -305,12 +315,14 @@ def decode_mask_image(
         image: a loaded PIL image (a file, or an HTTP upload).
         source: how messages name it (``mask cat.png``, ``support mask 1``).
         class_id: read a class-label map: this class is the object (1..254).
+        require_object: a support mask: a label map without a pixel of ``class_id`` is refused.
 
     Returns:
         ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
     Raises:
-        InputError: a class-label map without ``class_id``, or a bad class id.
+        InputError: a class-label map without ``class_id``, a bad class id, or
+            (``require_object``) a label map that lacks that class.
     """
     palette = image.mode == "P"
     values = np.asarray(
@@ -318,7 +330,9 @@ def decode_mask_image(
     )
     if values.ndim != 2:
         raise InputError(f"{source} has shape {list(values.shape)}; expected a one-channel image")
-    return decode_mask(values, source, class_id=class_id, palette=palette)
+    return decode_mask(
+        values, source, class_id=class_id, palette=palette, require_object=require_object
+    )
 
 
 def _to_rgb(image: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:

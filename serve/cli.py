@@ -21,7 +21,6 @@ _DEFAULTS = ServeOptions(model=Path("out"))
 app = make_app(
     name="dpnet-serve",
     help="Serve a DPNet export over HTTP: register classes once, segment many images.",
-    no_args_is_help=True,
 )
 
 

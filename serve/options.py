@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import OptionError
 
 __all__ = ["APP_NAME", "ServeOptions"]
 
@@ -58,13 +58,13 @@ class ServeOptions:
     def __post_init__(self) -> None:
         for name in ("replicas", "max_batch", "max_shots", "max_image_pixels"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise InputError(f"threads must be at least 1, got {self.threads}")
+            raise OptionError(f"threads must be at least 1, got {self.threads}")
         if self.batch_wait_ms < 0:
-            raise InputError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+            raise OptionError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:
-            raise InputError(f"port must be 0..65535, got {self.port}")
+            raise OptionError(f"port must be 0..65535, got {self.port}")
 
     @property
     def local(self) -> bool:

@@ -74,7 +74,7 @@ def decode_mask(
         InputError: unreadable, a class-label map without ``class_id``, or a bad class id.
     """
     with _open(data, name, max_pixels) as image:
-        return decode_mask_image(image, name, class_id=class_id)
+        return decode_mask_image(image, name, class_id=class_id, require_object=True)
 
 
 def encode_image(pixels: np.ndarray) -> bytes:

@@ -150,7 +150,7 @@ PY
             || { echo "engine build failed: the trt rows will say why"; status=1; }
     fi
     echo "running dpnet-bench --backends $bench_list"
-    (cd "$root" && timeout 240 "$python" -c 'from dpnet_bench.cli import main; main()' --ckpt "$ckpt" --artifacts "$artifacts" \
+    (cd "$root" && timeout 240 "$python" -c 'from dpnet_bench.cli import main; main()' --ckpt "$ckpt" --model "$artifacts" \
         --episodes "$episodes" --backends "$bench_list" --markdown "$out/gpu_bench.md") \
         > "$work/bench.log" 2>&1
     code=$?

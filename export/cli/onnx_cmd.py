@@ -12,7 +12,6 @@ from dpnet.data import DatasetOptions
 from dpnet.data.cli_options import (
     CocoSplitOption,
     DataRootOption,
-    FoldsOption,
     SkipMissingOption,
     SplitsDirOption,
     ValClassesOption,
@@ -23,6 +22,15 @@ from dpnet_runtime.console import stderr_console, stdout_console
 __all__ = ["command"]
 
 _DATA = DatasetOptions()
+# The shared FoldsOption names --fold, which this command calls --calib-fold.
+_CalibFoldsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--folds",
+        help="folder: cut the sorted classes into N folds; --calib-fold picks the one whose "
+        "training classes calibrate.",
+    ),
+]
 
 
 def command(
@@ -32,8 +40,20 @@ def command(
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", help="Folder for the graphs; created if missing, files replaced."),
+        typer.Option(
+            "--out",
+            help="Folder for the graphs; created if missing, the graphs of an earlier export "
+            "replaced.",
+        ),
     ] = Path("out"),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Remove the graphs an earlier export wrote in --out in precisions this one "
+            "does not (they would not match); without it such a folder is refused.",
+        ),
+    ] = False,
     size: Annotated[
         int | None,
         typer.Option(
@@ -75,7 +95,7 @@ def command(
     splits_dir: SplitsDirOption = _DATA.splits_dir,
     skip_missing: SkipMissingOption = _DATA.skip_missing,
     val_classes: ValClassesOption = None,
-    folds: FoldsOption = _DATA.folds,
+    folds: _CalibFoldsOption = _DATA.folds,
     calib_fold: Annotated[
         int | None, typer.Option(help="Fold whose training classes calibrate (default: 0).")
     ] = None,
@@ -146,6 +166,7 @@ def command(
         calibration=calibration,
         beta=beta,
         raw_input=raw_input,
+        overwrite=overwrite,
         **_given(max_shots=max_shots),
     )
     result = export_onnx(ckpt, out, options, progress=lambda message: stderr_console.log(message))

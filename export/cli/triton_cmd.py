@@ -13,12 +13,12 @@ __all__ = ["command"]
 
 
 def command(
-    artifacts: Annotated[
+    model: Annotated[
         Path, typer.Option(help="Export directory (dpnet-export onnx --out), with the split pair.")
     ],
-    repo: Annotated[Path, typer.Option(help="Model repository folder to write.")] = Path(
-        "triton_repo"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Model repository folder to write (created; not in --model).")
+    ] = Path("triton_repo"),
     backend: Annotated[
         str, typer.Option(help="Triton backend of the graphs: onnxruntime or tensorrt.")
     ] = "onnxruntime",
@@ -50,7 +50,7 @@ def command(
         instances=instances,
         kind="KIND_CPU" if cpu else "KIND_GPU",
     )
-    result = onnx_to_triton(artifacts, repo, options)
+    result = onnx_to_triton(model, out, options)
     checked = (
         "checked against Triton's model_config schema"
         if result.validated

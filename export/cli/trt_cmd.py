@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dpnet_runtime.console import stderr_console, stdout_console
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import OptionError
 
 __all__ = ["command"]
 
@@ -78,7 +78,7 @@ def command(
     )
 
     if fp16 and int8:
-        raise InputError("--fp16 and --int8 exclude each other: build one engine per precision")
+        raise OptionError("--fp16 and --int8 exclude each other: build one engine per precision")
     options = EngineBuildOptions(
         onnx_path=onnx,
         out_path=adopt or out,

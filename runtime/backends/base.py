@@ -32,6 +32,7 @@ from dpnet_runtime.errors import (
     DpnetError,
     InputError,
     ModelFileError,
+    OptionError,
     one_line,
 )
 
@@ -276,7 +277,7 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
     >>> runner = open_runner("ort", "out/dpnet.onnx", intra_op_threads=2)  # doctest: +SKIP
     """
     if name not in _RUNNERS:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(_RUNNERS)}")
+        raise OptionError(f"unknown backend {name!r}; choose one of {', '.join(_RUNNERS)}")
     module_name, class_name = _RUNNERS[name]
     try:
         module = importlib.import_module(module_name)
@@ -290,7 +291,7 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
     try:
         inspect.signature(runner_class).bind(path, **options)
     except TypeError as exc:
-        raise InputError(f"backend {name!r}: {exc}") from exc
+        raise OptionError(f"backend {name!r}: {exc}") from exc
     runner: BaseRunner = runner_class(path, **options)
     runner.activate()
     return runner

@@ -27,7 +27,7 @@ def test_every_backend_then_foreign_artifacts_fail_parity(
 ) -> None:
     artifacts = tmp_path / "export"  # does not exist yet: dpnet-bench exports into it
     report = tmp_path / "bench.json"
-    common = ["--artifacts", str(artifacts), "--episodes", "3", "--warmup", "0", "--threads", "2"]
+    common = ["--model", str(artifacts), "--episodes", "3", "--warmup-s", "0", "--threads", "2"]
     done = _bench("--ckpt", str(tiny_checkpoint), *common, "--backends", ALL_BACKENDS,
                   "--json", str(report), "--csv", str(tmp_path / "bench.csv"))  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -60,7 +60,7 @@ def test_cli_prints_first_nodes_and_scopes(
 ) -> None:
     artifacts: Path = request.getfixturevalue(folder)
     completed = subprocess.run(
-        [sys.executable, "-m", "dpnet_bench.localize", "--artifacts",
+        [sys.executable, "-m", "dpnet_bench.localize", "--model",
          str(artifacts), "--precision", precision, "--episodes", "1"],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "COLUMNS": "250"},

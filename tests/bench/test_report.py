@@ -14,6 +14,7 @@ from rich.console import Console
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.report import (
     JSON_SCHEMA,
+    latency_figure,
     plot_latency,
     render_markdown,
     render_table,
@@ -24,6 +25,7 @@ from dpnet_bench.report import (
 )
 from dpnet_bench.schema import BackendResult, BenchOptions, BenchReport, TargetCheck
 from dpnet_bench.timing import LatencyStats
+from dpnet_runtime.errors import OptionError
 
 _STAGE_KEYS = [
     f"{stage}_{suffix}"
@@ -168,6 +170,21 @@ def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
     path = tmp_path / "latency.png"
     plot_latency(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "latency.svg"
+    plot_latency(report, svg)
+    assert svg.read_bytes().lstrip().startswith(b"<?xml")
+    with pytest.raises(OptionError, match=r"--plot .*latency.jpg: .*name it .png, .svg or .pdf"):
+        plot_latency(report, tmp_path / "latency.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "latency.svg"]
+
+
+@pytest.mark.slow
+def test_plot_legend_says_what_the_box_lines_and_marks_are(report: BenchReport) -> None:
+    figure = latency_figure(report)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "median (p50)", "mean", "box: p25 to p75", "whiskers: p1 to p99", "runs beyond p1 / p99",
+    ]  # fmt: skip
 
 
 def test_tables_fit_80_columns_without_cutting_a_backend_name(report: BenchReport) -> None:

@@ -200,7 +200,7 @@ def test_train_evaluate_and_bench_on_a_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train = [
         sys.executable, "-m", "dpnet.train", "--dataset", "folder", "--data-root", str(root),
-        "--val-classes", test_classes, "--config", "tiny", "--steps", "2", "--batch-size", "2",
+        "--val-classes", test_classes, "--preset", "tiny", "--steps", "2", "--batch-size", "2",
         "--val-episodes", "2", "--threads", "2", "--out", str(run),
     ]  # fmt: skip
     trained = subprocess.run(train, capture_output=True, text=True, timeout=600)
@@ -220,7 +220,7 @@ def test_train_evaluate_and_bench_on_a_folder(tmp_path: Path) -> None:
     bench = [
         sys.executable, "-c", "from dpnet_bench.cli import main; main()",
         "--ckpt", str(run / "last.pt"), "--dataset", "folder", "--data-root", str(root),
-        "--val-classes", test_classes, "--episodes", "2", "--warmup", "0", "--threads", "2",
+        "--val-classes", test_classes, "--episodes", "2", "--warmup-s", "0", "--threads", "2",
         "--backends", "torch,ort", "--json", str(report),
     ]  # fmt: skip
     benched = subprocess.run(bench, capture_output=True, text=True, timeout=600)

@@ -207,7 +207,7 @@ def test_trt_cli_without_tensorrt(
     assert "dpnet_fp16.onnx" in printed.stdout and "--stronglyTyped" in printed.stdout
     assert "support_images:1x2x3x8x8" in printed.stdout
     bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
-    assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr
+    assert bad_range.returncode == 2 and "min <= opt <= max" in bad_range.stderr  # usage
 
 
 @pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
@@ -246,7 +246,7 @@ def test_trt_cli_int8_flags(
 ) -> None:
     model = _episode_onnx(tmp_path / "dpnet.onnx")
     both = export_cli("trt", "--onnx", str(model), "--fp16", "--int8", "--print-trtexec")
-    assert both.returncode == 1 and "--fp16 and --int8 exclude each other" in both.stderr
+    assert both.returncode == 2 and "--fp16 and --int8 exclude each other" in both.stderr
     missing = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
     assert missing.returncode == 1 and "run `dpnet-export onnx --int8` first" in missing.stderr
     _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")

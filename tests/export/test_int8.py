@@ -30,7 +30,7 @@ from dpnet_export.onnx_to_fp16 import node_scopes
 from dpnet_export.onnx_to_int8 import INT8_FLAVOURS, float32_to_int8, fold_batch_norm
 from dpnet_export.torch_to_onnx import _write_all, check_graph
 from dpnet_runtime import Predictor, contract
-from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
+from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_USER_ERROR
 from dpnet_runtime.errors import DatasetError, ExportError, InputError
 from dpnet_runtime.preprocess import prepare_query, prepare_support
 
@@ -193,8 +193,8 @@ def test_scales_from_black_images_fail_the_bench_gate_with_exit_3(
         onnx.save(planted, tmp_path / f"{stem}_int8.onnx")
     command = [
         sys.executable, "-c", "from dpnet_bench.cli import main; main()",
-        "--ckpt", str(tiny_segmenting_checkpoint), "--artifacts", str(tmp_path),
-        "--backends", "torch,ort-int8", "--episodes", "20", "--warmup", "0", "--threads", "1",
+        "--ckpt", str(tiny_segmenting_checkpoint), "--model", str(tmp_path),
+        "--backends", "torch,ort-int8", "--episodes", "20", "--warmup-s", "0", "--threads", "1",
     ]  # fmt: skip
     wide = {**os.environ, "COLUMNS": "400"}
     failed = subprocess.run(
@@ -277,7 +277,7 @@ def test_cli_calibration_errors_are_one_line(
     export_cli, tiny_checkpoint: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     completed = export_cli("onnx", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path), *args)
-    assert completed.returncode == EXIT_USER_ERROR, completed.stderr
+    assert completed.returncode == EXIT_USAGE, completed.stderr
     assert completed.stderr.startswith("error: ") and message in completed.stderr
     assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
     assert not list(tmp_path.iterdir())

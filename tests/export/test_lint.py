@@ -199,9 +199,14 @@ def test_check_cli_exit_codes(
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx at all")
 
-    ok = export_cli("check", str(clean), "--json")
+    ok = export_cli("check", str(clean), "--json", "-")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["passed"] is True
+    report = tmp_path / "lint.json"
+    written = export_cli("check", str(clean), "--json", str(report))
+    assert written.returncode == 0, written.stderr
+    assert "passed: " in written.stdout  # the table, and the JSON in the file
+    assert json.loads(report.read_text()) == json.loads(ok.stdout)
 
     failed = export_cli("check", str(bad))
     assert failed.returncode == EXIT_CHECK_FAILED, failed.stderr

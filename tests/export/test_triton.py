@@ -294,22 +294,20 @@ def test_cli_writes_a_checked_repository(
     export_cli: RunCli, tiny_export_dir: Path, tmp_path: Path
 ) -> None:
     done = export_cli(
-        "triton", "--artifacts", str(tiny_export_dir), "--repo", str(tmp_path / "r"), "--cpu"
+        "triton", "--model", str(tiny_export_dir), "--out", str(tmp_path / "r"), "--cpu"
     )
     assert done.returncode == 0, done.stderr
     assert "3 models; checked against Triton's model_config schema" in done.stdout
-    bad = export_cli("triton", "--artifacts", str(tiny_export_dir), "--backend", "openvino")
+    bad = export_cli("triton", "--model", str(tiny_export_dir), "--backend", "openvino")
     assert bad.returncode == 1 and bad.stderr.strip().startswith(
         "error: unknown Triton backend 'openvino'"
     )
     plans = export_cli(
-        "triton", "--artifacts", str(tiny_export_dir), "--repo", str(tmp_path / "r3"),
+        "triton", "--model", str(tiny_export_dir), "--out", str(tmp_path / "r3"),
         "--backend", "tensorrt", "--precision", "fp16", "--max-batch", "4",
     )  # fmt: skip
     assert plans.returncode == 0, plans.stderr
     assert f"--onnx {tiny_export_dir / 'dpnet_query_fp16.onnx'} --out " in plans.stdout
     assert "dpnet_query/1/model.plan --fp16 --batch-range 1:1:4" in plans.stdout
-    missing = export_cli(
-        "triton", "--artifacts", str(tmp_path / "none"), "--repo", str(tmp_path / "r2")
-    )
+    missing = export_cli("triton", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r2"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -31,7 +31,7 @@ def test_help_and_option_errors_need_no_ray(tmp_path: Path) -> None:
     for flag in ("--model", "--replicas", "--max-batch", "--batch-wait-ms", "--store", "--address"):
         assert flag in shown.stdout
     refused = _serve(_WITHOUT_RAY, "--model", str(tmp_path), "--replicas", "0")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a usage error
     assert refused.stderr.strip() == "error: replicas must be at least 1, got 0"
 
 
