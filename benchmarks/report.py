@@ -36,6 +36,7 @@ __all__ = [
     "markdown_targets",
     "plot_latency",
     "progress_advancer",
+    "render_gates",
     "render_markdown",
     "render_table",
     "render_targets",
@@ -210,19 +211,53 @@ def _table(
 
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
-    """The DESIGN.md targets measured in this run: value, limit, met or not (target names are
-    never cut; the explanation wraps)."""
-    table = Table(title="targets")
+    """The DESIGN.md targets measured in this run: value, limit, kind (a gate decides the exit
+    code, a reported target never does), met or not (target names are never cut; the
+    explanation wraps)."""
+    table = Table(title="targets (gate: fails exit 3; reported: never changes the exit code)")
     width = max((len(target.name) for target in targets), default=6)
     table.add_column("target", no_wrap=True, min_width=width)
-    for column in ("measured", "limit", "met"):
+    for column in ("measured", "limit", "kind", "met"):
         table.add_column(column, no_wrap=True)
     table.add_column("how", overflow="fold")
     for target in targets:
-        met = "n/a" if target.met is None else ("✅ yes" if target.met else "❌ no")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
-        table.add_row(target.name, _fmt(target.measured, 3), bound, met, target.detail)
+        table.add_row(
+            target.name, _fmt(target.measured, 3), _bound(target), _kind(target),
+            _met(target, yes="✅ yes", no="❌ no"), target.detail,
+        )  # fmt: skip
     return table
+
+
+def render_gates(report: BenchReport, failed_exit: int) -> str:
+    """The report's last line: every parity gate measured with its limit and verdict, and the
+    exit code they give (``failed_exit`` when one fails, else 0)."""
+    measured = [t for t in report.targets if t.gate and t.met is not None]
+    code = failed_exit if report.parity_failed else 0
+    if not measured:
+        return f"parity gates: none measured (they compare rows with torch) -> exit {code}"
+    verdict = "failed" if report.parity_failed else "passed"
+    listed = ", ".join(
+        f"{t.name} {_fmt(t.measured, 3)} {_bound(t)} {'ok' if t.met else 'FAILED'}"
+        for t in measured
+    )
+    return f"parity gates {verdict}: {listed} -> exit {code}"
+
+
+def _bound(target: TargetCheck) -> str:
+    return f"{'<=' if target.at_most else '>='} {target.limit:g}"
+
+
+def _kind(target: TargetCheck) -> str:
+    return "gate" if target.gate else "reported"
+
+
+def _met(target: TargetCheck, *, yes: str, no: str) -> str:
+    # A reported target that is missed says so, and that it leaves the exit code alone.
+    if target.met is None:
+        return "n/a"
+    if target.met:
+        return yes
+    return no if target.gate else f"{no} (reported only)"
 
 
 def render_markdown(report: BenchReport, command: str) -> str:
@@ -271,13 +306,13 @@ def render_markdown(report: BenchReport, command: str) -> str:
 
 
 def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
-    """The targets as markdown table lines: name (how), measured, limit, met."""
-    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    """The targets as markdown table lines: name (how), measured, limit, kind, met."""
+    lines = ["| target | measured | limit | kind | met |", "|---|---|---|---|---|"]
     for target in targets:
-        met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
+        met = _met(target, yes="yes", no="**no**")
         lines.append(
-            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
+            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {_bound(target)} "
+            f"| {_kind(target)} | {met} |"
         )
     return lines
 
@@ -307,10 +342,9 @@ def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         from dpnet_runtime.errors import BackendUnavailableError
+        from dpnet_runtime.extras import missing_package_message
 
-        raise BackendUnavailableError(
-            "--plot needs matplotlib (pip install 'dpnet[train]')"
-        ) from exc
+        raise BackendUnavailableError(missing_package_message("matplotlib", "--plot")) from exc
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
     for axis, stage, title in zip(
         axes[0], ("episode", "query"), ("whole episode", "query on cached support"), strict=True

@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,6 +33,7 @@ from rich.progress import (
 )
 
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, one_line
+from dpnet_runtime.extras import PACKAGE_EXTRAS, missing_package_message
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -43,25 +44,11 @@ __all__ = [
     "run_app",
     "stderr_console",
     "stdout_console",
-    "track",
 ]
 
 EXIT_USER_ERROR: Final = 1
 EXIT_CHECK_FAILED: Final = 3
 EXIT_INTERNAL: Final = 70
-
-T = TypeVar("T")
-
-# Optional packages -> the extra of pyproject.toml that installs them.
-_EXTRAS: Final = {
-    "torch": "train",
-    "torchvision": "train",
-    "onnx": "train",
-    "onnxscript": "train",
-    "matplotlib": "train",
-    "tensorrt": "trt",
-    "cuda": "trt",
-}
 
 # Soft wrap: a message holds paths a user copies; rich would break them at 80 columns in a pipe.
 stdout_console = Console(soft_wrap=True)
@@ -128,15 +115,6 @@ def make_progress(*, transient: bool = False) -> Progress:
     )
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar on stderr (silent when stderr is not a terminal)."""
-    with make_progress(transient=True) as progress:
-        task = progress.add_task(description, total=total, status="")
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
 def _load(app: Callable[..., Any] | str) -> Callable[..., Any]:
     if not isinstance(app, str):
         return app
@@ -150,13 +128,9 @@ def _missing_extra(exc: Exception) -> BackendUnavailableError | None:
     if not isinstance(exc, ModuleNotFoundError) or exc.name is None:
         return None
     package = exc.name.partition(".")[0]
-    if package not in _EXTRAS:
+    if package not in PACKAGE_EXTRAS:
         return None
-    program = Path(sys.argv[0]).name
-    return BackendUnavailableError(
-        f"{program} needs {package}, which is not installed; install it with "
-        f"pip install 'dpnet[{_EXTRAS[package]}]'"
-    )
+    return BackendUnavailableError(missing_package_message(package, Path(sys.argv[0]).name))
 
 
 def _user_error(exc: DpnetError, debug: bool) -> NoReturn:

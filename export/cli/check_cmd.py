@@ -20,15 +20,27 @@ _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 def command(
     model: Annotated[Path, typer.Argument(help="ONNX file to lint, e.g. out/dpnet.onnx.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="trt (every rule) or ort (ONNX Runtime only: TensorRT's Q/DQ and UINT8 rules "
+            "not applied); default: the graph's int8_target metadata, else trt."
+        ),
+    ] = None,
 ) -> None:
-    """Lint an ONNX graph for the TensorRT ONNX parser; exit code 3 when it has errors."""
+    """Lint an ONNX graph for the TensorRT ONNX parser; exit code 3 when it has errors.
+
+    dpnet-export onnx runs the same lint on every graph it writes.
+    """
     from dpnet_export.lint import lint_onnx
 
-    report = lint_onnx(model)
+    report = lint_onnx(model, target)
     if as_json:
         stdout_console.print_json(json.dumps(report.to_dict()))
     else:
-        table = Table(title=f"TensorRT {report.table_version} lint: {escape(report.model)}")
+        rules = "" if report.target == "trt" else " (ONNX Runtime only: no TensorRT Q/DQ rules)"
+        title = f"TensorRT {report.table_version} lint{rules}: {escape(report.model)}"
+        table = Table(title=title)
         for column in ("severity", "node", "op", "message"):
             table.add_column(column, overflow="fold")
         for finding in report.findings:

@@ -267,10 +267,11 @@ def test_calibration_options_fail_early_with_one_clear_message(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--int8", "--calib-dataset", "coco"], "coco episodes, which need --data-root"),
-        (["--int8", "--calib-episodes", "0"], "--calib-episodes must be at least 1"),
-        (["--calib-dataset", "pascal"], "calibrate --int8: add --int8"),
-        (["--int8", "--calib-method", "kl"], "--calib-method must be one of minmax, percentile"),
+        (["--precision", "int8", "--calib-dataset", "coco"], "which need --data-root"),
+        (["--precision", "int8", "--calib-episodes", "0"], "--calib-episodes must be at least 1"),
+        (["--calib-dataset", "pascal"], "calibrate int8: add --precision int8"),
+        (["--precision", "int8", "--calib-method", "kl"], "--calib-method must be one of minmax"),
+        (["--precision", "int4"], "--precision int4 is not one of fp16, int8"),
     ],
 )
 def test_cli_calibration_errors_are_one_line(
@@ -288,7 +289,7 @@ def test_cli_calibrates_on_a_folder_of_your_own_images(
     export_cli, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     write_folder_dataset(tmp_path / "mine", images=3)
-    calibrate = ["--int8", "--calib-dataset", "folder", "--calib-episodes", "4"]
+    calibrate = ["--precision", "int8", "--calib-dataset", "folder", "--calib-episodes", "4"]
     out = tmp_path / "out"
     args = ["onnx", "--ckpt", str(tiny_checkpoint), "--out", str(out), *calibrate]
     done = export_cli(*args, "--data-root", str(tmp_path / "mine"))

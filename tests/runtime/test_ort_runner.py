@@ -39,7 +39,9 @@ def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
     inputs = runner.get_input_metadata()
     assert list(inputs) == list(("support_images", "support_masks", "query_image"))
     assert inputs[contract.SUPPORT_IMAGES] == TensorSpec(
-        contract.SUPPORT_IMAGES, "float32", ("batch", "shots", 3, SIZE, SIZE)
+        contract.SUPPORT_IMAGES,
+        "float32",
+        (contract.BATCH_AXIS, contract.SHOTS_AXIS, 3, SIZE, SIZE),
     )
     outputs = runner.get_output_metadata()
     assert outputs[contract.MASK].dtype == "uint8"
