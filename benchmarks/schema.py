@@ -15,7 +15,7 @@ from dpnet.data import DatasetOptions
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.timing import LatencyStats
 from dpnet_runtime.contract import ParityLimits
-from dpnet_runtime.formats import parity_limits
+from dpnet_runtime.formats import REFERENCE_FORMAT, parity_limits
 
 __all__ = [
     "REFERENCE",
@@ -32,7 +32,7 @@ __all__ = [
     "TargetCheck",
 ]
 
-REFERENCE: Final = "torch"
+REFERENCE: Final = REFERENCE_FORMAT
 STATUS_PASSED: Final = "passed"
 STATUS_UNAVAILABLE: Final = "unavailable"
 STATUS_FAILED: Final = "failed"

@@ -30,7 +30,6 @@ from torch import nn
 
 from dpnet.checkpoint import load_model
 from dpnet.model.dpnet import DPNet
-from dpnet_bench.schema import REFERENCE
 from dpnet_export.calibration import CalibrationOptions
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_export.wrappers import GRAPH_MODULES
@@ -210,7 +209,7 @@ def open_subject(
     fmt = FORMATS.get(name)
     if fmt is None:
         raise InputError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
-    if fmt.backend == REFERENCE:
+    if fmt.artifact == "checkpoint":  # PyTorch runs the checkpoint itself
         torch.set_num_threads(threads)
         predictor = Predictor(_torch_runners(fmt, checkpoint))
     else:

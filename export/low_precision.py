@@ -125,6 +125,9 @@ def low_precision_graphs(
             converted = converter(fp32[role], request)
             for row in group:
                 graph = converted[row.backend]
+                if graph is fp32[role]:  # never restamp the FP32 graph itself
+                    graph = onnx.ModelProto()
+                    graph.CopyFrom(fp32[role])
                 _stamp(graph, precision)
                 graphs[row.onnx_name(role)] = graph
     return graphs
