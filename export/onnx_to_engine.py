@@ -211,7 +211,8 @@ class EngineBuildOptions:
     graph: str = contract.EPISODE
     weak_typing: bool = False
     tf32: bool = False
-    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 4))
+    # B up to 8: dpnet-serve's default --max-batch runs on an engine built with the defaults.
+    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 8))
     shots: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 5))
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None

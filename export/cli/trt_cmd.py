@@ -49,7 +49,9 @@ def command(
         bool, typer.Option(help="Allow TF32 in FP32 layers (off: it flips CCM ArgMax ties).")
     ] = False,
     shots_range: Annotated[str, typer.Option(help="K profile min:opt:max.")] = "1:1:5",
-    batch_range: Annotated[str, typer.Option(help="B profile min:opt:max.")] = "1:1:4",
+    batch_range: Annotated[
+        str, typer.Option(help="B profile min:opt:max (8 covers dpnet-serve's --max-batch).")
+    ] = "1:1:8",
     workspace: Annotated[str, typer.Option(help="Builder workspace limit (4G, 512M).")] = "4G",
     timing_cache: Annotated[
         Path | None, typer.Option(help="Timing-cache file, read and updated.")

@@ -209,7 +209,7 @@ def test_trtexec_for_options(tmp_path: Path) -> None:
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
     assert f"--onnx={fp32}" in command and "--fp16" in command and "--noTF32" in command
     assert f"--saveEngine={tmp_path / 'dpnet_fp16.engine'}" in command
-    max_shapes = "support_images:4x5x3x8x8,support_masks:4x5x8x8,query_image:4x3x8x8"
+    max_shapes = "support_images:8x5x3x8x8,support_masks:8x5x8x8,query_image:8x3x8x8"
     assert f"--maxShapes={max_shapes}" in command
     assert "--memPoolSize=workspace:2048" in command and "--stronglyTyped" not in command
 
@@ -285,3 +285,16 @@ def test_trt_cli_int8_precision(
     printed = export_cli("trt", "--model", model, "--precision", "int8", "--print-trtexec")
     assert printed.returncode == 0, printed.stderr
     assert "dpnet_int8_trt.onnx" in printed.stdout and "dpnet_int8.engine" in printed.stdout
+
+
+def test_the_cli_defaults_are_the_options_defaults() -> None:
+    import inspect
+
+    from dpnet_export.cli import trt_cmd
+
+    parameters = inspect.signature(trt_cmd.command).parameters
+    defaults = EngineBuildOptions(Path("out"))
+    assert parse_shape_range(parameters["batch_range"].default) == defaults.batch
+    assert parse_shape_range(parameters["shots_range"].default) == defaults.shots
+    assert parameters["precision"].default == defaults.precision
+    assert defaults.batch.max >= 8  # dpnet-serve's default --max-batch fits a default engine

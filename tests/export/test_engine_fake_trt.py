@@ -75,7 +75,7 @@ def test_fake_trt_fp16_builds_the_fp16_graph_strongly_typed_on_10_and_11(
     assert calls["profile"][contract.SUPPORT_MASKS] == (
         (1, 1, SIZE, SIZE),
         (1, 1, SIZE, SIZE),
-        (4, 5, SIZE, SIZE),
+        (8, 5, SIZE, SIZE),  # B up to 8 by default: dpnet-serve's --max-batch
     )
 
 
@@ -96,7 +96,7 @@ def test_fake_trt_int8_builds_the_qdq_graph_strongly_typed(
     assert calls["profile"][contract.QUERY_IMAGE] == (
         (1, 3, SIZE, SIZE),
         (1, 3, SIZE, SIZE),
-        (4, 3, SIZE, SIZE),
+        (8, 3, SIZE, SIZE),
     )
     assert result.engine_path == tmp_path / "dpnet_int8.engine"
     assert (result.sidecar.precision, result.sidecar.onnx_file) == ("int8", "dpnet_int8_trt.onnx")
