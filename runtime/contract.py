@@ -69,7 +69,6 @@ __all__ = [
     "TensorSpec",
     "feature_size",
     "find_format",
-    "shots_axis_inputs",
     "symbolic_axis",
 ]
 
@@ -93,11 +92,6 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
-
-    @property
-    def is_static(self) -> bool:
-        """True when every axis has a fixed size."""
-        return all(isinstance(dim, int) for dim in self.shape)
 
     def describe(self) -> str:
         """Human-readable ``float32 [B, K, 3, 321, 321]`` for messages."""
@@ -253,13 +247,6 @@ def symbolic_axis(name: str, axis: int) -> str | None:
                 dim = spec.shape[axis]
                 return dim if isinstance(dim, str) else None
     return None
-
-
-def shots_axis_inputs() -> frozenset[str]:
-    """Names of the graph inputs that carry the shots axis K (TensorRT profiles bound it)."""
-    return frozenset(
-        spec.name for graph in GRAPHS.values() for spec in graph.inputs if SHOTS_AXIS in spec.shape
-    )
 
 
 SOURCE_PRECISION: Final = "fp32"

@@ -152,7 +152,7 @@ class BaseRunner(abc.ABC):
             ModelFileError: the file is missing, truncated or not loadable by this backend.
             BackendUnavailableError: a needed provider, library or device is absent.
         """
-        if self._meta is not None:
+        if self.is_active:
             return
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
@@ -171,7 +171,7 @@ class BaseRunner(abc.ABC):
 
     def deactivate(self) -> None:
         """Release the session, buffers and streams; a no-op when not active."""
-        if self._meta is None:
+        if not self.is_active:
             return
         self._meta = None
         self._deactivate()

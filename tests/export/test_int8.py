@@ -303,11 +303,19 @@ def test_cli_calibrates_on_a_folder_of_your_own_images(
     episode = build_dataset(
         "folder", root=tmp_path / "mine", fold=0, split="val", shots=1, seed=0, episodes=1
     )[0]
-    with Predictor.open(out, precision="int8") as predictor:
-        result = predictor.run_episode(
-            episode.support_images, episode.support_masks, episode.query_image
-        )
+    pair = (episode.support_images, episode.support_masks, episode.query_image)
+    with (
+        Predictor.open(out, precision="int8") as int8,
+        Predictor.open(out, precision="fp32") as fp32,
+    ):
+        assert (int8.precision, fp32.precision) == ("int8", "fp32")  # what the files record
+        result, reference = int8.run_episode(*pair), fp32.run_episode(*pair)
     assert result.mask.shape == episode.query_mask.shape
+    # Calibrated on the folder's images, the INT8 graphs follow the FP32 ones: the logits move
+    # together and the masks mostly agree (the tiny model is random, so not bit for bit).
+    correlation = np.corrcoef(result.logits.ravel(), reference.logits.ravel())[0, 1]
+    agreement = float((result.mask == reference.mask).mean())
+    assert correlation > 0.99 and agreement > 0.9, (correlation, agreement)  # measured 0.99999, 1.0
     # A class with fewer than K + 1 images: one line, and the export above left as it was.
     write_folder_dataset(tmp_path / "small", images=1)
     before = {path.name: path.read_bytes() for path in out.iterdir()}

@@ -129,8 +129,14 @@ def test_find_format_picks_the_backend_row_or_lists_the_choices() -> None:
         find_format("tflite")
 
 
-def test_shots_axis_inputs_are_the_support_inputs_and_cache() -> None:
-    assert contract.shots_axis_inputs() == {
+def test_the_shots_axis_is_on_the_support_inputs_and_cache() -> None:
+    shots = {
+        spec.name
+        for graph in GRAPHS.values()
+        for spec in graph.inputs
+        if contract.symbolic_axis(spec.name, 1) == contract.SHOTS_AXIS
+    }
+    assert shots == {
         "support_images",
         "support_masks",
         "support_cos_feats",
@@ -167,7 +173,7 @@ def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_trt_axes_and_
     make_fake_export_dir,
 ) -> None:
     # TensorRT: the renamed cache input still gets the K axis in specs and profiles.
-    assert "support_labels" in contract.shots_axis_inputs()
+    assert contract.symbolic_axis("support_labels", 1) == contract.SHOTS_AXIS
     assert tensor_spec("support_labels", "float32", (-1, -1, 5, 5)).shape == ("B", "K", 5, 5)
     profile = build_profiles(
         {"support_labels": (-1, -1, 5, 5)}, batch=ShapeRange(1, 2, 3), shots=ShapeRange(1, 3, 5)

@@ -72,7 +72,7 @@ def test_infer_returns_arrays_the_caller_owns(runner: OrtRunner) -> None:
         (contract.SUPPORT_IMAGES, np.zeros((1, 2, 3, SIZE, SIZE), np.float64), "wrong dtype"),
         (contract.SUPPORT_IMAGES, np.zeros((2, 3, SIZE, SIZE), np.float32), "wrong rank"),
         (contract.QUERY_IMAGE, np.zeros((1, 3, SIZE - 1, SIZE), np.float32), "axis 2 must be 65"),
-        (contract.SUPPORT_MASKS, np.zeros((1, 1, SIZE, SIZE), np.float32), "axis shots is 1"),
+        (contract.SUPPORT_MASKS, np.zeros((1, 1, SIZE, SIZE), np.float32), "axis K is 1"),
     ],
 )
 def test_infer_rejects_bad_feed_naming_the_tensor(
