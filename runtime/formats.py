@@ -90,7 +90,7 @@ def precision_help(backend: str | None = None, *, converted: bool = False) -> st
     """``--help`` text listing precisions with what each is.
 
     Args:
-        backend: list that backend's rows (``None``: the ONNX rows, and the engines' sources).
+        backend: list that backend's rows (``None``: the rows of ONNX graphs).
         converted: only the precisions made by a converter (``dpnet-export onnx``).
     """
     if backend is not None:
