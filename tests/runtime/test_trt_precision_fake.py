@@ -23,6 +23,7 @@ from PIL import Image
 
 from dpnet_export.onnx_to_engine import EngineBuildOptions, onnx_to_engine
 from dpnet_runtime import Predictor, contract
+from dpnet_runtime.backends.base import open_runner
 from dpnet_runtime.backends.trt_sidecar import read_sidecar
 from dpnet_runtime.errors import IncompatibleModelError
 
@@ -155,3 +156,22 @@ def test_fake_segment_cli_on_trt_with_default_options_and_threads(
         "error: the trt backend computes on the GPU and has no CPU threads to set: drop "
         "--threads (it sets the threads of the ort backend)"
     )
+
+
+@pytest.mark.usefixtures("fake_gpu")
+def test_fake_engine_of_the_real_export_reports_the_axis_names_onnx_runtime_does(
+    small_export: Path, tmp_path: Path
+) -> None:
+    # The exported graphs name their dynamic axes as the contract does (B, K): ONNX Runtime
+    # reads them from the graph, TensorRT's specs name them from the contract; they agree.
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    engine = onnx_to_engine(EngineBuildOptions(folder)).engine_path
+    with open_runner("ort", folder / "dpnet.onnx") as ort, open_runner("trt", engine) as trt:
+        ort_shapes = {name: spec.shape for name, spec in ort.get_input_metadata().items()}
+        trt_shapes = {name: spec.shape for name, spec in trt.get_input_metadata().items()}
+        assert ort_shapes == trt_shapes, (ort_shapes, trt_shapes)
+        assert ort_shapes[contract.SUPPORT_MASKS][:2] == (contract.BATCH_AXIS, contract.SHOTS_AXIS)
+        ort_out = {name: spec.shape for name, spec in ort.get_output_metadata().items()}
+        trt_out = {name: spec.shape for name, spec in trt.get_output_metadata().items()}
+        assert ort_out == trt_out, (ort_out, trt_out)
