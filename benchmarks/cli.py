@@ -56,6 +56,11 @@ __all__ = ["app", "main"]
 
 _DEFAULTS = BenchOptions(checkpoint=Path("model.pt"))
 _GATES = ", ".join(f"{p} {parity_limits(p).max_miou_delta_pt:g}" for p in precisions())
+_PIXEL_GATES = ", ".join(
+    f"{p} {limit:g}"
+    for p in precisions()
+    if (limit := parity_limits(p).min_pixel_agreement_pct) is not None
+)
 
 app = make_app()
 
@@ -89,6 +94,13 @@ def bench(
             f"{SOURCE_PRECISION}); defaults: {_GATES}"
         ),
     ] = "",
+    min_pixel_agreement: Annotated[
+        str,
+        typer.Option(
+            help="override the pixel-agreement gates (%), PRECISION=PERCENT comma-separated; "
+            f"defaults: {_PIXEL_GATES}"
+        ),
+    ] = "",
     json_path: Annotated[Path | None, typer.Option("--json", help="write the report")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="write one row each")] = None,
     plot: Annotated[Path | None, typer.Option(help="latency box plots (.png)")] = None,
@@ -117,7 +129,8 @@ def bench(
         backends=tuple(name.strip() for name in backends.split(",") if name.strip()),
         warmup_s=warmup,
         threads=threads,
-        max_miou_delta=_parse_gates(max_miou_delta),
+        max_miou_delta=_parse_gates(max_miou_delta, "--max-miou-delta"),
+        min_pixel_agreement=_parse_gates(min_pixel_agreement, "--min-pixel-agreement"),
     )
     with make_progress() as progress:
         report = run_suite(options, progress_advancer(progress))
@@ -136,8 +149,8 @@ def bench(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-def _parse_gates(text: str) -> dict[str, float]:
-    """``"fp16=0.5,int8=2"`` (or a bare number, the FP32 gate) -> precision -> points."""
+def _parse_gates(text: str, option: str) -> dict[str, float]:
+    """``"fp16=0.5,int8=2"`` (or a bare number, the FP32 gate) -> precision -> limit."""
     gates = {}
     for part in (part.strip() for part in text.split(",") if part.strip()):
         precision, sep, value = part.rpartition("=")
@@ -145,7 +158,7 @@ def _parse_gates(text: str) -> dict[str, float]:
             gates[precision.strip() if sep else SOURCE_PRECISION] = float(value)
         except ValueError as exc:
             raise InputError(
-                f"--max-miou-delta {part!r}: expected PRECISION=POINTS, e.g. fp16=0.5"
+                f"{option} {part!r}: expected PRECISION=NUMBER, e.g. int8=1.5"
             ) from exc
     return gates
 

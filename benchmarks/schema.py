@@ -59,6 +59,8 @@ class BenchOptions:
         threads: CPU threads for every subject; ``None``: the cores this process may use.
         max_miou_delta: precision -> allowed |mIoU delta| to torch in points, overriding the
             mIoU gate of that precision's rows of ``contract.FORMATS`` (their ``limits``).
+        min_pixel_agreement: precision -> smallest mask pixel agreement with torch in percent,
+            overriding (or, 0, switching off) that precision's pixel gate.
     """
 
     checkpoint: Path
@@ -74,17 +76,25 @@ class BenchOptions:
     warmup_s: float = 1.0
     threads: int | None = None
     max_miou_delta: dict[str, float] = field(default_factory=dict)
+    min_pixel_agreement: dict[str, float] = field(default_factory=dict)
 
     def limits_for(self, precision: str) -> ParityLimits:
         """The gates and reported targets of a subject of ``precision``: its rows' limits
-        (:func:`dpnet_runtime.formats.parity_limits`), with the mIoU gate overridden.
+        (:func:`dpnet_runtime.formats.parity_limits`), with the gates given here overridden.
 
         Raises:
             InputError: an unknown precision.
         """
         limits = parity_limits(precision)
-        override = self.max_miou_delta.get(precision)
-        return limits if override is None else replace(limits, max_miou_delta_pt=override)
+        overrides = {
+            name: values[precision]
+            for name, values in (
+                ("max_miou_delta_pt", self.max_miou_delta),
+                ("min_pixel_agreement_pct", self.min_pixel_agreement),
+            )
+            if precision in values
+        }
+        return replace(limits, **overrides)
 
 
 @dataclass(frozen=True)

@@ -208,10 +208,14 @@ def _check_options(options: BenchOptions) -> None:
         raise InputError(f"--episodes must be at least 1, got {options.episodes}")
     if options.warmup_s < 0 or (options.threads is not None and options.threads < 1):
         raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
-    for precision, limit in options.max_miou_delta.items():
-        options.limits_for(precision)  # an unknown precision is an InputError
-        if limit < 0:
-            raise InputError(f"--max-miou-delta {precision}={limit}: must be >= 0 points")
+    for option, values in (
+        ("--max-miou-delta", options.max_miou_delta),
+        ("--min-pixel-agreement", options.min_pixel_agreement),
+    ):
+        for precision, limit in values.items():
+            options.limits_for(precision)  # an unknown precision is an InputError
+            if limit < 0:
+                raise InputError(f"{option} {precision}={limit}: must be >= 0")
     options.data_options.keywords(options.dataset)
 
 

@@ -72,6 +72,8 @@ def test_each_precision_has_the_gates_of_its_rows_and_one_limit_per_metric() -> 
     options = BenchOptions(checkpoint=Path("model.pt"), max_miou_delta={"int8": 1.5})
     assert options.limits_for("int8") == ParityLimits(1.5, 97.0)
     assert options.limits_for("fp32") == defaults.limits_for("fp32")
+    relaxed = BenchOptions(checkpoint=Path("model.pt"), min_pixel_agreement={"int8": 0.0})
+    assert relaxed.limits_for("int8") == ParityLimits(1.0, 0.0)
     with pytest.raises(InputError, match="unknown precision 'int4'"):
         options.limits_for("int4")
 
