@@ -38,6 +38,7 @@ __all__ = [
     "markdown_targets",
     "plot_latency",
     "progress_advancer",
+    "render_gates",
     "render_markdown",
     "render_table",
     "render_targets",
@@ -213,18 +214,50 @@ def _table(
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
     """The design targets (docs/design.md#targets) measured in this run: value, limit, met or
-    not (target names are never cut; the explanation wraps)."""
-    table = Table(title="targets")
+    not, where a gate that fails says so (exit 3) and a reported target that is missed says it
+    changes nothing (target names are never cut; the explanation wraps)."""
+    table = Table(title="targets: ❌ a parity gate failed (exit 3), ➖ a reported target missed")
     width = max((len(target.name) for target in targets), default=6)
     table.add_column("target", no_wrap=True, min_width=width)
     for column in ("measured", "limit", "met"):
         table.add_column(column, no_wrap=True)
     table.add_column("how", overflow="fold")
     for target in targets:
-        met = "n/a" if target.met is None else ("✅ yes" if target.met else "❌ no")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
-        table.add_row(target.name, _fmt(target.measured, 3), bound, met, target.detail)
+        met = _met(target, yes="✅ yes", no="❌ gate", missed="➖ missed")
+        table.add_row(target.name, _fmt(target.measured, 3), _bound(target), met, target.detail)
     return table
+
+
+def render_gates(report: BenchReport, failed_exit: int) -> str:
+    """The report's last line: every parity gate measured with its limit and verdict, and the
+    exit code they give (``failed_exit`` when one fails, else 0)."""
+    measured = [t for t in report.targets if t.gate and t.met is not None]
+    code = failed_exit if report.parity_failed else 0
+    if not measured:
+        return f"parity gates: none measured (they compare rows with torch) -> exit {code}"
+    verdict = "failed" if report.parity_failed else "passed"
+    listed = ", ".join(
+        f"{t.name} {_fmt(t.measured, 3)} {_bound(t)} {'ok' if t.met else 'FAILED'}"
+        for t in measured
+    )
+    return f"parity gates {verdict}: {listed} -> exit {code}"
+
+
+def _bound(target: TargetCheck) -> str:
+    return f"{'<=' if target.at_most else '>='} {target.limit:g}"
+
+
+def _kind(target: TargetCheck) -> str:
+    return "gate" if target.gate else "reported"
+
+
+def _met(target: TargetCheck, *, yes: str, no: str, missed: str) -> str:
+    # A missed reported target reads differently from a failed gate: it changes no exit code.
+    if target.met is None:
+        return "n/a"
+    if target.met:
+        return yes
+    return no if target.gate else missed
 
 
 def render_markdown(report: BenchReport, command: str) -> str:
@@ -273,13 +306,13 @@ def render_markdown(report: BenchReport, command: str) -> str:
 
 
 def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
-    """The targets as markdown table lines: name (how), measured, limit, met."""
-    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    """The targets as markdown table lines: name (how), measured, limit, kind, met."""
+    lines = ["| target | measured | limit | kind | met |", "|---|---|---|---|---|"]
     for target in targets:
-        met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
+        met = _met(target, yes="yes", no="**no**", missed="no (reported only)")
         lines.append(
-            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
+            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {_bound(target)} "
+            f"| {_kind(target)} | {met} |"
         )
     return lines
 
@@ -324,10 +357,9 @@ def latency_figure(report: BenchReport) -> Any:
         from matplotlib.figure import Figure
     except ImportError as exc:
         from dpnet_runtime.errors import BackendUnavailableError
+        from dpnet_runtime.extras import missing_package_message
 
-        raise BackendUnavailableError(
-            "--plot needs matplotlib (pip install 'dpnet[train]')"
-        ) from exc
+        raise BackendUnavailableError(missing_package_message("matplotlib", "--plot")) from exc
     figure = Figure(figsize=(11, 5))  # not pyplot's: nothing global to close
     axes = figure.subplots(1, 2, squeeze=False)
     parts: dict[str, Any] = {}

@@ -110,7 +110,7 @@ def check_calibration_options(options: CalibrationOptions) -> None:
         )
     if options.root is None and options.dataset not in _ROOTLESS:
         raise OptionError(
-            f"--int8 calibrates on {options.dataset} episodes, which need --data-root "
+            f"calibrating on {options.dataset} episodes, which need --data-root "
             "(or calibrate on the embedded data: --calib-dataset synthetic)"
         )
     options.data_options.keywords(options.dataset)

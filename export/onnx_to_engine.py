@@ -23,7 +23,7 @@ import onnx
 
 from dpnet_export.engine_builder import build_serialized
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
-from dpnet_export.engine_precision import PrecisionPlan, plan_precision
+from dpnet_export.engine_precision import PrecisionPlan, engine_format, plan_precision
 from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
@@ -187,12 +187,16 @@ class EngineBuildOptions:
     """Everything ``dpnet-export trt`` needs; the CLI flags are its kebab-case twins.
 
     Attributes:
-        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` / ``_int8_trt`` copy.
-        out_path: engine file; ``None`` means the format's engine beside the ONNX file
-            (``dpnet.engine``; ``dpnet_int8.engine`` for INT8).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see
+        model_dir: the export folder (``dpnet-export onnx --out``); the engine is built from the
+            graph its ``trt`` row names (``dpnet.onnx``, ``dpnet_fp16.onnx``,
+            ``dpnet_int8_trt.onnx``).
+        out_path: engine file; ``None`` means the row's engine in ``model_dir``
+            (``dpnet.engine``, ``dpnet_fp16.engine``, ``dpnet_int8.engine``).
+        precision: a ``trt`` row of ``contract.FORMATS`` (see
             :func:`~dpnet_export.engine_precision.plan_precision`).
-        weak_typing: TensorRT 10's FP16 fallback from the FP32 graph (``--weak-typing``).
+        graph: the graph role to build: ``episode`` (the runtime's engine), or ``support`` /
+            ``query`` for a Triton plan (then ``out_path`` is required).
+        weak_typing: TensorRT 10's fallback from the FP32 graph (``--weak-typing``).
         tf32: allow TF32 in FP32 layers (``--tf32``; off by default).
         batch: B range of the profile.
         shots: K range of the profile.
@@ -202,12 +206,14 @@ class EngineBuildOptions:
         device: CUDA device to build for.
     """
 
-    onnx_path: Path
+    model_dir: Path
     out_path: Path | None = None
-    precision: str = "fp32"
+    precision: str = contract.SOURCE_PRECISION
+    graph: str = contract.EPISODE
     weak_typing: bool = False
     tf32: bool = False
-    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 4))
+    # B up to 8: dpnet-serve's default --max-batch runs on an engine built with the defaults.
+    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 8))
     shots: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 5))
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None
@@ -220,16 +226,28 @@ class EngineBuildOptions:
         output_format(self.engine_path, "--out", ENGINE_FORMATS, "engine")
         refuse_inputs(
             {"--out": [self.engine_path, sidecar_path(self.engine_path)]},
-            {"--onnx": [self.onnx_path], "--timing-cache": [self.timing_cache]},
+            {
+                "--model": [self.model_dir / engine_format(self.precision).onnx_name(self.graph)],
+                "--timing-cache": [self.timing_cache],
+            },
         )
 
     @property
     def engine_path(self) -> Path:
-        """Where the engine goes."""
-        rows = [row for row in contract.FORMATS.values() if row.backend == "trt"]
-        # FP32 has no row of its own: its engine is the first row's dpnet.engine.
-        fmt = next((row for row in rows if row.precision == self.precision), rows[0])
-        return self.out_path or self.onnx_path.with_name(fmt.file_name(contract.EPISODE))
+        """Where the engine goes.
+
+        Raises:
+            OptionError: ``precision`` is no ``trt`` row, or a support or query graph without
+                ``out_path`` (the runtime's engines are whole episodes).
+        """
+        fmt = engine_format(self.precision)
+        if self.out_path is not None:
+            return self.out_path
+        if self.graph != contract.EPISODE:
+            raise OptionError(
+                f"--graph {self.graph} builds a Triton plan: give its file with --out"
+            )
+        return self.model_dir / fmt.file_name(contract.EPISODE)
 
 
 @dataclass(frozen=True)
@@ -260,9 +278,10 @@ def installed_tensorrt_version() -> str | None:
 
 def _plan(options: EngineBuildOptions, tensorrt_version: str) -> PrecisionPlan:
     return plan_precision(
-        options.onnx_path,
+        options.model_dir,
         precision=options.precision,
         tensorrt_version=tensorrt_version,
+        graph=options.graph,
         weak_typing=options.weak_typing,
         tf32=options.tf32,
     )

@@ -166,6 +166,8 @@ class SegmentReport:
         pooled_iou_pct: IoU of the intersections and unions summed over all images.
         sheet: the contact sheet written, or ``None``.
         seconds: wall time, support encoding included.
+        format_name: the row of ``contract.FORMATS`` that ran (``trt-fp16``).
+        precision: the precision its files record.
     """
 
     results: tuple[QueryResult, ...]
@@ -173,6 +175,8 @@ class SegmentReport:
     pooled_iou_pct: float | None
     sheet: Path | None
     seconds: float
+    format_name: str = ""
+    precision: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: paths as strings."""
@@ -195,6 +199,8 @@ class SegmentReport:
             "pooled_iou_pct": self.pooled_iou_pct,
             "sheet": None if self.sheet is None else str(self.sheet),
             "seconds": self.seconds,
+            "format": self.format_name,
+            "precision": self.precision,
         }
 
 
@@ -325,6 +331,8 @@ def _run(
         pooled_iou_pct=_percent(*np.sum(counts, axis=0).tolist()) if counts else None,
         sheet=request.sheet,
         seconds=time.perf_counter() - start,
+        format_name="" if predictor.format is None else predictor.format.name,
+        precision=predictor.precision,
     )
     if request.sheet is not None:
         title = _sheet_title(request, report, model)

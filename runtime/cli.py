@@ -14,16 +14,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dpnet_runtime.backends.base import thread_options
 from dpnet_runtime.batch import SegmentReport, SegmentRequest, iou_summary, segment_files
 from dpnet_runtime.console import make_app, make_progress, run_app, stderr_console, stdout_console
 from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.formats import precisions, runtime_backends
 from dpnet_runtime.masks import mask_rules_help
 from dpnet_runtime.outputs import JSON_FORMATS, check_file_output, names_folder
 from dpnet_runtime.queries import expand_queries
 from dpnet_runtime.sheet import NO_OBJECT
 
 __all__ = ["app", "main"]
+
+_PRECISIONS = tuple(dict.fromkeys(p for b in runtime_backends() for p in precisions(b)))
 
 app = make_app(
     name="dpnet-segment",
@@ -98,16 +102,19 @@ def command(
     class_name: Annotated[
         str | None, typer.Option(help="What the object is (the sheet's title).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = "ort",
+    backend: Annotated[
+        str, typer.Option(help=f"Runtime backend: {' or '.join(runtime_backends())}.")
+    ] = "ort",
     precision: Annotated[
         str | None,
         typer.Option(
-            help="fp32, fp16 or int8: which graphs of the export to run "
-            "(default: ort fp32, trt dpnet.engine)."
+            help=f"Which precision of the export to run: {', '.join(_PRECISIONS)} (default: "
+            "the most faithful one present; the run says which)."
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads per operator (ort backend).", min=1)
+        int | None,
+        typer.Option(help="CPU threads per operator (ort; TensorRT has none to set).", min=1),
     ] = None,
 ) -> None:
     """Segment every query from the support pairs (the help text is ``_HELP``)."""
@@ -119,7 +126,7 @@ def command(
         labels=labels, class_id=class_id, sheet=sheet, class_name=class_name,
     )  # fmt: skip
     check_file_output("--json", json_path, JSON_FORMATS, {**request.inputs(), "--model": [model]})
-    options = {} if threads is None else {"intra_op_threads": threads}
+    options = thread_options(backend, threads)
     with make_progress(transient=True) as progress:
         task = progress.add_task("segmenting", total=len(request.queries), status="")
         report = segment_files(
@@ -138,13 +145,14 @@ def command(
 def _print(report: SegmentReport, request: SegmentRequest) -> None:
     # What was written goes to stderr, so `--out /dev/stdout` gets the PNG alone; the IoU
     # table and mean, the command's results, stay on stdout.
+    model = f"model {report.format_name} ({report.precision})"  # which row ran: precision auto
     if request.out is not None:
         result = report.results[0]
         iou = "" if result.iou_pct is None else f", IoU {result.iou_pct:.1f}"
         iou = f", {NO_OBJECT}, none predicted" if result.no_object else iou
         stderr_console.print(
             f"wrote {result.mask} ({result.object_pixels} object pixels of {result.pixels}, "
-            f"pseudo_count {result.pseudo_count}{iou})",
+            f"pseudo_count {result.pseudo_count}{iou}; {model})",
             highlight=False,
         )
     else:
@@ -157,7 +165,7 @@ def _print(report: SegmentReport, request: SegmentRequest) -> None:
                 table.add_row(result.query.name, score)
             stdout_console.print(table)
         stderr_console.print(
-            f"wrote {len(report.results)} masks to {request.out_dir}", highlight=False
+            f"wrote {len(report.results)} masks to {request.out_dir} ({model})", highlight=False
         )
     if report.pooled_iou_pct is not None and len(report.results) > 1:
         stdout_console.print(iou_summary(report), highlight=False)

@@ -24,9 +24,8 @@ import importlib
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 import typer
 import typer.main
@@ -42,6 +41,7 @@ from rich.progress import (
 from rich.text import Text
 
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, OptionError, one_line
+from dpnet_runtime.extras import PACKAGE_EXTRAS, missing_package_message
 from dpnet_runtime.renames import commands_with_renames, rewrite_argv
 
 __all__ = [
@@ -54,26 +54,12 @@ __all__ = [
     "run_app",
     "stderr_console",
     "stdout_console",
-    "track",
 ]
 
 EXIT_USER_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_CHECK_FAILED: Final = 3
 EXIT_INTERNAL: Final = 70
-
-T = TypeVar("T")
-
-# Optional packages -> the extra of pyproject.toml that installs them.
-_EXTRAS: Final = {
-    "torch": "train",
-    "torchvision": "train",
-    "onnx": "train",
-    "onnxscript": "train",
-    "matplotlib": "train",
-    "tensorrt": "trt",
-    "cuda": "trt",
-}
 
 # Soft wrap: a message holds paths a user copies; rich would break them at 80 columns in a pipe.
 # No markup: text is printed as it is, so "pip install 'dpnet[triton]'" or a file named
@@ -162,15 +148,6 @@ def make_progress(*, transient: bool = False) -> Progress:
     )
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate ``items`` with a progress bar on stderr (silent when stderr is not a terminal)."""
-    with make_progress(transient=True) as progress:
-        task = progress.add_task(description, total=total, status="")
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
 def _load(app: typer.Typer | str) -> typer.Typer:
     if not isinstance(app, str):
         return app
@@ -216,13 +193,9 @@ def _missing_extra(exc: Exception) -> BackendUnavailableError | None:
     if not isinstance(exc, ModuleNotFoundError) or exc.name is None:
         return None
     package = exc.name.partition(".")[0]
-    if package not in _EXTRAS:
+    if package not in PACKAGE_EXTRAS:
         return None
-    program = Path(sys.argv[0]).name
-    return BackendUnavailableError(
-        f"{program} needs {package}, which is not installed; install it with "
-        f"pip install 'dpnet[{_EXTRAS[package]}]'"
-    )
+    return BackendUnavailableError(missing_package_message(package, Path(sys.argv[0]).name))
 
 
 def _user_error(exc: DpnetError, debug: bool) -> NoReturn:

@@ -31,7 +31,7 @@ class InputError(DpnetError, ValueError):
 
 class OptionError(InputError):
     """An option value or a combination of options that is not accepted (unknown backend,
-    ``--fp16`` with ``--int8``, a malformed range): a usage error, exit code 2 in the CLIs.
+    an unknown ``--precision``, a malformed range): a usage error, exit code 2 in the CLIs.
 
     Still an :class:`InputError` (and a ``ValueError``) for Python callers.
     """

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Final
 
 __all__ = [
-    "PRECISION_RENAMES",
     "REMOVED_IN",
     "RENAMES",
     "Renamed",
@@ -87,10 +86,6 @@ RENAMES: Final[tuple[Renamed, ...]] = (
     Renamed("python -m dpnet_bench.ccm_micro", "--artifacts", "--model"),
     Renamed("python -m dpnet_bench.localize", "--artifacts", "--model"),
     Renamed("python -m dpnet_bench.soak", "--md", "--markdown"),
-)
-"""The renames in force: each row's ``new`` spelling is an option of its command."""
-
-PRECISION_RENAMES: Final[tuple[Renamed, ...]] = (
     Renamed("dpnet-export onnx", "--fp16", "--precision", flag_value="fp16"),
     Renamed("dpnet-export onnx", "--int8", "--precision", flag_value="int8"),
     Renamed("dpnet-export trt", "--fp16", "--precision", flag_value="fp16"),
@@ -103,8 +98,7 @@ PRECISION_RENAMES: Final[tuple[Renamed, ...]] = (
         values={"onnxruntime": "ort", "tensorrt": "trt"},
     ),
 )
-"""The renames of the ``--precision`` lists (issue 20): they join :data:`RENAMES` in the change
-that gives ``dpnet-export onnx`` / ``trt`` their ``--precision`` and ``trt`` its ``--model``."""
+"""The renames in force: each row's ``new`` spelling is an option of its command."""
 
 
 def commands_with_renames(table: Sequence[Renamed] = RENAMES) -> frozenset[str]:
@@ -127,7 +121,7 @@ def rewrite_argv(
     Returns:
         The new arguments and one deprecation line per rewritten option.
 
-    >>> rewrite_argv("dpnet-export onnx", ["--fp16", "--int8"], PRECISION_RENAMES)[0]
+    >>> rewrite_argv("dpnet-export onnx", ["--fp16", "--int8"])[0]
     ['--precision', 'fp16', '--precision', 'int8']
     """
     rows = {row.old: row for row in table if row.command == command}

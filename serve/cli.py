@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from dpnet_runtime.console import make_app, run_app, stdout_console
+from dpnet_runtime.formats import precisions
 from dpnet_serve.options import ServeOptions
 from dpnet_serve.server import run_server
 
@@ -51,7 +52,11 @@ def command(
     ] = _DEFAULTS.threads,
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = _DEFAULTS.backend,
     precision: Annotated[
-        str, typer.Option(help="fp32, fp16 or int8: the export's graphs of that precision.")
+        str | None,
+        typer.Option(
+            help=f"{', '.join(precisions())}: the export's files of that precision (default: "
+            "the most faithful one present)."
+        ),
     ] = _DEFAULTS.precision,
     store: Annotated[
         Path | None, typer.Option(help="Folder that keeps registered classes across restarts.")

@@ -22,6 +22,7 @@ from typing import Any, Self
 import numpy as np
 
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
+from dpnet_runtime.extras import missing_package_message
 from dpnet_runtime.preprocess import check_image, check_mask
 from dpnet_serve.store import ClassInfo
 from dpnet_serve.wire import encode_image, mask_from_png, mask_to_png
@@ -179,7 +180,7 @@ def _import_requests() -> ModuleType:
         return importlib.import_module("requests")
     except ImportError as exc:
         raise BackendUnavailableError(
-            "dpnet_serve.Client needs requests: pip install 'dpnet[serve]'"
+            missing_package_message("requests", "dpnet_serve.Client")
         ) from exc
 
 

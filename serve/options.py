@@ -35,7 +35,8 @@ class ServeOptions:
         threads: ONNX Runtime threads per operator in each replica; ``None``: this
             machine's cores divided by ``replicas``.
         backend: runtime backend, ``ort`` or ``trt``.
-        precision: ``fp32``, ``fp16`` or ``int8`` (a row of ``contract.FORMATS``).
+        precision: a precision of the backend's rows of ``contract.FORMATS``; ``None``: the
+            most faithful one present (as ``Predictor.open``).
         store: folder that keeps registered classes across restarts; ``None``: memory only.
         max_shots: most support pairs a class may have.
         max_image_pixels: largest accepted image (height x width); larger ones get HTTP 413.
@@ -50,7 +51,7 @@ class ServeOptions:
     batch_wait_ms: float = 5.0
     threads: int | None = None
     backend: str = "ort"
-    precision: str = "fp32"
+    precision: str | None = None
     store: Path | None = None
     max_shots: int = 5
     max_image_pixels: int = 4096 * 4096

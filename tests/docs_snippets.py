@@ -54,7 +54,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL = frozenset({"bash", "sh", "shell"})
@@ -421,6 +421,18 @@ def _resnet50_weights(path: Path, _workspace: Path) -> None:
     torch.save(torchvision.models.resnet50().state_dict(), path)
 
 
+def _voc_label_map(path: Path, workspace: Path) -> None:
+    # cat1's object as class 8 (VOC's cat) in a palette PNG, with VOC's 255 outline around it.
+    mask = Image.open(workspace / "cat1_mask.png").convert("L")
+    objects = np.asarray(mask) > 127
+    grown = np.asarray(mask.filter(ImageFilter.MaxFilter(5))) > 127
+    label = np.where(objects, 8, 0).astype(np.uint8)
+    label[grown & ~objects] = 255
+    image = Image.fromarray(label, mode="P")
+    image.putpalette([value for index in range(256) for value in (index, 0, 255 - index)])
+    image.save(path)
+
+
 def _copy(source: str) -> Callable[[Path, Path], None]:
     def copy(path: Path, workspace: Path) -> None:
         origin = workspace / source
@@ -440,6 +452,8 @@ FILES: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
     "run/best.pt": ("a copy of model.pt", _copy("model.pt")),
     "run-pascal/best.pt": ("a copy of model.pt", _copy("model.pt")),
     "demo/onnx/": ("a copy of out/, as dpnet-demo leaves it", _copy("out")),
+    "2007_000123.jpg": ("a copy of cat1.jpg", _copy("cat1.jpg")),
+    "2007_000123.png": ("cat1's mask as a VOC label map: class 8, a 255 outline", _voc_label_map),
 }
 """Extra files a block may ask for (``files``): path -> (what it is, how it is made)."""
 

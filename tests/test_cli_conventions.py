@@ -65,7 +65,7 @@ USAGE_ERRORS = {
     "dpnet-eval": (["--ckpt", "m.pt", "--scales", "a"], "error: --scales must be numbers"),
     "dpnet-demo": (["--steps", "0"], "error: steps must be at least 1, got 0"),
     "dpnet-export onnx": (["--ckpt", "m.pt", "--max-shots", "0"], "error: --max-shots must lie"),
-    "dpnet-export trt": (["--onnx", "m.onnx", "--shots-range", "5:1:1", "--print-trtexec"],
+    "dpnet-export trt": (["--model", "out", "--shots-range", "5:1:1", "--print-trtexec"],
                          "error: shape range 5:1:1 must satisfy"),
     "dpnet-export check": (["m.onnx", "--json", "lint.txt"],
                            "error: --json lint.txt: dpnet does not write .txt files"),

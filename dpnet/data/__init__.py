@@ -27,7 +27,6 @@ __all__ = [
     "Episode",
     "FewShotDataset",
     "build_dataset",
-    "dataset_options",
 ]
 
 _DATASET_CLASSES: dict[str, type[FewShotDataset]] = {
@@ -149,18 +148,3 @@ class DatasetOptions:
                     f"dataset{plural} only, not to {name!r}"
                 )
         return {_KEYWORD_OF.get(key, key): value for key, value in given.items()}
-
-
-def dataset_options(name: str, **options: Any) -> dict[str, Any]:
-    """The :func:`build_dataset` keywords of dataset ``name`` for :class:`DatasetOptions`
-    fields given as keywords.
-
-    >>> dataset_options("coco", coco_split="consecutive")
-    {'fold_split': 'consecutive'}
-    >>> dataset_options("pascal")
-    {}
-
-    Raises:
-        InputError: see :class:`DatasetOptions`.
-    """
-    return DatasetOptions(**options).keywords(name)

@@ -32,14 +32,24 @@ def command(
             "--json", help="Also write the report as JSON to this file; - prints it instead."
         ),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="trt (every rule) or ort (ONNX Runtime only: TensorRT's Q/DQ and UINT8 rules "
+            "not applied); default: the graph's int8_target metadata, else trt."
+        ),
+    ] = None,
 ) -> None:
-    """Lint an ONNX graph for the TensorRT ONNX parser; exit code 3 when it has errors."""
+    """Lint an ONNX graph for the TensorRT ONNX parser; exit code 3 when it has errors.
+
+    dpnet-export onnx runs the same lint on every graph it writes.
+    """
     from dpnet_export.lint import lint_onnx
 
     to_stdout = json_path == Path("-")
     if not to_stdout:
         check_file_output("--json", json_path, JSON_FORMATS, {"MODEL": [model]})
-    report = lint_onnx(model)
+    report = lint_onnx(model, target)
     text = json.dumps(report.to_dict(), indent=2)
     if to_stdout:
         stdout_console.print_json(text)
@@ -52,7 +62,8 @@ def command(
 
 
 def _print_table(report: LintReport) -> None:
-    table = Table(title=f"TensorRT {report.table_version} lint: {report.model}")
+    rules = "" if report.target == "trt" else " (ONNX Runtime only: no TensorRT Q/DQ rules)"
+    table = Table(title=f"TensorRT {report.table_version} lint{rules}: {report.model}")
     for column in ("severity", "node", "op", "message"):
         table.add_column(column, overflow="fold")
     for finding in report.findings:

@@ -18,6 +18,8 @@ from dpnet.data.cli_options import (
     dataset_flags,
 )
 from dpnet_runtime.console import stderr_console, stdout_console
+from dpnet_runtime.contract import FORMATS
+from dpnet_runtime.formats import converted_precisions, parse_precisions, precision_help
 
 __all__ = ["command"]
 
@@ -31,6 +33,7 @@ _CalibFoldsOption = Annotated[
         "training classes calibrate.",
     ),
 ]
+_CALIBRATED = tuple(dict.fromkeys(row.precision for row in FORMATS.values() if row.calibrated))
 
 
 def command(
@@ -66,28 +69,20 @@ def command(
             "--max-shots", help="Largest K the graphs accept; K is dynamic over 1..K (default: 5)."
         ),
     ] = None,
-    fp16: Annotated[
-        bool,
+    precision: Annotated[
+        list[str],
         typer.Option(
-            "--fp16",
-            help="Also write *_fp16.onnx mixed-precision copies (CCM, L2 norms, z-score, "
-            "argmax stay FP32; FP32 inputs and outputs), for a strongly typed TensorRT build.",
+            help=f"Other precisions to write besides the FP32 graphs (always written), "
+            f"comma-separated or repeated ({','.join(converted_precisions())}). "
+            f"{precision_help(converted=True)}. TensorRT builds its engines from these graphs "
+            "(the INT8 ones in their own symmetric S8S8 flavour, *_int8_trt.onnx)."
         ),
-    ] = False,
-    int8: Annotated[
-        bool,
-        typer.Option(
-            "--int8",
-            help="Also write calibrated INT8 copies: *_int8.onnx (ONNX Runtime CPU, U8S8) and "
-            "*_int8_trt.onnx (TensorRT, symmetric S8S8); CCM, L2 norms, discriminator, PIM, "
-            "classifier and argmax stay float.",
-        ),
-    ] = False,
+    ] = [],  # noqa: B006 (typer reads the default, never mutates it)
     calib_dataset: Annotated[
         str | None,
         typer.Option(
-            help="--int8 calibration episodes from: synthetic (embedded, default), pascal, coco "
-            "or folder (your own images; training classes of --calib-fold)."
+            help=f"Calibration episodes of {'/'.join(_CALIBRATED)} from: synthetic (embedded, "
+            "default), pascal, coco or folder (your own images; training classes of --calib-fold)."
         ),
     ] = None,
     data_root: DataRootOption = None,
@@ -132,9 +127,10 @@ def command(
 
     Writes dpnet_support.onnx / dpnet_query.onnx: encode supports once, segment many queries.
 
-    Batch B and shots K are dynamic axes; the image size is fixed. Lint with dpnet-export check.
+    Batch B and shots K are dynamic axes; the image size is fixed. Every graph written passes
+    dpnet-export check, with the rules of the runtime it is for.
 
-    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --fp16 --int8
+    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --precision fp16,int8
     """
     from dpnet_export.calibration import CalibrationOptions
     from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
@@ -161,8 +157,7 @@ def command(
     )
     options = ExportOptions(
         size=size,
-        fp16=fp16,
-        int8=int8,
+        precisions=parse_precisions(",".join(precision), converted_precisions(), "--precision"),
         calibration=calibration,
         beta=beta,
         raw_input=raw_input,

@@ -88,5 +88,7 @@ def test_unknown_precision_and_missing_copy_are_clear(tmp_path: Path) -> None:
         localize(LocalizeOptions(artifacts=tmp_path, precision="int8"))
     empty = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     onnx.save(empty, tmp_path / "dpnet.onnx")
-    with pytest.raises(ModelFileError, match=r"dpnet_int8\.onnx does not exist; .* --int8"):
+    with pytest.raises(
+        ModelFileError, match=r"dpnet_int8\.onnx does not exist; .* --precision int8"
+    ):
         localize(LocalizeOptions(artifacts=tmp_path, precision="int8"))

@@ -42,7 +42,7 @@ def test_other_precisions_are_refused_before_the_export_starts(tmp_path: Path) -
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     # Writing FP16 again replaces them (the export's own files): nothing to refuse.
     with pytest.raises(ModelFileError, match="does not exist"):
-        export_onnx(tmp_path / "missing.pt", out, ExportOptions(fp16=True))
+        export_onnx(tmp_path / "missing.pt", out, ExportOptions(precisions=("fp16",)))
     with pytest.raises(ModelFileError, match="does not exist"):  # past the check: loading
         export_onnx(tmp_path / "missing.pt", out, ExportOptions(overwrite=True))
 
@@ -71,7 +71,9 @@ def test_the_cli_refuses_then_removes_with_overwrite(
 def test_an_export_into_its_dataset_root_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "mine"
     root.mkdir()
-    options = ExportOptions(int8=True, calibration=CalibrationOptions(dataset="folder", root=root))
+    options = ExportOptions(
+        precisions=("int8",), calibration=CalibrationOptions(dataset="folder", root=root)
+    )
     with pytest.raises(InputError, match=r"--out .*mine/out lies inside --data-root .*mine: "):
         export_onnx(tmp_path / "missing.pt", root / "out", options)
     assert list(root.iterdir()) == []
@@ -80,11 +82,16 @@ def test_an_export_into_its_dataset_root_is_refused(tmp_path: Path) -> None:
 def test_an_engine_never_lands_on_its_graph_and_has_an_engine_name(tmp_path: Path) -> None:
     graph, cache = tmp_path / "dpnet.onnx", tmp_path / "timing.engine"
     with pytest.raises(OptionError, match=r"--out .*dpnet.onnx: .*name it \.engine or \.plan"):
-        EngineBuildOptions(graph, out_path=graph)
+        EngineBuildOptions(tmp_path, out_path=graph)
     with pytest.raises(InputError, match=r"--out .*timing.engine is --timing-cache .*timing"):
-        EngineBuildOptions(graph, out_path=cache, timing_cache=cache)
-    assert EngineBuildOptions(graph).engine_path == tmp_path / "dpnet.engine"
-    assert EngineBuildOptions(graph, out_path=tmp_path / "model.plan").engine_path.suffix == ".plan"
+        EngineBuildOptions(tmp_path, out_path=cache, timing_cache=cache)
+    with pytest.raises(InputError, match=r"--out .*dpnet_fp16.onnx is --model's .*dpnet_fp16"):
+        EngineBuildOptions(tmp_path, out_path=tmp_path / "dpnet_fp16.onnx", precision="fp16")
+    assert EngineBuildOptions(tmp_path).engine_path == tmp_path / "dpnet.engine"
+    fp16 = EngineBuildOptions(tmp_path, precision="fp16")
+    assert fp16.engine_path == tmp_path / "dpnet_fp16.engine"
+    plan = EngineBuildOptions(tmp_path, out_path=tmp_path / "model.plan")
+    assert plan.engine_path.suffix == ".plan"
 
 
 def test_a_triton_repository_is_never_the_export(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import pytest
 import typer.main
 
 from dpnet_runtime.renames import (
-    PRECISION_RENAMES,
     REMOVED_IN,
     RENAMES,
     rewrite_argv,
@@ -57,9 +56,8 @@ def test_rows_in_force_name_options_their_commands_have_and_drop() -> None:
 
 
 def test_one_row_per_old_spelling() -> None:
-    for table in (RENAMES, PRECISION_RENAMES):
-        keys = [(row.command, row.old) for row in table]
-        assert len(keys) == len(set(keys))
+    keys = [(row.command, row.old) for row in RENAMES]
+    assert len(keys) == len(set(keys))
 
 
 @pytest.mark.parametrize(
@@ -123,7 +121,7 @@ def test_the_deprecation_line_names_both_spellings_and_the_release() -> None:
 def test_the_precision_renames_rewrite_to_precision_lists(
     command: str, argv: str, expected: str, notes: int
 ) -> None:
-    rewritten, lines = rewrite_argv(command, argv.split(), PRECISION_RENAMES)
+    rewritten, lines = rewrite_argv(command, argv.split())
     assert rewritten == expected.split()
     assert len(lines) == notes
 

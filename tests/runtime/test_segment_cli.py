@@ -86,8 +86,12 @@ def test_cli_precision_int8_runs_the_int8_graphs_fake(
     completed = _segment(*args, "--precision", "int8")
     assert completed.returncode == 0, completed.stderr
     assert np.asarray(Image.open(out)).shape == (50, 60)
-    fp32 = _segment(*args)
+    fp32 = _segment(*args, "--precision", "fp32")
     assert fp32.returncode == 1 and "holds no ort model" in fp32.stderr
+    # Without --precision the most faithful precision present runs, and the run says which.
+    auto = _segment(*args)
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stderr.rstrip().endswith("; model ort-int8 (int8))"), auto.stderr
 
 
 @pytest.mark.parametrize(

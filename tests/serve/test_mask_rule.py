@@ -39,6 +39,7 @@ CLASS = 7  # the class of the label maps
 OTHER = 3  # another class in them: background for CLASS
 NO_OBJECT = "has no object pixel (1 in an array, class N with a class id); 255 means ignore"
 LABEL_MAP = "looks like a class-label map"
+ABSENT_CLASS = f"holds no pixel of class {CLASS} (--class-id {CLASS}): it holds class {OTHER}"
 NOT_AN_ARRAY_MASK = "expected 0 (background), 1 (object) or 255 (ignore), or bool"
 
 
@@ -115,7 +116,7 @@ def _cases(mask: np.ndarray) -> dict[str, Case]:
             array_error=LABEL_MAP,
         ),
         "all-ignore": Case(
-            _png(absent, palette=True), absent, CLASS, None, file_error=NO_OBJECT,
+            _png(absent, palette=True), absent, CLASS, None, file_error=ABSENT_CLASS,
             array_error=NO_OBJECT,
         ),
     }  # fmt: skip
