@@ -13,7 +13,8 @@ so a failure leaves the earlier export in the folder exactly as it was.
 
 Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
 nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS`` and no QuantizeLinear/
-DequantizeLinear feeds or follows them; no node anywhere is one of ``FORBIDDEN_OPS``.
+DequantizeLinear feeds or follows them but those of the INT8 similarity
+(:func:`dpnet_export.ccm_int8.stray_ccm_qdq`); no node anywhere is one of ``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from dpnet_export.calibration import (
     load_calibration_set,
     role_feeds,
 )
+from dpnet_export.ccm_int8 import stray_ccm_qdq
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
-from dpnet_export.onnx_to_int8 import float32_to_int8, qdq_nodes_touching
+from dpnet_export.onnx_to_int8 import float32_to_int8
 from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
@@ -77,6 +79,8 @@ class ExportOptions:
         int8: also write the INT8 copies (``*_int8.onnx`` for ONNX Runtime, ``*_int8_trt.onnx``
             for TensorRT), calibrated on ``calibration``'s episodes.
         calibration: the INT8 calibration data and method.
+        int8_ccm: the INT8 copies run the CCM's similarity MatMul in INT8 too
+            (:mod:`dpnet_export.ccm_int8`); ``False`` keeps the whole CCM float.
         beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
         raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
         opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
@@ -87,6 +91,7 @@ class ExportOptions:
     fp16: bool = False
     int8: bool = False
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    int8_ccm: bool = True
     beta: float | None = None
     raw_input: bool = False
     opset: int = 18
@@ -185,7 +190,7 @@ def export_onnx(
             graphs[name] = _fp16_copy(graphs[fp32.file_name(role)], name)
     if calibration is not None:
         fp32_graphs = {role: graphs[fp32.file_name(role)] for role in GRAPHS}
-        graphs.update(_int8_copies(fp32_graphs, calibration, report))
+        graphs.update(_int8_copies(fp32_graphs, calibration, options.int8_ccm, report))
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
     seconds = time.perf_counter() - start
@@ -213,11 +218,11 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
             f"{name} breaks the op rules: forbidden ops {forbidden}, CCM ops outside the allowed "
             f"list {stray}; the model code must stay static (see dpnet/model/ccm.py)"
         )
-    quantized = qdq_nodes_touching(proto, CCM_SCOPE)
+    quantized = stray_ccm_qdq(proto)
     if quantized:
         raise ExportError(
-            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; the CCM must stay "
-            "float (dpnet_export.onnx_to_int8.int8_float_nodes)"
+            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; only the inputs of "
+            "its similarity MatMul may be quantized (dpnet_export.ccm_int8)"
         )
 
 
@@ -234,6 +239,8 @@ def _check_options(options: ExportOptions) -> None:
         check_calibration_options(options.calibration)
     elif options.calibration != CalibrationOptions():
         raise InputError("the --calib-* options and --data-root calibrate --int8: add --int8")
+    elif options.int8_ccm != ExportOptions.int8_ccm:
+        raise InputError("--no-int8-ccm chooses the CCM of the INT8 copies: add --int8")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -351,7 +358,10 @@ def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def _int8_copies(
-    fp32: dict[str, onnx.ModelProto], calibration: CalibrationSet, report: Callable[[str], None]
+    fp32: dict[str, onnx.ModelProto],
+    calibration: CalibrationSet,
+    int8_ccm: bool,
+    report: Callable[[str], None],
 ) -> dict[str, onnx.ModelProto]:
     # Every role calibrates on the same episodes; each quantizer run serves both flavours.
     copies: dict[str, onnx.ModelProto] = {}
@@ -360,7 +370,9 @@ def _int8_copies(
         report(f"calibrating {GRAPHS[role].file} on {episodes} episodes ({method}), quantizing")
         feeds = role_feeds(calibration.feeds, role, fp32[SUPPORT])
         described = calibration.options.describe()
-        quantized = float32_to_int8(proto, feeds, method=method, calibration=described)
+        quantized = float32_to_int8(
+            proto, feeds, method=method, calibration=described, int8_ccm=int8_ccm
+        )
         for backend, copy in quantized.items():
             name = find_format(backend, "int8").onnx_name(role)
             check_graph(copy, name)

@@ -59,10 +59,20 @@ def command(
         typer.Option(
             "--int8",
             help="Also write calibrated INT8 copies: *_int8.onnx (ONNX Runtime CPU, U8S8) and "
-            "*_int8_trt.onnx (TensorRT, symmetric S8S8); CCM, L2 norms, discriminator, PIM, "
-            "classifier and argmax stay float.",
+            "*_int8_trt.onnx (TensorRT, symmetric S8S8); the CCM's ArgMax and gathers, L2 "
+            "norms, discriminator, PIM, classifier and argmax stay float.",
         ),
     ] = False,
+    int8_ccm: Annotated[
+        bool | None,
+        typer.Option(
+            "--int8-ccm/--no-int8-ccm",
+            help="With --int8: run the CCM's similarity MatMul in INT8 too (default; "
+            "MatMulInteger on ONNX Runtime, S8S8 Q/DQ for TensorRT; the ArgMax stay as they "
+            "are). --no-int8-ccm keeps the whole CCM float: slower, the C' set closer to FP32.",
+            show_default=False,
+        ),
+    ] = None,
     calib_dataset: Annotated[
         str | None,
         typer.Option(
@@ -146,7 +156,7 @@ def command(
         calibration=calibration,
         beta=beta,
         raw_input=raw_input,
-        **_given(max_shots=max_shots),
+        **_given(max_shots=max_shots, int8_ccm=int8_ccm),
     )
     result = export_onnx(ckpt, out, options, progress=lambda message: stderr_console.log(message))
     table = Table(title=f"dpnet-export onnx: {result.out_dir} ({result.seconds:.1f} s)")

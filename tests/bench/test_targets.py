@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dpnet_bench.parity import ParityResult
 from dpnet_bench.schema import BackendResult, BenchOptions
 from dpnet_bench.targets import design_targets
@@ -54,3 +56,20 @@ def test_each_precision_has_its_gate() -> None:
     )
     assert [options.max_miou_delta_for(p) for p in ("fp32", "fp16", "int8")] == [0.1, 0.3, 1.5]
     assert BenchOptions(checkpoint=Path("model.pt")).max_miou_delta_int8 == 1.0
+
+
+def test_cached_query_limits_are_1_1_x_the_flop_share() -> None:
+    # DESIGN.md section 9: 1.1 x the query's FLOP share of the episode, 0.63 (1-shot) and
+    # 0.325 (5-shot); other K have no target.
+    rows = (
+        BackendResult("ort", "fp32", "cpu", "passed", episode=_stats(200.0), query=_stats(130.0)),
+    )
+    limits = {}
+    for shots in (1, 5, 3):
+        checks = {check.name: check for check in design_targets(rows, shots=shots)}
+        limits[shots] = checks.get("ort_query_vs_episode_ratio")
+    assert limits[1] is not None and limits[1].limit == pytest.approx(0.693)
+    assert (limits[1].measured, limits[1].met) == (0.65, True)
+    assert limits[5] is not None and limits[5].limit == pytest.approx(0.3575)
+    assert limits[5].met is False
+    assert limits[3] is None
