@@ -163,14 +163,13 @@ def run_int8_parts(options: PartsOptions) -> PartsReport:
     results = []
     for role in (EPISODE, QUERY):
         fp32, int8 = (latency_stats(samples[role, fmt]) for fmt in ("ort", "ort-int8"))
-        parts = [
+        fp32_parts, int8_parts = (
             _part_times(graphs[role, fmt], feeds[role][0], threads, options.profile_runs)
             for fmt in ("ort", "ort-int8")
-        ]
-        untouched = sum(parts[1][part] for part in _UNTOUCHED)
-        results.append(
-            GraphParts(role, fp32, int8, *parts, int8.p50_ms / fp32.p50_ms, untouched / fp32.p50_ms)
         )
+        untouched = sum(int8_parts[part] for part in _UNTOUCHED)
+        ratio, floor = int8.p50_ms / fp32.p50_ms, untouched / fp32.p50_ms
+        results.append(GraphParts(role, fp32, int8, fp32_parts, int8_parts, ratio, floor))
     return PartsReport(options, threads, describe_environment(), tuple(results))
 
 

@@ -193,7 +193,7 @@ def localize(
     shared = shared_tensors(fp32, low)
     seen = dequantized(low, shared)
     probe = SimilarityProbe.build(fp32, low)
-    fp32_extra, low_extra = probe.fetches(low) if probe is not None else ([], [])
+    fp32_extra, low_extra = probe.fetches() if probe is not None else ([], [])
     fetch = list(dict.fromkeys([*shared, *fp32_extra])), list(dict.fromkeys([*seen, *low_extra]))
     fp32_session, low_session = marked_session(fp32, fetch[0]), marked_session(low, fetch[1])
     sums = np.zeros((len(shared), 2))

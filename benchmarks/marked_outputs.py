@@ -8,12 +8,15 @@ Runtime sessions that keep every marked tensor as the graph computes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 __all__ = ["dequantized", "elem_type", "error_terms", "marked_session", "shared_tensors"]
+
+_FLOAT_TYPES: Final = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16})
 
 
 def shared_tensors(fp32: onnx.ModelProto, low: onnx.ModelProto) -> list[str]:
@@ -25,10 +28,16 @@ def shared_tensors(fp32: onnx.ModelProto, low: onnx.ModelProto) -> list[str]:
         name
         for node in fp32.graph.node
         for name in node.output
-        if name in low_outputs
-        and elem_type(fp32, name) is not None
-        and elem_type(fp32, name) == elem_type(low, name)
+        if name in low_outputs and _comparable(elem_type(fp32, name), elem_type(low, name))
     ]
+
+
+def _comparable(fp32: int | None, low: int | None) -> bool:
+    # Float tensors compare across float types (FP32 vs FP16); integer ones only with their
+    # own type (the INT8 similarity's int32 scores are not cosines).
+    if fp32 is None or low is None:
+        return False
+    return fp32 == low or {fp32, low} <= _FLOAT_TYPES
 
 
 def dequantized(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:

@@ -214,8 +214,8 @@ def similarity_graph(
             ),
         ],
         [
-            helper.make_tensor_value_info("forward", TensorProto.INT64, None),
-            helper.make_tensor_value_info("backward", TensorProto.INT64, None),
+            helper.make_tensor_value_info("forward", TensorProto.INT64, [1, shots, positions]),
+            helper.make_tensor_value_info("backward", TensorProto.INT64, [1, shots, positions]),
         ],
         [numpy_helper.from_array(value, name) for name, value in constants.items() if name in used],
     )

@@ -13,8 +13,10 @@ keys with every other tensor; :func:`similarity_overrides` makes their scales sy
   the query keys in int8 (zero point 0); both ArgMax read the int32 scores
   (:func:`to_matmul_integer`). Measured side by side (``python -m dpnet_bench.similarity_int8``,
   1681 x 1024 x 1681K with both ArgMax): the QDQ MatMul (ONNX Runtime fuses it to
-  ``MatMulIntegerToFloat``) pays for a float copy of the scores, and ``QLinearMatMul``
-  rounds the scores to 8 bits, so that most row maxima tie and the matches are lost.
+  ``MatMulIntegerToFloat``) pays for a float copy of the scores; ``QLinearMatMul`` rounds
+  the scores themselves to 8 bits, so near-equal matches tie and fewer of FP32's matches
+  survive than with the exact integer products; int8 support keys (S8S8) fall off MLAS's
+  VNNI path and are slower than FP32.
 - ``trt`` (TensorRT): a symmetric S8S8 QuantizeLinear/DequantizeLinear pair per tensor on
   both inputs and none on the output; TensorRT fuses the pairs into an INT8 GEMM with a float
   output, which the ArgMax read as before (``dpnet-export check`` holds it to that,
@@ -34,7 +36,6 @@ from dpnet_export.lint_qdq import QDQ_OPS
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, node_scopes
 
 __all__ = [
-    "SIMILARITY_KINDS",
     "similarity_node",
     "similarity_overrides",
     "similarity_qdq_nodes",
@@ -42,8 +43,6 @@ __all__ = [
     "to_matmul_integer",
 ]
 
-SIMILARITY_KINDS: Final = ("matmul_integer", "qdq")
-"""How a flavour runs the INT8 similarity (module docstring)."""
 _SIMILARITY_OPS: Final = frozenset({"MatMul", "MatMulInteger"})
 _QDQ_CHAIN: Final = ("QuantizeLinear", "DequantizeLinear")
 

@@ -86,8 +86,8 @@ class Int8Flavour:
         output_qdq: also quantize op outputs (ONNX Runtime's QLinear fusion needs them).
         quantize_bias: int32 biases behind a DequantizeLinear (``False``: FP32 biases).
         weight_qdq_pair: FP32 weights with a Q/DQ pair (``False``: INT8 initializers).
-        similarity: how the CCM similarity runs in INT8 (:data:`~dpnet_export.ccm_int8.
-            SIMILARITY_KINDS`): ``matmul_integer`` (int32 scores) or ``qdq`` (float scores).
+        similarity: how the CCM similarity runs in INT8 (:mod:`dpnet_export.ccm_int8`):
+            ``matmul_integer`` (int32 scores) or ``qdq`` (Q/DQ pairs, float scores).
         support_keys: the type of the similarity's support keys, ``uint8`` (zero point 128)
             or ``int8``; the query keys are int8.
     """

@@ -59,8 +59,9 @@ def command(
         typer.Option(
             "--int8",
             help="Also write calibrated INT8 copies: *_int8.onnx (ONNX Runtime CPU, U8S8) and "
-            "*_int8_trt.onnx (TensorRT, symmetric S8S8); the CCM's ArgMax and gathers, L2 "
-            "norms, discriminator, PIM, classifier and argmax stay float.",
+            "*_int8_trt.onnx (TensorRT, symmetric S8S8); the CCM (its similarity MatMul "
+            "aside, see --int8-ccm), L2 norms, discriminator, PIM, classifier and argmax stay "
+            "float.",
         ),
     ] = False,
     int8_ccm: Annotated[

@@ -86,9 +86,10 @@ def test_int8_graphs_are_valid_and_quantize_only_the_ccm_similarity(
         assert ops.count("DequantizeLinear") > 10 and "BatchNormalization" not in ops, name
         if role != "dpnet_support":
             # --int8-ccm (the default): the keys of the similarity are quantized, nothing
-            # else of the CCM is.
+            # else of the CCM is (a Q outside the scope may quantize a key before it enters).
             similarity, chain = _similarity_quantizers(model)
-            assert sorted(_ccm_touches_qdq(model)) == sorted(chain), name
+            touching = _ccm_touches_qdq(model)
+            assert touching and set(touching) <= set(chain), (name, touching, chain)
             values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
             quantizers = [n for n in model.graph.node if n.name in chain]
             scales = [values[n.input[1]] for n in quantizers]
@@ -331,6 +332,7 @@ def test_calibration_options_fail_early_with_one_clear_message(tmp_path: Path) -
         (["--int8", "--calib-episodes", "0"], "--calib-episodes must be at least 1"),
         (["--calib-dataset", "pascal"], "calibrate --int8: add --int8"),
         (["--int8", "--calib-method", "kl"], "--calib-method must be one of minmax, percentile"),
+        (["--no-int8-ccm"], "--no-int8-ccm chooses the CCM of the INT8 copies: add --int8"),
     ],
 )
 def test_cli_calibration_errors_are_one_line(
