@@ -361,7 +361,10 @@ def _agreement(row: SimilarityRow) -> float:
 
 def similarity_report_to_dict(report: SimilarityReport) -> dict[str, Any]:
     """JSON-ready form: options, environment, every row with its latency samples."""
-    return dataclasses.asdict(report)
+    data = dataclasses.asdict(report)
+    artifacts = report.options.artifacts
+    data["options"]["artifacts"] = None if artifacts is None else str(artifacts)
+    return data
 
 
 def render_similarity_table(report: SimilarityReport) -> Table:
