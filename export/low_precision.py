@@ -41,12 +41,15 @@ class ConversionRequest:
         backends: the backends whose graphs to return (``ort``, ``trt``).
         calibration: the calibration episodes (for a ``calibrated`` row), else ``None``.
         fp32_support: the FP32 support graph (the query graph calibrates on its cache).
+        int8_ccm: INT8 converters quantize the CCM's similarity MatMul too
+            (:mod:`dpnet_export.ccm_int8`; ``dpnet-export onnx --int8-ccm/--no-int8-ccm`).
     """
 
     role: str
     backends: tuple[str, ...]
     calibration: CalibrationSet | None
     fp32_support: onnx.ModelProto
+    int8_ccm: bool = True
 
 
 Converter = Callable[[onnx.ModelProto, ConversionRequest], Mapping[str, onnx.ModelProto]]
@@ -77,6 +80,7 @@ def int8_graphs(fp32: onnx.ModelProto, request: ConversionRequest) -> dict[str, 
         method=calibration.options.method,
         calibration=calibration.options.describe(),
         flavours=[INT8_FLAVOURS[backend] for backend in request.backends],
+        int8_ccm=request.int8_ccm,
     )
 
 
@@ -99,6 +103,8 @@ def low_precision_graphs(
     precision: str,
     calibration: CalibrationSet | None,
     report: Callable[[str], None],
+    *,
+    int8_ccm: bool = True,
 ) -> dict[str, onnx.ModelProto]:
     """Every ONNX file of ``precision``'s rows: their own copies and the engines' sources.
 
@@ -107,6 +113,7 @@ def low_precision_graphs(
         precision: one of :func:`dpnet_runtime.formats.converted_precisions`.
         calibration: the calibration episodes when a row of ``precision`` is ``calibrated``.
         report: progress lines.
+        int8_ccm: passed to the converters (:attr:`ConversionRequest.int8_ccm`).
 
     Returns:
         File name -> graph, each stamped with ``META_PRECISION`` = ``precision``.
@@ -121,7 +128,7 @@ def low_precision_graphs(
         backends = tuple(dict.fromkeys(row.backend for row in group))
         for role in GRAPHS:
             report(f"converting {GRAPHS[role].file} to {precision} for {', '.join(backends)}")
-            request = ConversionRequest(role, backends, calibration, fp32[SUPPORT])
+            request = ConversionRequest(role, backends, calibration, fp32[SUPPORT], int8_ccm)
             converted = converter(fp32[role], request)
             for row in group:
                 graph = converted[row.backend]

@@ -17,7 +17,8 @@ export in the folder exactly as it was.
 
 Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
 nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS`` and no QuantizeLinear/
-DequantizeLinear feeds or follows them; no node anywhere is one of ``FORBIDDEN_OPS``.
+DequantizeLinear feeds or follows them but those of the INT8 similarity
+(:func:`dpnet_export.ccm_int8.stray_ccm_qdq`); no node anywhere is one of ``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ from dpnet_export.calibration import (
     check_calibration_options,
     load_calibration_set,
 )
+from dpnet_export.ccm_int8 import stray_ccm_qdq
 from dpnet_export.lint import lint_onnx
 from dpnet_export.low_precision import low_precision_graphs
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
-from dpnet_export.onnx_to_int8 import qdq_nodes_touching
 from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
@@ -84,6 +85,8 @@ class ExportOptions:
             one of :func:`dpnet_runtime.formats.converted_precisions`: the graphs of its rows
             (``*_fp16.onnx``; ``*_int8.onnx`` and ``*_int8_trt.onnx``).
         calibration: the calibration data and method of the calibrated precisions (INT8).
+        int8_ccm: the INT8 copies run the CCM's similarity MatMul in INT8 too
+            (:mod:`dpnet_export.ccm_int8`); ``False`` keeps the whole CCM float.
         beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
         raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
         opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
@@ -96,6 +99,7 @@ class ExportOptions:
     max_shots: int = 5
     precisions: tuple[str, ...] = ()
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    int8_ccm: bool = True
     beta: float | None = None
     raw_input: bool = False
     opset: int = 18
@@ -205,7 +209,9 @@ def export_onnx(
         graphs[name] = proto
     fp32_graphs = {role: graphs[fp32.file_name(role)] for role in GRAPHS}
     for precision in options.precisions:
-        copies = low_precision_graphs(fp32_graphs, precision, calibration, report)
+        copies = low_precision_graphs(
+            fp32_graphs, precision, calibration, report, int8_ccm=options.int8_ccm
+        )
         for name, copy in copies.items():
             check_graph(copy, name)
         graphs.update(copies)
@@ -239,11 +245,11 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
             f"{name} breaks the op rules: forbidden ops {forbidden}, CCM ops outside the allowed "
             f"list {stray}; the model code must stay static (see dpnet/model/ccm.py)"
         )
-    quantized = qdq_nodes_touching(proto, CCM_SCOPE)
+    quantized = stray_ccm_qdq(proto)
     if quantized:
         raise ExportError(
-            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; the CCM must stay "
-            "float (dpnet_export.onnx_to_int8.int8_float_nodes)"
+            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; only the inputs of "
+            "its similarity MatMul may be quantized (dpnet_export.ccm_int8)"
         )
 
 
@@ -297,6 +303,8 @@ def _check_options(options: ExportOptions) -> None:
             f"the --calib-* options and --data-root calibrate {', '.join(calibrated)}: add "
             f"--precision {','.join(calibrated)}"
         )
+    if options.int8_ccm != ExportOptions.int8_ccm and "int8" not in options.precisions:
+        raise OptionError("--no-int8-ccm chooses the CCM of the INT8 copies: add --precision int8")
 
 
 def _check_writable(out_dir: Path) -> None:

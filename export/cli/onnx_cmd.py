@@ -78,6 +78,16 @@ def command(
             "(the INT8 ones in their own symmetric S8S8 flavour, *_int8_trt.onnx)."
         ),
     ] = [],  # noqa: B006 (typer reads the default, never mutates it)
+    int8_ccm: Annotated[
+        bool | None,
+        typer.Option(
+            "--int8-ccm/--no-int8-ccm",
+            help="With --precision int8: run the CCM's similarity MatMul in INT8 too (default; "
+            "MatMulInteger on ONNX Runtime, S8S8 Q/DQ for TensorRT; the ArgMax stay as they "
+            "are). --no-int8-ccm keeps the whole CCM float: slower, the C' set closer to FP32.",
+            show_default=False,
+        ),
+    ] = None,
     calib_dataset: Annotated[
         str | None,
         typer.Option(
@@ -162,7 +172,7 @@ def command(
         beta=beta,
         raw_input=raw_input,
         overwrite=overwrite,
-        **_given(max_shots=max_shots),
+        **_given(max_shots=max_shots, int8_ccm=int8_ccm),
     )
     result = export_onnx(ckpt, out, options, progress=lambda message: stderr_console.log(message))
     table = Table(title=f"dpnet-export onnx: {result.out_dir} ({result.seconds:.1f} s)")

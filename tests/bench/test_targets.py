@@ -89,3 +89,20 @@ def test_a_missed_confidence_target_is_reported_never_a_gate() -> None:
     assert (confidence.met, confidence.gate) == (False, False)
     assert "ort_fp16_pixel_agreement_pct" not in checks  # FP16 has no pixel gate
     assert checks["ort_fp16_miou_delta_pt"].gate
+
+
+def test_cached_query_limits_are_1_1_x_the_flop_share() -> None:
+    # docs/design.md#targets: 1.1 x the query's FLOP share of the episode, 0.63 (1-shot) and
+    # 0.325 (5-shot); other K have no target.
+    rows = (
+        BackendResult("ort", "fp32", "cpu", "passed", episode=_stats(200.0), query=_stats(130.0)),
+    )
+    limits = {}
+    for shots in (1, 5, 3):
+        checks = {check.name: check for check in design_targets(rows, shots=shots)}
+        limits[shots] = checks.get("ort_query_vs_episode_ratio")
+    assert limits[1] is not None and limits[1].limit == pytest.approx(0.693)
+    assert (limits[1].measured, limits[1].met) == (0.65, True)
+    assert limits[5] is not None and limits[5].limit == pytest.approx(0.3575)
+    assert limits[5].met is False
+    assert limits[3] is None
