@@ -301,7 +301,7 @@ def test_cli_writes_a_checked_repository(
     assert done.returncode == 0, done.stderr
     assert "3 models; checked against Triton's model_config schema" in done.stdout
     bad = export_cli("triton", "--model", str(tiny_export_dir), "--backend", "openvino")
-    assert bad.returncode == 1 and bad.stderr.strip().startswith(
+    assert bad.returncode == 2 and bad.stderr.strip().startswith(
         "error: unknown Triton backend 'openvino'"
     )
     plans = export_cli(
