@@ -51,8 +51,9 @@ from dpnet_export.onnx_to_fp16 import CCM_SCOPE, node_scopes
 from dpnet_export.onnx_to_int8 import int8_float_nodes
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.contract import EPISODE, FORMATS, META_INPUT_SIZE, QUERY, SUPPORT
-from dpnet_runtime.errors import InputError, ModelFileError
+from dpnet_runtime.errors import ModelFileError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
 
 __all__ = [
     "PARTS",
@@ -144,7 +145,7 @@ def run_int8_parts(options: PartsOptions) -> PartsReport:
         ModelFileError: a graph of the export is missing.
     """
     if min(options.shots, options.episodes, options.profile_runs, options.threads or 1) < 1:
-        raise InputError("shots, episodes, threads and profile runs must all be at least 1")
+        raise OptionError("shots, episodes, threads and profile runs must all be at least 1")
     threads = options.threads or len(os.sched_getaffinity(0))
     graphs = {
         (role, fmt): _load(options.artifacts / FORMATS[fmt].file_name(role))
@@ -285,6 +286,11 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """Where the INT8 graphs' time goes, part by part, beside FP32's (the INT8 floor)."""
+    for option, path, formats in (
+        ("--json", json_path, JSON_FORMATS),
+        ("--markdown", markdown, MARKDOWN_FORMATS),
+    ):
+        check_file_output(option, path, formats, {"--model": [model]})
     options = PartsOptions(model, shots, episodes, threads)
     report = run_int8_parts(options)
     stdout_console.print(render_parts_table(report))

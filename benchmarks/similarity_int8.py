@@ -53,6 +53,7 @@ from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.contract import EPISODE, FORMATS, META_INPUT_SIZE
 from dpnet_runtime.errors import InputError, ModelFileError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
 
 __all__ = [
     "USABLE_GAP_PT",
@@ -229,9 +230,9 @@ def run_similarity_int8(options: SimilarityOptions) -> SimilarityReport:
         InputError: a size, K, thread count or repeat count below 1.
     """
     if min((options.side, options.channels, options.repeats, *options.shots)) < 1:
-        raise InputError("side, channels, shots and repeats must all be at least 1")
+        raise OptionError("side, channels, shots and repeats must all be at least 1")
     if options.threads is not None and options.threads < 1:
-        raise InputError(f"threads must be at least 1, got {options.threads}")
+        raise OptionError(f"threads must be at least 1, got {options.threads}")
     threads = options.threads or len(os.sched_getaffinity(0))
     measured = [_measure(options, shots, threads) for shots in options.shots]
     rows = tuple(row for rows, _ in measured for row in rows)
@@ -466,6 +467,11 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """The CCM similarity + both ArgMax per INT8 kernel, timed in turn on the same keys."""
+    for option, path, formats in (
+        ("--json", json_path, JSON_FORMATS),
+        ("--markdown", markdown, MARKDOWN_FORMATS),
+    ):
+        check_file_output(option, path, formats, {"--model": [model] if model else []})
     try:
         shot_list = tuple(int(value) for value in shots.split(","))
     except ValueError as exc:

@@ -32,7 +32,7 @@ COMMANDS: dict[str, list[str]] = {
        for sub in ("onnx", "trt", "check", "triton")},
     "dpnet-bench serve": [str(_BIN / "dpnet-bench"), "serve"],
     **{f"python -m dpnet_bench.{tool}": [sys.executable, "-m", f"dpnet_bench.{tool}"]
-       for tool in ("ccm_micro", "localize", "soak", "ablation")},
+       for tool in ("ccm_micro", "localize", "soak", "ablation", "int8_parts", "similarity_int8")},
 }  # fmt: skip
 _TAKES_NO_OPTIONS = {"dpnet-info"}
 
@@ -83,6 +83,10 @@ USAGE_ERRORS = {
                                    "error: --json s.md: dpnet does not write .md files"),
     "python -m dpnet_bench.ablation": (["--variants", "none,bogus"],
                                        "error: unknown or no ablation variants ['bogus']"),
+    "python -m dpnet_bench.int8_parts": (["--model", "out", "--shots", "0"],
+                                         "error: shots, episodes, threads and profile runs must"),
+    "python -m dpnet_bench.similarity_int8": (["--shots", "1,a"],
+                                              "error: --shots must be comma-separated integers"),
 }  # fmt: skip
 
 
@@ -116,6 +120,6 @@ def test_bench_help_keeps_every_option_name_whole_at_80_columns(tmp_path: Path) 
         for param in typer.main.get_command(bench_app).params
         for name in (*param.opts, *param.secondary_opts)
     ]
-    assert "--max-miou-delta-int8" in options
+    assert "--min-pixel-agreement" in options  # the longest option name
     words = {word.strip(",[]/") for line in lines for word in line.split()}
     assert set(options) <= words
