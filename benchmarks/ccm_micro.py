@@ -51,7 +51,7 @@ from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = [
     "app",
@@ -365,11 +365,7 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
-    for option, path, formats in (
-        ("--json", json_path, JSON_FORMATS),
-        ("--markdown", markdown, MARKDOWN_FORMATS),
-    ):
-        check_file_output(option, path, formats, {"--model": [model]})
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = CcmOptions(
         episode_graph=None if model is None else model / "dpnet.onnx",
         sides=_sides(sides),

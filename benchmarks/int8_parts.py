@@ -53,7 +53,7 @@ from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.contract import EPISODE, FORMATS, META_INPUT_SIZE, QUERY, SUPPORT
 from dpnet_runtime.errors import ModelFileError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = [
     "PARTS",
@@ -286,11 +286,7 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """Where the INT8 graphs' time goes, part by part, beside FP32's (the INT8 floor)."""
-    for option, path, formats in (
-        ("--json", json_path, JSON_FORMATS),
-        ("--markdown", markdown, MARKDOWN_FORMATS),
-    ):
-        check_file_output(option, path, formats, {"--model": [model]})
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = PartsOptions(model, shots, episodes, threads)
     report = run_int8_parts(options)
     stdout_console.print(render_parts_table(report))

@@ -26,7 +26,7 @@ from dpnet_bench.serve_report import (
 from dpnet_runtime.console import EXIT_CHECK_FAILED, make_app, make_progress, stdout_console
 from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = ["PROGRAM", "app"]
 
@@ -62,11 +62,7 @@ def serve(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """Load a running dpnet-serve at concurrency 1, 4, 16 next to an in-process Predictor."""
-    for option, path, formats in (
-        ("--json", json_path, JSON_FORMATS),
-        ("--markdown", markdown, MARKDOWN_FORMATS),
-    ):
-        check_file_output(option, path, formats, {"--model": [model]})
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = ServeBenchOptions(
         artifacts=model,
         url=url,

@@ -53,7 +53,7 @@ from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.contract import EPISODE, FORMATS, META_INPUT_SIZE
 from dpnet_runtime.errors import InputError, ModelFileError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = [
     "USABLE_GAP_PT",
@@ -467,11 +467,7 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """The CCM similarity + both ArgMax per INT8 kernel, timed in turn on the same keys."""
-    for option, path, formats in (
-        ("--json", json_path, JSON_FORMATS),
-        ("--markdown", markdown, MARKDOWN_FORMATS),
-    ):
-        check_file_output(option, path, formats, {"--model": [model] if model else []})
+    check_report_outputs(json_path, markdown, {"--model": [model] if model else []})
     try:
         shot_list = tuple(int(value) for value in shots.split(","))
     except ValueError as exc:

@@ -38,7 +38,7 @@ from dpnet_runtime import Predictor
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
-from dpnet_runtime.outputs import JSON_FORMATS, MARKDOWN_FORMATS, check_file_output
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = ["SoakOptions", "SoakResult", "app", "main", "run_soak", "to_markdown"]
 
@@ -245,11 +245,7 @@ def command(
     note: Annotated[str, typer.Option(help="Text to record in the report.")] = "",
 ) -> None:
     """Run the soak; exit 3 when resident memory grows by 5 % or more."""
-    for option, path, formats in (
-        ("--json", json_path, JSON_FORMATS),
-        ("--markdown", markdown, MARKDOWN_FORMATS),
-    ):
-        check_file_output(option, path, formats, {"--model": [model]})
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = SoakOptions(queries=queries, window=window, shots=shots, intra_op_threads=threads)
     line = shlex.join(["python", "-m", "dpnet_bench.soak", *_without_note(sys.argv[1:])])
     result = run_soak(model, options, command=line, note=note)

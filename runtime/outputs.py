@@ -44,6 +44,7 @@ __all__ = [
     "PICTURE_FORMATS",
     "PLOT_FORMATS",
     "check_file_output",
+    "check_report_outputs",
     "make_folder",
     "names_folder",
     "output_format",
@@ -126,6 +127,21 @@ def check_file_output(
         return
     output_format(path, option, formats, next(iter(formats.values())))
     refuse_inputs({option: [path]}, inputs, trees=trees)
+
+
+def check_report_outputs(
+    json_path: PathLike | None,
+    markdown: PathLike | None,
+    inputs: Mapping[str, Iterable[PathLike | None]],
+) -> None:
+    """:func:`check_file_output` for the ``--json`` and ``--markdown`` reports of a benchmark.
+
+    Raises:
+        OptionError: an extension does not fit.
+        InputError: a report is, or lies inside, an input.
+    """
+    check_file_output("--json", json_path, JSON_FORMATS, inputs)
+    check_file_output("--markdown", markdown, MARKDOWN_FORMATS, inputs)
 
 
 def names_folder(path: PathLike) -> bool:
