@@ -30,8 +30,9 @@ from dpnet.eval.evaluate import EvalResult, evaluate
 from dpnet.train.loop import TrainResult, train
 from dpnet.train.options import ABLATION_VARIANTS, TrainOptions
 from dpnet_runtime.console import make_app, run_app, stderr_console, stdout_console
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import MARKDOWN_FORMATS, output_format
 
 __all__ = [
     "AblationOptions",
@@ -72,7 +73,7 @@ class AblationOptions:
     def __post_init__(self) -> None:
         unknown = [variant for variant in self.variants if variant not in ABLATION_VARIANTS]
         if unknown or not self.variants:
-            raise InputError(
+            raise OptionError(
                 f"unknown or no ablation variants {unknown}; choose from {list(ABLATION_VARIANTS)}"
             )
 
@@ -161,7 +162,7 @@ def _mark(flag: bool) -> str:
 
 
 app = make_app(
-    name="dpnet-ablation",
+    name="python -m dpnet_bench.ablation",
     help="Train and evaluate the paper's ablation variants on the synthetic benchmark.",
 )
 _DEFAULTS = AblationOptions()
@@ -186,6 +187,7 @@ def command(
     ] = _DEFAULTS.work,
 ) -> None:
     """Train every variant with the same budget and write a markdown table to OUT."""
+    output_format(out, "--out", MARKDOWN_FORMATS, "markdown")
     options = AblationOptions(
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()), steps=steps,
         fold=fold, shots=shots, seed=seed, episodes=episodes, threads=threads, work=work,

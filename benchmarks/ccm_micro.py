@@ -49,8 +49,9 @@ from dpnet_bench.timing import (
 )
 from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
 from dpnet_runtime.console import make_app, run_app, stdout_console
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import InputError, OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = [
     "app",
@@ -351,7 +352,7 @@ _DEFAULTS = CcmOptions()
 
 @app.command()
 def command(
-    artifacts: Annotated[
+    model: Annotated[
         Path | None, typer.Option(help="export directory whose dpnet.onnx gives the episode time")
     ] = None,
     sides: Annotated[str, typer.Option(help="feature sides")] = ",".join(
@@ -364,9 +365,10 @@ def command(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """The CCM's share of an ONNX Runtime episode and its scaling with the feature size."""
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = CcmOptions(
-        episode_graph=None if artifacts is None else artifacts / "dpnet.onnx",
-        sides=tuple(int(side) for side in sides.split(",")),
+        episode_graph=None if model is None else model / "dpnet.onnx",
+        sides=_sides(sides),
         shots=shots,
         threads=threads,
         repeats=repeats,
@@ -378,6 +380,13 @@ def command(
     if markdown is not None:
         command = f"python -m dpnet_bench.ccm_micro {shlex.join(sys.argv[1:])}"
         atomic_write_text(markdown, render_ccm_markdown(report, command))
+
+
+def _sides(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(side) for side in text.split(","))
+    except ValueError as exc:
+        raise OptionError(f"--sides must be integers separated by commas, got {text!r}") from exc
 
 
 def main() -> None:

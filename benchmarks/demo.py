@@ -38,7 +38,7 @@ from dpnet.train.loop import TrainProgress, TrainResult, train
 from dpnet.train.options import TrainOptions
 from dpnet_export.torch_to_onnx import export_onnx
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
-from dpnet_runtime.postprocess import save_png
+from dpnet_runtime.postprocess import save_image
 from dpnet_runtime.sheet import query_panels, render_sheet, support_panels
 
 __all__ = ["DemoOptions", "DemoResult", "app", "main", "run_demo"]
@@ -121,15 +121,18 @@ def run_demo(
     untrained = evaluate(untrained_model, episodes)
     onnx_files = export_onnx(training.last_checkpoint, Path(options.out) / "onnx").files
     picture = Path(options.out) / "demo.png"
-    save_png(picture, _picture(model, episodes[0], episodes.class_names[episodes[0].class_id]))
+    episode = episodes[0]
+    class_name = episodes.class_names[episode.class_id]
+    save_image(picture, _picture(model, episode, class_name, training.last_checkpoint))
     return DemoResult(
         training, trained, untrained, onnx_files, picture, time.perf_counter() - start
     )
 
 
-def _picture(model: DPNet, episode: Episode, class_name: str) -> np.ndarray:
+def _picture(model: DPNet, episode: Episode, class_name: str, checkpoint: Path) -> np.ndarray:
     """The contact sheet of one held-out episode: support with its mask, then the query, the
-    prediction (with its IoU) and the ground truth, every panel captioned."""
+    prediction (with its IoU) and the ground truth, every panel captioned; the title names the
+    class and the model that predicted."""
     model.eval()
     prediction = predict_episode(model, episode)
     accumulator = IoUAccumulator([episode.class_id])
@@ -139,7 +142,11 @@ def _picture(model: DPNet, episode: Episode, class_name: str) -> np.ndarray:
         support_panels(episode.support_images, episode.support_masks),
         query_panels(episode.query_image, prediction, "query", episode.query_mask, iou),
     ]
-    return render_sheet(rows, f"dpnet-demo: unseen class {class_name}, 1-shot")
+    title = [
+        f"dpnet-demo: unseen class {class_name} (id {episode.class_id}), 1-shot, IoU {iou:.1f}",
+        f"model {checkpoint} (torch, fp32; {model.config.name} config)",
+    ]
+    return render_sheet(rows, title)
 
 
 app = make_app(

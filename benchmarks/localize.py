@@ -1,6 +1,6 @@
 """Where a low-precision graph leaves the FP32 one: a layer-wise divergence finder.
 
-``python -m dpnet_bench.localize --artifacts DIR --precision int8|fp16`` does for dpnet what
+``python -m dpnet_bench.localize --model DIR --precision int8|fp16`` does for dpnet what
 Polygraphy's ``--onnx-outputs mark all`` comparison does: every intermediate tensor that the
 FP32 graph and its low-precision copy (``contract.FORMATS``: ``ort-fp16``, ``ort-int8``) both
 compute becomes a graph output, both graphs run in ONNX Runtime on the same pre-processed
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import typer
 from rich.table import Table
 
@@ -43,6 +42,14 @@ from dpnet.data.cli_options import (
     ValClassesOption,
     dataset_flags,
 )
+from dpnet_bench.localize_ccm import SimilarityContribution, SimilarityProbe, render_similarity
+from dpnet_bench.marked_outputs import (
+    dequantized,
+    elem_type,
+    error_terms,
+    marked_session,
+    shared_tensors,
+)
 from dpnet_export.calibration import episode_feed, role_feeds
 from dpnet_export.onnx_to_fp16 import node_scopes
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
@@ -55,8 +62,9 @@ from dpnet_runtime.contract import (
     Format,
     find_format,
 )
-from dpnet_runtime.errors import InputError, ModelFileError, one_line
+from dpnet_runtime.errors import ModelFileError, OptionError, one_line
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import JSON_FORMATS, check_file_output
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -129,13 +137,15 @@ class TensorDivergence:
 
 @dataclass(frozen=True)
 class LocalizeReport:
-    """All compared tensors of one graph, in the FP32 graph's topological order."""
+    """All compared tensors of one graph, in the FP32 graph's topological order, and the CCM
+    similarity's share of the divergence of its matches (``None`` for a graph without CCM)."""
 
     options: LocalizeOptions
     fp32_file: str
     low_file: str
     tolerance: float
     tensors: tuple[TensorDivergence, ...] = field(default=())
+    similarity: SimilarityContribution | None = None
 
     def first_beyond(self, count: int) -> tuple[TensorDivergence, ...]:
         """The first ``count`` tensors (topological order) whose divergence passes the tolerance."""
@@ -174,43 +184,51 @@ def localize(
     """
     low_format = _low_format(options)
     if options.graph not in GRAPHS or options.episodes < 1:
-        raise InputError(
+        raise OptionError(
             f"--graph must be one of {', '.join(GRAPHS)} and --episodes >= 1, "
             f"got {options.graph!r} and {options.episodes}"
         )
     fp32_path = options.artifacts / FORMATS["ort"].file_name(options.graph)
     low_path = options.artifacts / low_format.file_name(options.graph)
     fp32, low = _load(fp32_path, low_format.make), _load(low_path, low_format.make)
-    shared = _shared_tensors(fp32, low)
-    seen = _dequantized(low, shared)
-    fp32_session, low_session = _marked_session(fp32, shared), _marked_session(low, seen)
+    shared = shared_tensors(fp32, low)
+    seen = dequantized(low, shared)
+    probe = SimilarityProbe.build(fp32, low)
+    fp32_extra, low_extra = probe.fetches() if probe is not None else ([], [])
+    fetch = list(dict.fromkeys([*shared, *fp32_extra])), list(dict.fromkeys([*seen, *low_extra]))
+    fp32_session, low_session = marked_session(fp32, fetch[0]), marked_session(low, fetch[1])
     sums = np.zeros((len(shared), 2))
     episodes = _episode_feeds(options, _input_size(fp32))
     support = _load(options.artifacts / FORMATS["ort"].file_name(SUPPORT), FORMATS["ort"].make)
     feeds = role_feeds(episodes, options.graph, support)
     for done, graph_feed in enumerate(feeds, start=1):
-        ours = fp32_session.run(shared, graph_feed)
-        theirs = low_session.run(seen, graph_feed)
-        sums += [_error_terms(a, b) for a, b in zip(ours, theirs, strict=True)]
+        ours = dict(zip(fetch[0], fp32_session.run(fetch[0], graph_feed), strict=True))
+        theirs = dict(zip(fetch[1], low_session.run(fetch[1], graph_feed), strict=True))
+        sums += [error_terms(ours[a], theirs[b]) for a, b in zip(shared, seen, strict=True)]
+        if probe is not None:
+            probe.add([ours[name] for name in fp32_extra], [theirs[name] for name in low_extra])
         if progress is not None:
             progress(done, len(feeds))
     producers = {name: node for node in fp32.graph.node for name in node.output}
     tensors = []
     for name, (error, norm) in zip(shared, sums, strict=True):
         node = producers[name]
-        exact = _elem_type(fp32, name) not in _FLOAT_TYPES
+        exact = elem_type(fp32, name) not in _FLOAT_TYPES
         divergence = error / norm if exact else float(np.sqrt(error / max(norm, 1e-30)))
         scope = ".".join(node_scopes(node))
         tensors.append(TensorDivergence(node.name, node.op_type, scope, name, divergence, exact))
     tolerance = options.tolerance
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE[options.precision]
-    return LocalizeReport(options, fp32_path.name, low_path.name, tolerance, tuple(tensors))
+    similarity = probe.result() if probe is not None else None
+    return LocalizeReport(
+        options, fp32_path.name, low_path.name, tolerance, tuple(tensors), similarity
+    )
 
 
 def _low_format(options: LocalizeOptions) -> Format:
     if options.precision not in DEFAULT_TOLERANCE:
-        raise InputError(
+        raise OptionError(
             f"--precision must be one of {', '.join(DEFAULT_TOLERANCE)}, got {options.precision!r}"
         )
     return find_format("ort", options.precision)
@@ -225,71 +243,6 @@ def _load(path: Path, make: str) -> onnx.ModelProto:
         raise ModelFileError(
             f"{path} is not a readable ONNX graph ({one_line(exc, limit=200)}); re-export it"
         ) from exc
-
-
-def _shared_tensors(fp32: onnx.ModelProto, low: onnx.ModelProto) -> list[str]:
-    # Node outputs both graphs compute (the low-precision copy keeps the FP32 names), with a
-    # known type; graph outputs are compared too. FP32 topological order.
-    low_outputs = {name for node in low.graph.node for name in node.output}
-    return [
-        name
-        for node in fp32.graph.node
-        for name in node.output
-        if name in low_outputs
-        and _elem_type(fp32, name) is not None
-        and _elem_type(low, name) is not None
-    ]
-
-
-def _dequantized(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:
-    # What the consumers of each tensor see: its QuantizeLinear -> DequantizeLinear round trip
-    # when it has one (an INT8 graph drops a Relu into the Q's clamp: the tensor of that name
-    # is then the Conv's output before the clamp).
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def seen(name: str) -> str:
-        for quantize in consumers.get(name, []):
-            pair = [
-                c for c in consumers.get(quantize.output[0], []) if c.op_type == "DequantizeLinear"
-            ]
-            if quantize.op_type == "QuantizeLinear" and pair:
-                return pair[0].output[0]
-        return name
-
-    return [seen(name) for name in names]
-
-
-def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
-    for info in (*model.graph.value_info, *model.graph.output):
-        if info.name == name and info.type.HasField("tensor_type"):
-            return int(info.type.tensor_type.elem_type)
-    return None
-
-
-def _marked_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
-    marked = onnx.ModelProto()
-    marked.CopyFrom(model)
-    existing = {output.name for output in marked.graph.output}
-    for name in names:
-        elem = _elem_type(model, name)
-        if name not in existing and elem is not None:
-            marked.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    options = ort.SessionOptions()
-    # Keep every marked tensor as the graph computes it: no fusion may skip it.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(
-        marked.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _error_terms(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    if np.issubdtype(reference.dtype, np.floating):
-        ours, theirs = reference.astype(np.float64), candidate.astype(np.float64)
-        return float(np.sum((theirs - ours) ** 2)), float(np.sum(ours**2))
-    return float(np.count_nonzero(reference != candidate)), float(reference.size)
 
 
 def _input_size(model: onnx.ModelProto) -> int:
@@ -314,7 +267,8 @@ def _episode_feeds(options: LocalizeOptions, size: int) -> list[dict[str, np.nda
 
 
 def render_localize(report: LocalizeReport, first: int = 10) -> list[Table]:
-    """Two tables: the first ``first`` nodes past the tolerance, and the per-scope summary."""
+    """The first ``first`` nodes past the tolerance, the per-scope summary and, for a graph
+    with the CCM, its similarity's share (:mod:`dpnet_bench.localize_ccm`)."""
     title = (
         f"{report.low_file} vs {report.fp32_file}: first nodes past divergence "
         f"{report.tolerance:g} ({report.options.episodes} episodes)"
@@ -338,7 +292,8 @@ def render_localize(report: LocalizeReport, first: int = 10) -> list[Table]:
             f"{worst.node} ({worst.op_type})",
             "-" if first_past is None else f"{first_past.node} ({first_past.op_type})",
         )
-    return [nodes, scopes]
+    similarity = [] if report.similarity is None else [render_similarity(report.similarity)]
+    return [nodes, scopes, *similarity]
 
 
 def localize_report_to_dict(report: LocalizeReport) -> dict[str, Any]:
@@ -362,7 +317,7 @@ _DATA = DatasetOptions()
 
 @app.command()
 def command(
-    artifacts: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
+    model: Annotated[Path, typer.Option(help="export directory (FP32 and low-precision)")],
     precision: Annotated[str, typer.Option(help="int8 or fp16")] = _DEFAULTS.precision,
     graph: Annotated[str, typer.Option(help="episode, support or query")] = _DEFAULTS.graph,
     dataset: DatasetOption = _DEFAULTS.dataset,
@@ -390,8 +345,11 @@ def command(
         val_classes=val_classes,
         folds=folds,
     )
+    check_file_output(
+        "--json", json_path, JSON_FORMATS, {"--model": [model]}, trees={"--data-root": [data_root]}
+    )
     options = LocalizeOptions(
-        artifacts=artifacts,
+        artifacts=model,
         precision=precision,
         graph=graph,
         dataset=dataset,

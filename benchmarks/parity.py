@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpnet.metrics import IoUAccumulator
+from dpnet_runtime.contract import ParityLimits
 
 __all__ = [
     "AccuracyResult",
@@ -43,8 +44,9 @@ class ParityResult:
             percentage points.
         pixel_agreement_pct: share of pixels where both masks agree, over all episodes.
         confidence_iou_pct: pooled IoU of the C' sets, ``None`` if a side has none.
-        max_miou_delta_pt: the allowed absolute mIoU delta (either protocol).
-        passed: both mIoU deltas are within ``max_miou_delta_pt``.
+        limits: the limits of the subject's precision (its gates and reported targets).
+        passed: both gates hold: both mIoU deltas within ``limits.max_miou_delta_pt`` and the
+            pixel agreement at least ``limits.min_pixel_agreement_pct`` (when set).
     """
 
     miou_delta_canet_pt: float
@@ -52,8 +54,13 @@ class ParityResult:
     fbiou_delta_pt: float
     pixel_agreement_pct: float
     confidence_iou_pct: float | None
-    max_miou_delta_pt: float
+    limits: ParityLimits
     passed: bool
+
+    @property
+    def max_miou_delta_pt(self) -> float:
+        """The mIoU gate: the largest |mIoU delta| allowed, in points."""
+        return self.limits.max_miou_delta_pt
 
     @property
     def miou_delta_pt(self) -> float:
@@ -116,7 +123,7 @@ def compare_to_reference(
     candidate_masks: Sequence[np.ndarray],
     reference_sets: Sequence[np.ndarray] | None,
     candidate_sets: Sequence[np.ndarray] | None,
-    max_miou_delta_pt: float,
+    limits: ParityLimits,
 ) -> ParityResult:
     """Parity of a subject's results with the reference's (PyTorch FP32).
 
@@ -124,7 +131,7 @@ def compare_to_reference(
         reference / candidate: their accuracies.
         reference_masks / candidate_masks: per episode ``[H, W]`` masks.
         reference_sets / candidate_sets: per episode ``uint8 [K, h, w]`` C' sets, or ``None``.
-        max_miou_delta_pt: allowed absolute mIoU delta in points, under both protocols.
+        limits: the subject's precision's limits (``contract.ParityLimits``).
     """
     delta_canet = candidate.miou_canet - reference.miou_canet
     delta_pfenet = candidate.miou_pfenet - reference.miou_pfenet
@@ -133,12 +140,15 @@ def compare_to_reference(
         if reference_sets is not None and candidate_sets is not None
         else None
     )
+    agreement = mask_agreement(reference_masks, candidate_masks)
+    min_agreement = limits.min_pixel_agreement_pct
     return ParityResult(
         miou_delta_canet_pt=delta_canet,
         miou_delta_pfenet_pt=delta_pfenet,
         fbiou_delta_pt=candidate.fbiou - reference.fbiou,
-        pixel_agreement_pct=mask_agreement(reference_masks, candidate_masks),
+        pixel_agreement_pct=agreement,
         confidence_iou_pct=sets_iou,
-        max_miou_delta_pt=max_miou_delta_pt,
-        passed=max(abs(delta_canet), abs(delta_pfenet)) <= max_miou_delta_pt,
+        limits=limits,
+        passed=max(abs(delta_canet), abs(delta_pfenet)) <= limits.max_miou_delta_pt
+        and (min_agreement is None or agreement >= min_agreement),
     )

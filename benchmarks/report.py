@@ -27,15 +27,18 @@ from rich.text import Text
 from dpnet_bench.schema import BackendResult, BenchReport, TargetCheck
 from dpnet_bench.timing import LatencyStats, environment_lines
 from dpnet_runtime.fileio import atomic_write_bytes, atomic_write_text
+from dpnet_runtime.outputs import PLOT_FORMATS, output_format
 
 __all__ = [
     "JSON_SCHEMA",
     "STAGES",
     "STATUS_ICONS",
     "json_ready",
+    "latency_figure",
     "markdown_targets",
     "plot_latency",
     "progress_advancer",
+    "render_gates",
     "render_markdown",
     "render_table",
     "render_targets",
@@ -210,19 +213,51 @@ def _table(
 
 
 def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
-    """The DESIGN.md targets measured in this run: value, limit, met or not (target names are
-    never cut; the explanation wraps)."""
-    table = Table(title="targets")
+    """The design targets (docs/design.md#targets) measured in this run: value, limit, met or
+    not, where a gate that fails says so (exit 3) and a reported target that is missed says it
+    changes nothing (target names are never cut; the explanation wraps)."""
+    table = Table(title="targets: ❌ a parity gate failed (exit 3), ➖ a reported target missed")
     width = max((len(target.name) for target in targets), default=6)
     table.add_column("target", no_wrap=True, min_width=width)
     for column in ("measured", "limit", "met"):
         table.add_column(column, no_wrap=True)
     table.add_column("how", overflow="fold")
     for target in targets:
-        met = "n/a" if target.met is None else ("✅ yes" if target.met else "❌ no")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
-        table.add_row(target.name, _fmt(target.measured, 3), bound, met, target.detail)
+        met = _met(target, yes="✅ yes", no="❌ gate", missed="➖ missed")
+        table.add_row(target.name, _fmt(target.measured, 3), _bound(target), met, target.detail)
     return table
+
+
+def render_gates(report: BenchReport, failed_exit: int) -> str:
+    """The report's last line: every parity gate measured with its limit and verdict, and the
+    exit code they give (``failed_exit`` when one fails, else 0)."""
+    measured = [t for t in report.targets if t.gate and t.met is not None]
+    code = failed_exit if report.parity_failed else 0
+    if not measured:
+        return f"parity gates: none measured (they compare rows with torch) -> exit {code}"
+    verdict = "failed" if report.parity_failed else "passed"
+    listed = ", ".join(
+        f"{t.name} {_fmt(t.measured, 3)} {_bound(t)} {'ok' if t.met else 'FAILED'}"
+        for t in measured
+    )
+    return f"parity gates {verdict}: {listed} -> exit {code}"
+
+
+def _bound(target: TargetCheck) -> str:
+    return f"{'<=' if target.at_most else '>='} {target.limit:g}"
+
+
+def _kind(target: TargetCheck) -> str:
+    return "gate" if target.gate else "reported"
+
+
+def _met(target: TargetCheck, *, yes: str, no: str, missed: str) -> str:
+    # A missed reported target reads differently from a failed gate: it changes no exit code.
+    if target.met is None:
+        return "n/a"
+    if target.met:
+        return yes
+    return no if target.gate else missed
 
 
 def render_markdown(report: BenchReport, command: str) -> str:
@@ -271,13 +306,13 @@ def render_markdown(report: BenchReport, command: str) -> str:
 
 
 def markdown_targets(targets: tuple[TargetCheck, ...]) -> list[str]:
-    """The targets as markdown table lines: name (how), measured, limit, met."""
-    lines = ["| target | measured | limit | met |", "|---|---|---|---|"]
+    """The targets as markdown table lines: name (how), measured, limit, kind, met."""
+    lines = ["| target | measured | limit | kind | met |", "|---|---|---|---|---|"]
     for target in targets:
-        met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
-        bound = f"{'<=' if target.at_most else '>='} {target.limit:g}"
+        met = _met(target, yes="yes", no="**no**", missed="no (reported only)")
         lines.append(
-            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {bound} | {met} |"
+            f"| {target.name} ({target.detail}) | {_fmt(target.measured, 3)} | {_bound(target)} "
+            f"| {_kind(target)} | {met} |"
         )
     return lines
 
@@ -295,7 +330,22 @@ def progress_advancer(progress: Progress) -> Callable[[str, int, int], None]:
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
-    """Box plots of the latency samples per backend: whole episode, and cached-support query.
+    """Write :func:`latency_figure` to ``path`` in the format of its extension.
+
+    Raises:
+        OptionError: ``path`` is not a .png, .svg or .pdf file.
+        BackendUnavailableError: matplotlib is not installed (``pip install 'dpnet[train]'``).
+    """
+    image_format = output_format(path, "--plot", PLOT_FORMATS, "png")
+    figure = latency_figure(report)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=image_format, dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def latency_figure(report: BenchReport) -> Any:
+    """Box plots of the latency samples per backend (whole episode, cached-support query), with
+    a legend saying what the box, the lines and the marks are: a matplotlib ``Figure``.
 
     Raises:
         BackendUnavailableError: matplotlib is not installed (``pip install 'dpnet[train]'``).
@@ -304,34 +354,46 @@ def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as exc:
         from dpnet_runtime.errors import BackendUnavailableError
+        from dpnet_runtime.extras import missing_package_message
 
-        raise BackendUnavailableError(
-            "--plot needs matplotlib (pip install 'dpnet[train]')"
-        ) from exc
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+        raise BackendUnavailableError(missing_package_message("matplotlib", "--plot")) from exc
+    figure = Figure(figsize=(11, 5))  # not pyplot's: nothing global to close
+    axes = figure.subplots(1, 2, squeeze=False)
+    parts: dict[str, Any] = {}
     for axis, stage, title in zip(
         axes[0], ("episode", "query"), ("whole episode", "query on cached support"), strict=True
     ):
         measured = [(r.backend, getattr(r, stage)) for r in report.results]
         present = [(name, stats.samples_ms) for name, stats in measured if stats is not None]
         if present:
-            axis.boxplot([samples for _, samples in present], whis=(1, 99), showmeans=True)
+            parts = axis.boxplot([samples for _, samples in present], whis=(1, 99), showmeans=True)
             axis.set_xticks(range(1, len(present) + 1), [name for name, _ in present])
         axis.set_title(title)
-        axis.set_ylabel("latency (ms), whiskers p1-p99")
+        axis.set_ylabel("latency (ms)")
         axis.grid(axis="y", alpha=0.3)
     figure.suptitle(
         f"{report.model} {report.input_size}x{report.input_size}, {report.options.shots}-shot, "
         f"{report.threads} threads"
     )
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    shown = [(parts[key][0], label) for key, label in _BOX_LEGEND if parts.get(key)]
+    if shown:
+        handles, labels = zip(*shown, strict=True)
+        figure.legend(handles, labels, loc="lower center", ncol=len(shown), frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the plots
+    return figure
+
+
+# What each part of a box plot (matplotlib's boxplot() keys) shows, in legend order.
+_BOX_LEGEND: Final = (
+    ("medians", "median (p50)"),
+    ("means", "mean"),
+    ("boxes", "box: p25 to p75"),
+    ("whiskers", "whiskers: p1 to p99"),
+    ("fliers", "runs beyond p1 / p99"),
+)
 
 
 def _fmt(value: object, digits: int = 1) -> str:

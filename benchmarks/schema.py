@@ -7,13 +7,15 @@ These dataclasses are the JSON and CSV schema of :mod:`dpnet_bench.report`;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 from dpnet.data import DatasetOptions
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.timing import LatencyStats
+from dpnet_runtime.contract import ParityLimits
+from dpnet_runtime.formats import REFERENCE_FORMAT, parity_limits
 
 __all__ = [
     "REFERENCE",
@@ -30,7 +32,7 @@ __all__ = [
     "TargetCheck",
 ]
 
-REFERENCE: Final = "torch"
+REFERENCE: Final = REFERENCE_FORMAT
 STATUS_PASSED: Final = "passed"
 STATUS_UNAVAILABLE: Final = "unavailable"
 STATUS_FAILED: Final = "failed"
@@ -52,12 +54,13 @@ class BenchOptions:
         shots: K support pairs per episode.
         episodes: number of episodes every subject runs.
         seed: episode seed.
-        backends: subject names of :data:`~dpnet_bench.subjects.SUBJECTS`.
+        backends: names of rows of ``contract.FORMATS`` (``torch``, ``ort-fp16``...).
         warmup_s: warm-up seconds per subject and path before timing.
         threads: CPU threads for every subject; ``None``: the cores this process may use.
-        max_miou_delta: allowed |mIoU delta| to torch in points, FP32 subjects.
-        max_miou_delta_fp16: the same for FP16 subjects.
-        max_miou_delta_int8: the same for INT8 subjects (calibrated quantization moves more).
+        max_miou_delta: precision -> allowed |mIoU delta| to torch in points, overriding the
+            mIoU gate of that precision's rows of ``contract.FORMATS`` (their ``limits``).
+        min_pixel_agreement: precision -> smallest mask pixel agreement with torch in percent,
+            overriding (or, 0, switching off) that precision's pixel gate.
     """
 
     checkpoint: Path
@@ -72,14 +75,26 @@ class BenchOptions:
     backends: tuple[str, ...] = ("torch", "ort")
     warmup_s: float = 1.0
     threads: int | None = None
-    max_miou_delta: float = 0.1
-    max_miou_delta_fp16: float = 0.3
-    max_miou_delta_int8: float = 1.0
+    max_miou_delta: dict[str, float] = field(default_factory=dict)
+    min_pixel_agreement: dict[str, float] = field(default_factory=dict)
 
-    def max_miou_delta_for(self, precision: str) -> float:
-        """The mIoU gate of a subject of ``precision`` (``fp32``, ``fp16``, ``int8``)."""
-        limits = {"fp16": self.max_miou_delta_fp16, "int8": self.max_miou_delta_int8}
-        return limits.get(precision, self.max_miou_delta)
+    def limits_for(self, precision: str) -> ParityLimits:
+        """The gates and reported targets of a subject of ``precision``: its rows' limits
+        (:func:`dpnet_runtime.formats.parity_limits`), with the gates given here overridden.
+
+        Raises:
+            InputError: an unknown precision.
+        """
+        limits = parity_limits(precision)
+        overrides = {
+            name: values[precision]
+            for name, values in (
+                ("max_miou_delta_pt", self.max_miou_delta),
+                ("min_pixel_agreement_pct", self.min_pixel_agreement),
+            )
+            if precision in values
+        }
+        return replace(limits, **overrides)
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class BackendResult:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """A DESIGN.md section 9 target measured in this run.
+    """A target of docs/design.md#targets measured in this run.
 
     Attributes:
         name: snake_case key with its unit (``ort_vs_torch_episode_ratio``).
@@ -127,6 +142,8 @@ class TargetCheck:
         limit: the target value; ``at_most`` tells the direction.
         met: whether the target holds (``None`` when not measured).
         detail: how it was measured.
+        gate: a parity gate: when not met, ``dpnet-bench`` exits 3; otherwise the target is
+            reported only and never changes the exit code.
     """
 
     name: str
@@ -135,6 +152,7 @@ class TargetCheck:
     at_most: bool
     met: bool | None
     detail: str
+    gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,7 +169,7 @@ class BenchReport:
 
     @property
     def parity_failed(self) -> bool:
-        """True when a subject's mIoU delta exceeds its threshold (the CLI exits 3)."""
+        """True when a subject fails a parity gate (the CLI exits 3)."""
         return any(result.status == STATUS_PARITY_FAILED for result in self.results)
 
 

@@ -18,7 +18,7 @@ def bench() -> None:
     """``dpnet-bench`` (:mod:`dpnet_bench.cli`); ``dpnet-bench serve ...`` load-tests a running
     dpnet-serve (:mod:`dpnet_bench.serve_cli`)."""
     if sys.argv[1:2] == ["serve"]:
-        run_app("dpnet_bench.serve_cli:cli", sys.argv[2:])
+        run_app("dpnet_bench.serve_cli:app", sys.argv[2:], program="dpnet-bench serve")
     run_app("dpnet_bench.cli:app")
 
 

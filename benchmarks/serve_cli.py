@@ -4,12 +4,11 @@ Thin: it parses flags into :class:`~dpnet_bench.serve_load.ServeBenchOptions`, c
 :func:`~dpnet_bench.serve_load.run_serve_bench` with a progress bar and renders the report.
 Exit codes: 0 passed, 1 user error (no server, say), 2 usage error, 3 a request failed, a mask
 differed from the in-process one or the support graph re-ran. ``dpnet-bench serve ...`` reaches
-:data:`cli` through :func:`dpnet_bench.scripts.bench`.
+:data:`app` through :func:`dpnet_bench.scripts.bench`.
 """
 
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -25,19 +24,21 @@ from dpnet_bench.serve_report import (
     write_serve_json,
 )
 from dpnet_runtime.console import EXIT_CHECK_FAILED, make_app, make_progress, stdout_console
+from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import check_report_outputs
 
-__all__ = ["PROGRAM", "app", "cli"]
+__all__ = ["PROGRAM", "app"]
 
 PROGRAM: Final = "dpnet-bench serve"
 _DEFAULTS = ServeBenchOptions(artifacts=Path("out"))
 
-app = make_app()
+app = make_app(name=PROGRAM)
 
 
 @app.command()
 def serve(
-    artifacts: Annotated[
+    model: Annotated[
         Path, typer.Option(help="the export directory the server runs (in-process row)")
     ],
     url: Annotated[str, typer.Option(help="the server's URL")] = _DEFAULTS.url,
@@ -46,7 +47,7 @@ def serve(
         str(level) for level in _DEFAULTS.concurrency
     ),
     shots: Annotated[int, typer.Option(help="K support pairs")] = _DEFAULTS.shots,
-    warmup: Annotated[int, typer.Option(help="untimed requests first")] = _DEFAULTS.warmup,
+    warmup_requests: Annotated[int, typer.Option(help="untimed requests first")] = _DEFAULTS.warmup,
     threads: Annotated[
         int | None, typer.Option(help="in-process CPU threads (default: all)")
     ] = None,
@@ -72,13 +73,14 @@ def serve(
     markdown: Annotated[Path | None, typer.Option(help="results file (.md)")] = None,
 ) -> None:
     """Load a running dpnet-serve at concurrency 1, 4, 16 next to an in-process Predictor."""
+    check_report_outputs(json_path, markdown, {"--model": [model], "--token-file": [token_file]})
     options = ServeBenchOptions(
-        artifacts=artifacts,
+        artifacts=model,
         url=url,
         requests=requests,
-        concurrency=tuple(int(level) for level in concurrency.split(",")),
+        concurrency=_levels(concurrency),
         shots=shots,
-        warmup=warmup,
+        warmup=warmup_requests,
         threads=threads,
         seed=seed,
         wait_s=wait_s,
@@ -99,5 +101,10 @@ def serve(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-cli = functools.partial(app, prog_name=PROGRAM)
-"""The app under the name ``dpnet-bench serve`` (its usage line), for ``run_app``."""
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(level) for level in text.split(","))
+    except ValueError as exc:
+        raise OptionError(
+            f"--concurrency must be client counts separated by commas (1,4,16), got {text!r}"
+        ) from exc

@@ -1,7 +1,7 @@
 """``dpnet-bench serve``: load a running dpnet-serve and compare it with an in-process Predictor.
 
 Against a server on this machine (``--url``, default ``http://127.0.0.1:8000``) running the
-export given as ``--artifacts``, :func:`run_serve_bench`
+export given as ``--model``, :func:`run_serve_bench`
 
 1. opens the same export in-process and times :meth:`Predictor.segment` on the query images,
    one after the other (the reference row);
@@ -237,8 +237,8 @@ def _episode_images(
         episodes=_QUERY_POOL, image_size=size,
     )  # fmt: skip
     episodes = [dataset[index] for index in range(len(dataset))]
-    # HTTP masks are 0/1: the dataset's ignore label (255) counts as background, as in-process.
-    masks = [(mask == 1).astype(np.uint8) for mask in episodes[0].support_masks]
+    # The dataset's 0/1/255 masks, as they are: the Client reads them as Predictor does.
+    masks = list(episodes[0].support_masks)
     return list(episodes[0].support_images), masks, [e.query_image for e in episodes]
 
 

@@ -26,7 +26,7 @@ RAY_TMPDIR=$ray_dir "${server_command[@]}" >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; rm -rf "$ray_dir"' EXIT
 
-dpnet-bench serve --artifacts "$export_dir" --url "http://127.0.0.1:$port" --wait-s 600 \
+dpnet-bench serve --model "$export_dir" --url "http://127.0.0.1:$port" --wait-s 600 \
     --requests "${REQUESTS:-64}" ${THREADS:+--threads "$THREADS"} \
     --server "${server_command[*]}" --server-pid "$server" \
     --json "$results/serve_$name.json" --markdown "$results/serve_$name.md"

@@ -1,6 +1,6 @@
 """Soak: many queries against one cached support set; resident memory and latency drift.
 
-``python -m dpnet_bench.soak --model out/ --queries 10000 --json soak.json --md soak.md``
+``python -m dpnet_bench.soak --model out/ --queries 10000 --json soak.json --markdown soak.md``
 
 After a warm-up, :func:`run_soak` sends ``queries`` query images (a fixed pool of sizes, so
 the resize paths vary) through :meth:`Predictor.segment` against one support set encoded
@@ -38,6 +38,7 @@ from dpnet_runtime import Predictor
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import check_report_outputs
 
 __all__ = ["SoakOptions", "SoakResult", "app", "main", "run_soak", "to_markdown"]
 
@@ -227,9 +228,8 @@ def to_markdown(result: SoakResult) -> str:
 
 
 app = make_app(
-    name="dpnet-soak",
+    name="python -m dpnet_bench.soak",
     help="Soak the runtime: N queries against one cached support set; RSS growth and drift.",
-    no_args_is_help=True,
 )
 
 
@@ -241,17 +241,18 @@ def command(
     shots: Annotated[int, typer.Option(help="Support shots K.")] = SoakOptions.shots,
     threads: Annotated[int, typer.Option(help="Threads per operator.")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result.")] = None,
-    md_path: Annotated[Path | None, typer.Option("--md", help="Write a Markdown report.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a Markdown report (.md).")] = None,
     note: Annotated[str, typer.Option(help="Text to record in the report.")] = "",
 ) -> None:
     """Run the soak; exit 3 when resident memory grows by 5 % or more."""
+    check_report_outputs(json_path, markdown, {"--model": [model]})
     options = SoakOptions(queries=queries, window=window, shots=shots, intra_op_threads=threads)
     line = shlex.join(["python", "-m", "dpnet_bench.soak", *_without_note(sys.argv[1:])])
     result = run_soak(model, options, command=line, note=note)
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(asdict(result), indent=2) + "\n")
-    if md_path is not None:
-        atomic_write_text(md_path, to_markdown(result))
+    if markdown is not None:
+        atomic_write_text(markdown, to_markdown(result))
     stdout_console.print(to_markdown(result), highlight=False)
     if not result.passed:
         raise typer.Exit(3)

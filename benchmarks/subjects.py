@@ -33,26 +33,34 @@ from dpnet.model.dpnet import DPNet
 from dpnet_export.calibration import CalibrationOptions
 from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
 from dpnet_export.wrappers import GRAPH_MODULES
-from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata
+from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata, runner_class, thread_options
 from dpnet_runtime.contract import (
     EPISODE,
     FORMATS,
     GRAPHS,
     META_BETA,
     META_INPUT_SIZE,
+    META_PRECISION,
+    SOURCE_PRECISION,
     Format,
+    find_format,
 )
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     ExportError,
     IncompatibleModelError,
     InputError,
+    OptionError,
 )
+from dpnet_runtime.extras import missing_package_message
 from dpnet_runtime.predictor import Predictor
 
 __all__ = ["Subject", "TorchRunner", "artifacts_dir", "open_subject"]
 
 logger = logging.getLogger(__name__)
+
+# The precisions PyTorch runs the checkpoint in (the torch rows of contract.FORMATS).
+_TORCH_DTYPES = {SOURCE_PRECISION: torch.float32, "fp16": torch.float16}
 
 
 class TorchRunner(BaseRunner):
@@ -65,13 +73,13 @@ class TorchRunner(BaseRunner):
         path: the ``dpnet-checkpoint`` file.
         graph: ``episode``, ``support`` or ``query``.
         device: ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``fp16`` (``fp16`` needs CUDA).
+        precision: a ``torch`` row's precision of ``contract.FORMATS`` (``fp16`` needs CUDA).
         model: an already loaded network to share between the roles (``None``: load ``path``).
     """
 
     backend: ClassVar[str] = "torch"
     # Only running out of GPU memory is the user's to fix; any other RuntimeError of torch on a
-    # checked feed is a bug and must surface as one (STYLE.md 5.4), not as a user error.
+    # checked feed is a bug and must surface as one (docs/design.md#errors), not as a user error.
     backend_errors: ClassVar[tuple[type[Exception], ...]] = (torch.cuda.OutOfMemoryError,)
 
     def __init__(
@@ -86,11 +94,14 @@ class TorchRunner(BaseRunner):
         super().__init__(path)
         if graph not in GRAPH_MODULES:
             raise InputError(f"graph must be one of {sorted(GRAPH_MODULES)}, got {graph!r}")
-        if precision not in ("fp32", "fp16"):
-            raise InputError(f"precision must be fp32 or fp16, got {precision!r}")
+        if precision not in _TORCH_DTYPES:
+            raise InputError(
+                f"precision must be one of {', '.join(_TORCH_DTYPES)}, got {precision!r}"
+            )
         self.graph = graph
+        self.precision = precision
         self.device = torch.device(device)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = _TORCH_DTYPES[precision]
         self._model = model
         self._module: nn.Module | None = None
 
@@ -100,7 +111,9 @@ class TorchRunner(BaseRunner):
                 "torch on cuda needs a CUDA GPU and a CUDA build of PyTorch (none here)"
             )
         if self.dtype == torch.float16 and self.device.type != "cuda":
-            raise BackendUnavailableError("torch fp16 needs CUDA (CPU half kernels are emulated)")
+            raise BackendUnavailableError(
+                f"torch {self.precision} needs CUDA (CPU half kernels are emulated)"
+            )
         model = self._model if self._model is not None else load_model(self.path)[0]
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self._module = GRAPH_MODULES[self.graph](model, model.config.beta_test, False).eval()
@@ -116,6 +129,7 @@ class TorchRunner(BaseRunner):
             properties={
                 META_INPUT_SIZE: str(config.input_size),
                 META_BETA: str(config.beta_test),
+                META_PRECISION: self.precision,
             },
         )
 
@@ -188,23 +202,24 @@ def open_subject(
         input_size: the model side S every feed has; a graph for another size is refused.
 
     Raises:
-        InputError: unknown format.
+        OptionError: unknown format.
         BackendUnavailableError: a package or device the format needs is absent.
         ModelFileError: an artifact is missing or damaged (message says how to make it).
         IncompatibleModelError: a graph made for another input size.
     """
     fmt = FORMATS.get(name)
     if fmt is None:
-        raise InputError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
-    if fmt.backend == "torch":
+        raise OptionError(f"unknown backend {name!r}; choose from {', '.join(FORMATS)}")
+    if fmt.artifact == "checkpoint":  # PyTorch runs the checkpoint itself
         torch.set_num_threads(threads)
         predictor = Predictor(_torch_runners(fmt, checkpoint))
     else:
-        if fmt.backend == "trt" and importlib.util.find_spec("tensorrt") is None:
-            raise BackendUnavailableError("TensorRT is not installed (pip install 'dpnet[trt]')")
-        options: dict[str, Any] = (
-            {"intra_op_threads": threads, "inter_op_threads": 1} if fmt.backend == "ort" else {}
-        )
+        runner = runner_class(fmt.backend)
+        _check_packages(fmt, runner.requires)
+        options: dict[str, Any] = {}
+        if runner.threads_option is not None:
+            # inter-op 1: DPNet's graph is one chain, a second pool only adds scheduling.
+            options = {**thread_options(fmt.backend, threads), "inter_op_threads": 1}
         predictor = Predictor.open(artifacts, fmt.backend, precision=fmt.precision, **options)
     if predictor.info.input_size != input_size:
         predictor.close()
@@ -214,6 +229,13 @@ def open_subject(
             f"size is {input_size}; export the graphs from this checkpoint"
         )
     return Subject(fmt, predictor)
+
+
+def _check_packages(fmt: Format, packages: tuple[str, ...]) -> None:
+    # Before looking for its files: a row whose packages are absent cannot run here at all.
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            raise BackendUnavailableError(missing_package_message(package, f"the {fmt.name} row"))
 
 
 def _torch_runners(fmt: Format, checkpoint: Path) -> dict[str, BaseRunner]:
@@ -256,8 +278,8 @@ def artifacts_dir(
         ExportError: the FP32 export failed.
         DatasetError: the INT8 calibration data cannot be read.
     """
-    needs_graphs = any(FORMATS[name].backend != "torch" for name in names)
-    episode_graph = FORMATS["ort"].file_name(EPISODE)
+    needs_graphs = any(FORMATS[name].artifact != "checkpoint" for name in names)
+    episode_graph = find_format("ort", SOURCE_PRECISION).file_name(EPISODE)
     if artifacts is not None and (not needs_graphs or (artifacts / episode_graph).is_file()):
         yield artifacts, {}
         return
@@ -278,15 +300,13 @@ def _export(
     calibration: CalibrationOptions,
 ) -> dict[str, str]:
     copies = [
-        name
-        for name in names
-        if FORMATS[name].artifact == "onnx" and FORMATS[name].precision != "fp32"
+        name for name in names if FORMATS[name].artifact == "onnx" and FORMATS[name].converter
     ]
-    precisions = {FORMATS[name].precision for name in copies}
+    precisions = tuple(dict.fromkeys(FORMATS[name].precision for name in copies))
+    calibrated = any(FORMATS[name].calibrated for name in copies)
     options = ExportOptions(
-        fp16="fp16" in precisions,
-        int8="int8" in precisions,
-        calibration=calibration if "int8" in precisions else CalibrationOptions(),
+        precisions=precisions,
+        calibration=calibration if calibrated else CalibrationOptions(),
         max_shots=max(shots, ExportOptions().max_shots),
     )
     try:

@@ -15,7 +15,8 @@ sessions allocate their arenas), then run interleaved: episode i on every subjec
 episode i + 1 on any, so a load change on a shared machine affects every row alike.
 Ratios against targets use the median (p50), robust to the noise of a shared machine. A
 subject that cannot run is a row with its reason, never an exception (ultralytics'
-benchmark table); only parity decides the CLI's exit code.
+benchmark table); only the parity gates (the limits of each precision's rows of
+``contract.FORMATS``) decide the CLI's exit code.
 
 >>> report = run_suite(BenchOptions(checkpoint=Path("model.pt"), episodes=20))  # doctest: +SKIP
 """
@@ -36,6 +37,7 @@ import numpy as np
 from dpnet.checkpoint import load_checkpoint
 from dpnet.data import build_dataset
 from dpnet_bench.parity import (
+    ParityResult,
     compare_to_reference,
     mask_agreement,
     score_masks,
@@ -51,7 +53,7 @@ from dpnet_bench.schema import (
     BenchReport,
 )
 from dpnet_bench.subjects import Subject, artifacts_dir, open_subject
-from dpnet_bench.targets import design_targets
+from dpnet_bench.targets import design_targets, parity_targets
 from dpnet_bench.timing import (
     RssSampler,
     describe_environment,
@@ -71,8 +73,8 @@ from dpnet_runtime.contract import (
 from dpnet_runtime.errors import (
     BackendUnavailableError,
     DpnetError,
-    InputError,
     ModelFileError,
+    OptionError,
 )
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
 
@@ -128,7 +130,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
         The report, one row per requested backend in the order of ``contract.FORMATS``.
 
     Raises:
-        InputError: bad options (unknown backend, episodes < 1, negative thresholds).
+        OptionError: bad options (unknown backend, episodes < 1, negative thresholds).
         ModelFileError: the checkpoint cannot be read.
         DatasetError: the dataset cannot be read.
         ExportError: the graphs had to be exported and the export failed.
@@ -177,7 +179,7 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
                 if progress is not None:
                     progress(name, done, len(episodes))
         for name, (subject, run) in active.items():
-            rows[name] = _result(name, run, subject.artifact_bytes, episodes, class_ids)
+            rows[name] = _result(name, run, subject, episodes, class_ids)
     runs = {name: run for name, (_, run) in active.items()}
     results = tuple(_with_parity(rows[name], runs, rows, options) for name in names)
     return BenchReport(
@@ -187,25 +189,33 @@ def run_suite(options: BenchOptions, progress: Progress | None = None) -> BenchR
         threads=threads,
         environment=describe_environment(),
         results=results,
-        targets=design_targets(results, options.shots),
+        targets=(
+            *design_targets(results, options.shots),
+            *parity_targets(results, options.limits_for),
+        ),
     )
 
 
 def _check_options(options: BenchOptions) -> None:
     unknown = sorted(set(options.backends) - set(FORMATS))
     if unknown or not options.backends:
-        raise InputError(
+        raise OptionError(
             f"unknown backends {unknown}; choose from {', '.join(FORMATS)}"
             if unknown
             else f"no backend given; choose from {', '.join(FORMATS)}"
         )
     if options.episodes < 1:
-        raise InputError(f"--episodes must be at least 1, got {options.episodes}")
+        raise OptionError(f"--episodes must be at least 1, got {options.episodes}")
     if options.warmup_s < 0 or (options.threads is not None and options.threads < 1):
-        raise InputError("--warmup must be >= 0 seconds and --threads >= 1")
-    limits = (options.max_miou_delta, options.max_miou_delta_fp16, options.max_miou_delta_int8)
-    if min(limits) < 0:
-        raise InputError("--max-miou-delta, -fp16 and -int8 must be >= 0 points")
+        raise OptionError("--warmup-s must be >= 0 seconds and --threads >= 1")
+    for option, values in (
+        ("--max-miou-delta", options.max_miou_delta),
+        ("--min-pixel-agreement", options.min_pixel_agreement),
+    ):
+        for precision, limit in values.items():
+            options.limits_for(precision)  # an unknown precision is an OptionError
+            if limit < 0:
+                raise OptionError(f"{option} {precision}={limit}: must be >= 0")
     options.data_options.keywords(options.dataset)
 
 
@@ -299,18 +309,17 @@ def _mask(outputs: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
 def _result(
     name: str,
     run: _Run,
-    artifact_bytes: int,
+    subject: Subject,
     episodes: Sequence[_Prepared],
     class_ids: Sequence[int],
 ) -> BackendResult:
-    info = FORMATS[name]
     labels = [episode.label for episode in episodes]
     return BackendResult(
         backend=name,
-        precision=info.precision,
-        device=info.device,
+        precision=subject.predictor.precision,  # what the files record, not what was asked
+        device=FORMATS[name].device,
         status=STATUS_PASSED,
-        artifact_mb=artifact_bytes / _MIB,
+        artifact_mb=subject.artifact_bytes / _MIB,
         episode=latency_stats(run.episode_ns),
         support=latency_stats(run.support_ns) if run.support_ns else None,
         query=latency_stats(run.query_ns) if run.query_ns else None,
@@ -332,14 +341,25 @@ def _with_parity(
         return row
     if reference.accuracy is None:
         return row
-    limit = options.max_miou_delta_for(row.precision)
+    limits = options.limits_for(row.precision)
     ours, theirs = runs[row.backend], runs[REFERENCE]
     parity = compare_to_reference(
-        reference.accuracy, row.accuracy, theirs.masks, ours.masks, theirs.sets, ours.sets, limit
+        reference.accuracy, row.accuracy, theirs.masks, ours.masks, theirs.sets, ours.sets, limits
     )
     status = STATUS_PASSED if parity.passed else STATUS_PARITY_FAILED
-    reason = "" if parity.passed else f"mIoU delta {parity.miou_delta_pt:.3f} pt > {limit} pt"
-    return BackendResult(**{**row.__dict__, "parity": parity, "status": status, "reason": reason})
+    return BackendResult(
+        **{**row.__dict__, "parity": parity, "status": status, "reason": _failed_gates(parity)}
+    )
+
+
+def _failed_gates(parity: ParityResult) -> str:
+    limits, failed = parity.limits, []
+    if parity.miou_delta_pt > limits.max_miou_delta_pt:
+        failed.append(f"mIoU delta {parity.miou_delta_pt:.3f} pt > {limits.max_miou_delta_pt} pt")
+    minimum = limits.min_pixel_agreement_pct
+    if minimum is not None and parity.pixel_agreement_pct < minimum:
+        failed.append(f"pixel agreement {parity.pixel_agreement_pct:.3f} % < {minimum} %")
+    return "; ".join(failed)
 
 
 def _torch_cuda_available() -> bool:

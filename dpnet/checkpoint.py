@@ -1,4 +1,4 @@
-"""Save and load the ``dpnet-checkpoint`` format (DESIGN.md section 3).
+"""Save and load the ``dpnet-checkpoint`` format (docs/design.md#the-model).
 
 One file, ``torch.save`` of a plain dict::
 
@@ -107,6 +107,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         IncompatibleModelError: a dpnet checkpoint of another format version.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        hint = f"did you mean {inside[0]}?" if inside else "give a .pt file dpnet-train wrote"
+        raise ModelFileError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise ModelFileError(f"checkpoint {path} does not exist")
     # torch.save writes a zip archive; a truncated copy loses its central directory.

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import InputError, OptionError
 
 __all__ = [
     "PRESETS",
@@ -40,7 +40,7 @@ def check_beta(beta: float, name: str = "beta") -> None:
         InputError: ``beta`` outside [0, 1] (or NaN).
     """
     if not 0.0 <= beta <= 1.0:
-        raise InputError(f"{name} must lie in [0, 1], got {beta}")
+        raise OptionError(f"{name} must lie in [0, 1], got {beta}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def preset(name: str, **overrides: Any) -> DPNetConfig:
         InputError: unknown preset or field.
     """
     if name not in PRESETS:
-        raise InputError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+        raise OptionError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
     return config_from_dict({**PRESETS[name].to_dict(), **overrides})
 
 

@@ -24,7 +24,7 @@ import onnx
 from dpnet.data import DatasetOptions, Episode, build_dataset
 from dpnet_export.onnx_to_int8 import CALIBRATION_METHODS
 from dpnet_runtime.contract import GRAPHS, QUERY_IMAGE, SUPPORT, SUPPORT_IMAGES, SUPPORT_MASKS
-from dpnet_runtime.errors import DatasetError, InputError
+from dpnet_runtime.errors import DatasetError, OptionError
 from dpnet_runtime.preprocess import prepare_query, prepare_support
 
 __all__ = [
@@ -53,7 +53,7 @@ class CalibrationOptions:
         fold: the fold whose training classes calibrate.
         episodes: number of calibration episodes (each gives a support and a query image).
         seed: episode seed.
-        method: ``minmax`` (default: measured best parity, see README), ``entropy`` or
+        method: ``minmax`` (default: measured best parity, see docs/export/int8.md), ``entropy`` or
             ``percentile``.
     """
 
@@ -99,18 +99,18 @@ def check_calibration_options(options: CalibrationOptions) -> None:
             without one, or a dataset option the dataset does not take.
     """
     if options.episodes < 1:
-        raise InputError(
+        raise OptionError(
             f"--calib-episodes must be at least 1, got {options.episodes}: INT8 needs "
             "calibration episodes"
         )
     if options.method not in CALIBRATION_METHODS:
-        raise InputError(
+        raise OptionError(
             f"--calib-method must be one of {', '.join(CALIBRATION_METHODS)}, "
             f"got {options.method!r}"
         )
     if options.root is None and options.dataset not in _ROOTLESS:
-        raise InputError(
-            f"--int8 calibrates on {options.dataset} episodes, which need --data-root "
+        raise OptionError(
+            f"calibrating on {options.dataset} episodes, which need --data-root "
             "(or calibrate on the embedded data: --calib-dataset synthetic)"
         )
     options.data_options.keywords(options.dataset)

@@ -1,7 +1,7 @@
 """Adopt an engine built by trtexec: check it against its ONNX graph, write its sidecar.
 
 ``dpnet-export trt --print-trtexec`` prints the build; trtexec writes no ``.engine.json``,
-which the runtime needs. ``dpnet-export trt --adopt ENGINE --onnx GRAPH`` (same precision
+which the runtime needs. ``dpnet-export trt --adopt ENGINE --model DIR`` (same precision
 and range options as the printed line) deserialises the engine on this GPU with this TensorRT,
 checks its I/O (names, input or output, dtypes, ranks, static dims) against the graph, and
 writes the sidecar with the engine's own optimisation profile (``adopted: true``).

@@ -1,24 +1,27 @@
-"""How the installed TensorRT builds the requested precision: the graph, typing and flags.
+"""How the installed TensorRT builds a row of ``contract.FORMATS``: the graph, typing and flags.
 
-- **Strongly typed FP16** (TensorRT 10 and 11): the mixed-precision ``*_fp16.onnx`` graph,
-  whose CCM, L2 norms, discriminator, z-score and softmax/ArgMax ``onnx_to_fp16`` keeps in
-  FP32 on purpose, is built with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: TensorRT
-  keeps every tensor's type as the graph says. Whenever that file exists it is used.
+Every ``trt`` row names the ONNX graphs it is built from (``Format.onnx_name``), so the plan is
+read off the table, with no branch per precision:
+
+- **Strongly typed** (TensorRT 10 and 11): the row's own source graph (``dpnet.onnx`` for FP32,
+  the mixed-precision ``dpnet_fp16.onnx`` whose CCM, L2 norms, discriminator, z-score and
+  softmax/ArgMax ``onnx_to_fp16`` keeps in FP32 on purpose, the symmetric S8S8 QDQ
+  ``dpnet_int8_trt.onnx``) is built with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``:
+  TensorRT keeps every tensor's type as the graph says (for INT8, the Q/DQ scales say where
+  INT8 runs: explicit quantization). FP32 is strongly typed on TensorRT 11, which removed weak
+  typing; TensorRT 10 builds it weakly typed with no precision flag (the same engine).
 - **Weak typing** (TensorRT 10 only, ``weak_typing=True``, ``--weak-typing``): the FP32 graph
-  with ``BuilderFlag.FP16``, "FP16 layer selection with FP32 fallback", deprecated in 10.12
-  and removed in 11. The builder may then run the CCM similarity and the L2 norms in FP16;
-  an explicit fallback for TensorRT 10 users without the FP16 graph, never chosen silently.
-- **INT8** (TensorRT 10 and 11): explicit quantization. The TensorRT-flavoured QDQ graph
-  (``*_int8_trt.onnx``, the source of the ``trt-int8`` row; symmetric INT8 Q/DQ written by
-  ``onnx_to_int8``) is built strongly typed with no precision flag: the Q/DQ scales say where
-  INT8 runs and every other layer (the CCM among them) keeps the graph's FP32 type.
+  with the precision's ``BuilderFlag`` (``FP16``), "layer selection with FP32 fallback",
+  deprecated in 10.12 and removed in 11. The builder may then run the CCM similarity and the
+  L2 norms in FP16; an explicit fallback, never chosen silently, and not for calibrated rows
+  (weakly typed INT8 would need a calibrator).
 - **TF32** is off unless asked for (``tf32=True``, ``--tf32``): TensorRT enables it by
   default (``NvInfer.h``: kTF32 "Enabled by default"), and TF32's 10-bit mantissas flip the
   CCM's ArgMax over near-ties of its 1024-d similarity, in FP32 engines and in the FP32
   layers kept inside FP16 ones. trtexec needs ``--noTF32`` for the same.
 
-:class:`PrecisionPlan` names builder flags as strings (``"FP16"``), so a new precision adds a
-branch to :func:`plan_precision` and nothing else.
+The source graph must record the precision it is read for (``META_PRECISION``): a renamed
+graph is refused before TensorRT spends minutes on it.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import onnx
+
 from dpnet_runtime import contract
 from dpnet_runtime.backends.trt import tensorrt_major
-from dpnet_runtime.contract import PRECISIONS
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.contract import EPISODE, GRAPHS, SOURCE_PRECISION, Format
+from dpnet_runtime.errors import IncompatibleModelError, InputError, ModelFileError, OptionError
 
-__all__ = ["PrecisionPlan", "plan_precision"]
+__all__ = ["PrecisionPlan", "engine_format", "plan_precision"]
 
 _MIN_TENSORRT_MAJOR: Final = 10
+_BACKEND: Final = "trt"
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,8 @@ class PrecisionPlan:
     """How one engine build gets its precision.
 
     Attributes:
-        onnx_path: the graph to parse (the ``*_fp16.onnx`` copy for strongly typed FP16, the
-            ``*_int8_trt.onnx`` QDQ graph for INT8).
-        precision: one of ``contract.PRECISIONS``.
+        onnx_path: the graph to parse (the row's source graph; the FP32 one for weak typing).
+        precision: the engine's precision, its row's.
         strongly_typed: create the network with ``STRONGLY_TYPED``.
         builder_flags: ``trt.BuilderFlag`` names to set (``("FP16",)`` for weak typing).
         tf32: leave ``BuilderFlag.TF32`` on (it is cleared otherwise).
@@ -57,77 +62,98 @@ class PrecisionPlan:
     tf32: bool = False
 
 
+def engine_format(precision: str) -> Format:
+    """The ``trt`` row of ``precision``.
+
+    Raises:
+        OptionError: no such row; the message lists the engine precisions.
+    """
+    try:
+        return contract.find_format(_BACKEND, precision)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from exc
+
+
 def plan_precision(
-    onnx_path: Path,
+    model_dir: Path,
     *,
     precision: str,
     tensorrt_version: str,
+    graph: str = EPISODE,
     weak_typing: bool = False,
     tf32: bool = False,
 ) -> PrecisionPlan:
-    """Choose the graph, typing and flags for ``precision`` on that TensorRT version.
+    """Choose the graph, typing and flags of the ``trt`` row of ``precision``.
 
     Args:
-        onnx_path: the graph given on the command line (``dpnet.onnx``, ``dpnet_fp16.onnx`` or
-            ``dpnet_int8_trt.onnx``).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        model_dir: the export folder (``dpnet-export onnx --out``).
+        precision: the engine's precision, a ``trt`` row of ``contract.FORMATS``.
+        graph: the graph role to build (``episode``; ``support`` / ``query`` for Triton).
         tensorrt_version: the installed (or targeted) TensorRT version.
-        weak_typing: FP16 from the FP32 graph with ``BuilderFlag.FP16`` (TensorRT 10 only).
+        weak_typing: build from the FP32 graph with the precision's ``BuilderFlag``
+            (TensorRT 10 only).
         tf32: allow TF32 in FP32 layers.
 
     Raises:
-        InputError: an unknown precision, TensorRT older than 10, FP32 asked of an FP16 graph,
-            another precision asked of the INT8 graph, weak typing on TensorRT 11 or of the
-            FP16 or INT8 graph, or the FP16 (INT8) graph missing.
+        InputError: an unknown precision, TensorRT older than 10, weak typing on TensorRT 11
+            or for FP32 or a calibrated precision, or the source graph missing.
+        IncompatibleModelError: the source graph records another precision.
+        ModelFileError: the source graph is not ONNX.
     """
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    fmt = engine_format(precision)
     major = tensorrt_major(tensorrt_version)
     if major < _MIN_TENSORRT_MAJOR:
         raise InputError(
             f"TensorRT {tensorrt_version} is too old; dpnet needs TensorRT 10 or newer"
         )
-    fp16_tag = contract.find_format("trt", "fp16").source_tag
-    is_fp16_graph = onnx_path.stem.endswith(fp16_tag)
-    if is_fp16_graph and precision != "fp16":
-        raise InputError(
-            f"{onnx_path} is the mixed-precision graph: add --fp16, or pass the FP32 graph"
-        )
-    if weak_typing and (precision != "fp16" or is_fp16_graph or major > _MIN_TENSORRT_MAJOR):
-        raise InputError(
-            "--weak-typing builds FP16 from the FP32 graph with BuilderFlag.FP16, which only "
-            f"TensorRT 10 has (here {tensorrt_version}): use it with --fp16 and dpnet.onnx"
-        )
-    int8_tag = contract.find_format("trt", "int8").source_tag
-    if precision == "int8" or onnx_path.stem.endswith(int8_tag):
-        return _int8_plan(onnx_path, precision, int8_tag, tf32=tf32)
-    if precision == "fp32":
-        return PrecisionPlan(onnx_path, "fp32", major > _MIN_TENSORRT_MAJOR, tf32=tf32)
+    if graph not in GRAPHS:
+        raise InputError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
     if weak_typing:
-        return PrecisionPlan(onnx_path, "fp16", False, ("FP16",), tf32=tf32)
-    fp16_path = onnx_path
-    if not is_fp16_graph:
-        fp16_path = onnx_path.with_name(f"{onnx_path.stem}{fp16_tag}.onnx")
-    if not fp16_path.is_file():
-        on_10 = major == _MIN_TENSORRT_MAJOR
-        fallback = " or add --weak-typing (TensorRT 10 only)" if on_10 else ""
+        return _weak_plan(model_dir, graph, fmt, tensorrt_version, major, tf32=tf32)
+    source = model_dir / fmt.onnx_name(graph)
+    weak = major == _MIN_TENSORRT_MAJOR and _weak_typing_builds(fmt)
+    _check_source(source, fmt.precision, fmt.make, " or add --weak-typing" if weak else "")
+    typed = major > _MIN_TENSORRT_MAJOR or fmt.precision != SOURCE_PRECISION
+    return PrecisionPlan(source, fmt.precision, typed, tf32=tf32)
+
+
+def _weak_plan(
+    model_dir: Path, graph: str, fmt: Format, version: str, major: int, *, tf32: bool
+) -> PrecisionPlan:
+    # TensorRT 10's precision flags on the FP32 graph; refused where they mean something else.
+    if major > _MIN_TENSORRT_MAJOR or not _weak_typing_builds(fmt):
         raise InputError(
-            f"FP16 engines are built strongly typed from the mixed-precision graph {fp16_path}, "
-            f"which is missing: run `dpnet-export onnx --fp16` first{fallback}"
+            "--weak-typing builds a lower precision from the FP32 graph with its BuilderFlag, "
+            f"which only TensorRT 10 has (here {version}) and only for uncalibrated precisions "
+            f"(not {fmt.precision}): drop --weak-typing"
         )
-    return PrecisionPlan(fp16_path, "fp16", True, tf32=tf32)
+    fp32 = contract.find_format(_BACKEND, SOURCE_PRECISION)
+    source = model_dir / fp32.onnx_name(graph)
+    _check_source(source, SOURCE_PRECISION, fp32.make)
+    flags = (fmt.precision.upper(),)
+    return PrecisionPlan(source, fmt.precision, False, flags, tf32=tf32)
 
 
-def _int8_plan(onnx_path: Path, precision: str, int8_tag: str, *, tf32: bool) -> PrecisionPlan:
-    # Explicit quantization: the QDQ graph, strongly typed, on TensorRT 10 and 11 alike.
-    if precision != "int8":
-        raise InputError(f"{onnx_path} is the INT8 QDQ graph: add --int8, or pass dpnet.onnx")
-    source = onnx_path
-    if not onnx_path.stem.endswith(int8_tag):
-        source = onnx_path.with_name(f"{onnx_path.stem}{int8_tag}.onnx")
+def _weak_typing_builds(fmt: Format) -> bool:
+    # A BuilderFlag of the precision on the FP32 graph: not for FP32, nor a calibrated precision.
+    return fmt.precision != SOURCE_PRECISION and not fmt.calibrated
+
+
+def _check_source(source: Path, precision: str, make: str, fallback: str = "") -> None:
     if not source.is_file():
         raise InputError(
-            f"INT8 engines are built from the TensorRT-flavoured QDQ graph {source}, which is "
-            "missing: run `dpnet-export onnx --int8` first"
+            f"{precision} engines are built from {source}, which is missing: run `{make}` "
+            f"first{fallback}"
         )
-    return PrecisionPlan(source, "int8", True, tf32=tf32)
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError and more for a broken file
+        raise ModelFileError(
+            f"{source} is not a readable ONNX model ({type(exc).__name__}); re-export it"
+        ) from exc
+    recorded = {prop.key: prop.value for prop in model.metadata_props}.get(contract.META_PRECISION)
+    if recorded != precision:
+        raise IncompatibleModelError(
+            f"{source} records precision {recorded or 'none'} but {precision} engines are built "
+            f"from it; re-export it with `{make.split(', then')[0]}`"
+        )

@@ -7,8 +7,9 @@ the table cannot express:
 
 - an op that is missing from the table, marked unsupported, or in ``not_listed`` is an error
   (the parser would look for a plugin of that name);
-- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: DESIGN.md
-  forbids them outright (:data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
+- control flow, ops with data-dependent output shapes, TopK and Scatter* are errors: dpnet's
+  design forbids them outright (docs/design.md#deployment-precision;
+  :data:`dpnet_export.op_rules.FORBIDDEN_OPS`, the exporter's policy too);
 - INT64 or BOOL graph inputs and outputs are errors (TensorRT I/O is float, int32 or uint8 in
   dpnet's contract), and a UINT8 tensor that is not graph I/O is an error (the parser accepts
   UINT8 only at the boundary);
@@ -26,6 +27,11 @@ the table cannot express:
   (:mod:`dpnet_export.lint_qdq`);
 - any other table restriction is a warning (one per op type), a tensor type outside the op's
   type list is a warning, and the importer-code notes are info.
+
+Per target: a graph for ``trt`` (the default, and every graph an engine is built from) gets
+every rule; a graph for ``ort`` only (the U8S8 INT8 copies ``*_int8.onnx``, metadata
+``int8_target = ort``) is not held to TensorRT's Q/DQ and intermediate-UINT8 rules, which its
+asymmetric uint8 activations break by design, and its report says so in an info finding.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import onnx
 from onnx import TensorProto
@@ -45,11 +51,25 @@ from onnx import TensorProto
 from dpnet_export.lint_qdq import QDQ_OPS, qdq_problems
 from dpnet_export.lint_static import partial_window_axes, resolvable_names, static_shapes
 from dpnet_export.op_rules import FORBIDDEN_OPS
-from dpnet_runtime.errors import ModelFileError
+from dpnet_runtime.contract import META_INT8_TARGET
+from dpnet_runtime.errors import InputError, ModelFileError
 
-__all__ = ["LintFinding", "LintReport", "Severity", "lint_onnx", "load_operator_table"]
+__all__ = [
+    "LINT_TARGETS",
+    "LintFinding",
+    "LintReport",
+    "Severity",
+    "lint_onnx",
+    "load_operator_table",
+]
 
 Severity = Literal["error", "warning", "info"]
+LINT_TARGETS: Final = ("trt", "ort")
+"""The runtimes a graph can be linted for: TensorRT (every rule) or ONNX Runtime only."""
+_ORT_NOTE: Final = (
+    "linted for ONNX Runtime only (target ort): TensorRT's Q/DQ and intermediate-UINT8 rules "
+    "are not applied; TensorRT builds its own flavour of this graph"
+)
 
 _TABLE_FILE = "tensorrt_onnx_operators.json"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -103,12 +123,14 @@ class LintReport:
         table_version: the TensorRT version the operator table describes.
         node_count: number of nodes checked (subgraphs included).
         findings: errors, then warnings, then info.
+        target: ``trt`` (every rule) or ``ort`` (ONNX Runtime only: no TensorRT Q/DQ rules).
     """
 
     model: str
     table_version: str
     node_count: int
     findings: tuple[LintFinding, ...]
+    target: str = "trt"
 
     @property
     def errors(self) -> tuple[LintFinding, ...]:
@@ -142,25 +164,34 @@ def load_operator_table() -> dict[str, Any]:
     return table
 
 
-def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
+def lint_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto, target: str | None = None
+) -> LintReport:
     """Lint an ONNX graph for the TensorRT ONNX parser.
 
     Args:
         model: path of an ``.onnx`` file (external data is not loaded) or a loaded model.
+        target: ``trt`` or ``ort`` (:data:`LINT_TARGETS`); ``None`` reads the graph's
+            ``int8_target`` metadata, and takes ``trt`` without it.
 
     Returns:
         The :class:`LintReport`; ``report.passed`` is False when any error was found.
 
     Raises:
         ModelFileError: the file is missing or is not a readable ONNX model.
+        InputError: an unknown target.
 
     >>> report = lint_onnx("out/dpnet.onnx")  # doctest: +SKIP
     >>> report.passed  # doctest: +SKIP
     True
     """
     name, proto = _load(model)
+    target = target or _declared_target(proto)
+    if target not in LINT_TARGETS:
+        raise InputError(f"lint target must be one of {', '.join(LINT_TARGETS)}, got {target!r}")
+    tensorrt = target == "trt"
     table = load_operator_table()
-    notes: list[LintFinding] = []
+    notes = [] if tensorrt else [LintFinding("info", "", "", _ORT_NOTE)]
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except onnx.shape_inference.InferenceError as exc:
@@ -177,15 +208,22 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
         *_node_findings(nodes, table),
         *_build_time_input_findings(nodes, _constant_names(graph), shapes),
         *_ceil_pooling_findings(nodes, shapes),
-        *_uint8_findings(graph, nodes, types),
-        *(LintFinding("error", *problem) for problem in qdq_problems(graph, types)),
+        *(_uint8_findings(graph, nodes, types) if tensorrt else ()),
+        *(LintFinding("error", *p) for p in (qdq_problems(graph, types) if tensorrt else ())),
         *_restriction_findings(nodes, table),
         *_type_findings(nodes, table, types),
         *_code_note_findings(nodes, table),
     ]
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity])
-    return LintReport(name, str(table["source"]["tensorrt_version"]), len(nodes), tuple(findings))
+    version = str(table["source"]["tensorrt_version"])
+    return LintReport(name, version, len(nodes), tuple(findings), target)
+
+
+def _declared_target(proto: onnx.ModelProto) -> str:
+    # The INT8 flavours say which runtime they are for; every other graph is a TensorRT source.
+    declared = {prop.key: prop.value for prop in proto.metadata_props}.get(META_INT8_TARGET)
+    return declared if declared in LINT_TARGETS else "trt"
 
 
 def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:

@@ -11,6 +11,13 @@ symmetrically only (the parser's table: "zero point must be 0"), so every Q/DQ n
   feeds the weight input of a Conv (axis 0, output channels K), ConvTranspose (axis 1),
   MatMul (the last axis, N) or Gemm (N: axis 1, or 0 with ``transB``);
 - a DequantizeLinear input of INT8 (or FP8/FP4/INT4), never INT32 (a quantized bias) or UINT8.
+
+And for a MatMul whose scores an ArgMax reads (the CCM similarity, :mod:`dpnet_export.ccm_int8`):
+
+- both inputs quantized or neither: TensorRT builds an INT8 GEMM only when Q/DQ feed both
+  operands; one quantized activation only rounds it and runs the MatMul in float;
+- no Q/DQ between the MatMul and the ArgMax: scores rounded to 8 bits tie near-equal matches
+  (the first one wins), and TensorRT's ArgMax takes no INT8.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ def qdq_problems(graph: onnx.GraphProto, types: Mapping[str, int]) -> Iterator[P
     for node in graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] in constants:
             constants.setdefault(node.output[0], constants[node.input[0]])
+    yield from _argmax_matmul_problems(graph, constants, consumers)
     for node in graph.node:
         if node.op_type not in QDQ_OPS:
             continue
@@ -59,6 +67,59 @@ def qdq_problems(graph: onnx.GraphProto, types: Mapping[str, int]) -> Iterator[P
             *_channel_problems(node, constants, consumers),
         ):
             yield label, node.op_type, message
+
+
+def _argmax_matmul_problems(
+    graph: onnx.GraphProto,
+    constants: Mapping[str, np.ndarray],
+    consumers: Mapping[str, list[onnx.NodeProto]],
+) -> Iterator[Problem]:
+    producers = {name: node for node in graph.node for name in node.output}
+
+    def op_of(name: str) -> str:
+        return producers[name].op_type if name in producers else ""
+
+    for node in graph.node:
+        users = consumers.get(node.output[0], []) if node.op_type == "MatMul" else []
+        readers = _score_readers(users, consumers)
+        if not readers or any(reader.op_type != "ArgMax" for reader in readers):
+            continue
+        label = node.name or node.output[0]
+        activations = [name for name in node.input[:2] if name not in constants]
+        quantized = [name for name in activations if op_of(name) == "DequantizeLinear"]
+        if quantized and len(quantized) < len(activations):
+            yield (
+                label,
+                node.op_type,
+                (
+                    f"scores for an ArgMax from {quantized[0]!r} quantized and the other operand "
+                    "float: TensorRT builds an INT8 GEMM only with Q/DQ on both inputs (S8, per "
+                    "tensor); quantize both or neither"
+                ),
+            )
+        if any(user.op_type in QDQ_OPS for user in users):
+            yield (
+                label,
+                node.op_type,
+                (
+                    "a Q/DQ between these scores and their ArgMax rounds them to 8 bits: "
+                    "near-equal matches tie and the first one wins; quantize the inputs only"
+                ),
+            )
+
+
+def _score_readers(
+    users: list[onnx.NodeProto], consumers: Mapping[str, list[onnx.NodeProto]]
+) -> list[onnx.NodeProto]:
+    # The nodes that read a MatMul's scores, through a Q -> DQ round trip if there is one.
+    readers: list[onnx.NodeProto] = []
+    for user in users:
+        if user.op_type != "QuantizeLinear":
+            readers.append(user)
+            continue
+        for dequantize in consumers.get(user.output[0], []):
+            readers.extend(consumers.get(dequantize.output[0], []))
+    return readers
 
 
 def _scale_problems(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> Iterator[str]:

@@ -23,14 +23,15 @@ import onnx
 
 from dpnet_export.engine_builder import build_serialized
 from dpnet_export.engine_cache import cached_engine, engine_cache_key, write_engine
-from dpnet_export.engine_precision import PrecisionPlan, plan_precision
+from dpnet_export.engine_precision import PrecisionPlan, engine_format, plan_precision
 from dpnet_export.trtexec import trtexec_command
 from dpnet_runtime import __version__, contract
 from dpnet_runtime.backends import cuda
 from dpnet_runtime.backends.trt import import_tensorrt
 from dpnet_runtime.backends.trt_sidecar import EngineSidecar, TensorProfile, sidecar_path
-from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from dpnet_runtime.errors import BackendUnavailableError, ModelFileError, OptionError
 from dpnet_runtime.fileio import sha256_bytes
+from dpnet_runtime.outputs import ENGINE_FORMATS, output_format, refuse_inputs
 
 __all__ = [
     "BuildTarget",
@@ -62,7 +63,7 @@ class ShapeRange:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise InputError(
+            raise OptionError(
                 f"shape range {self.min}:{self.opt}:{self.max} must satisfy 1 <= min <= opt <= max"
             )
 
@@ -74,11 +75,11 @@ def parse_shape_range(text: str) -> ShapeRange:
     ShapeRange(min=1, opt=1, max=5)
 
     Raises:
-        InputError: not one or three integers, or not 1 <= min <= opt <= max.
+        OptionError: not one or three integers, or not 1 <= min <= opt <= max.
     """
     parts = text.strip().split(":")
     if len(parts) not in (1, 3) or not all(part.strip().isdigit() for part in parts):
-        raise InputError(f"shape range {text!r} must be 'min:opt:max' (e.g. 1:1:5) or one integer")
+        raise OptionError(f"shape range {text!r} must be 'min:opt:max' (e.g. 1:1:5) or one integer")
     values = [int(part) for part in parts]
     return ShapeRange(values[0], values[len(values) // 2], values[-1])
 
@@ -90,12 +91,12 @@ def parse_workspace(text: str) -> int:
     4294967296
 
     Raises:
-        InputError: not a positive size.
+        OptionError: not a positive size.
     """
     match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
     size = int(match.group(1)) * _UNITS[match.group(2).upper()] if match else 0
     if size <= 0:
-        raise InputError(
+        raise OptionError(
             f"workspace {text!r} must be a positive size such as 4G, 512M or 1073741824"
         )
     return size
@@ -186,12 +187,16 @@ class EngineBuildOptions:
     """Everything ``dpnet-export trt`` needs; the CLI flags are its kebab-case twins.
 
     Attributes:
-        onnx_path: the FP32 graph (``DIR/dpnet.onnx``) or its ``_fp16`` / ``_int8_trt`` copy.
-        out_path: engine file; ``None`` means the format's engine beside the ONNX file
-            (``dpnet.engine``; ``dpnet_int8.engine`` for INT8).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see
+        model_dir: the export folder (``dpnet-export onnx --out``); the engine is built from the
+            graph its ``trt`` row names (``dpnet.onnx``, ``dpnet_fp16.onnx``,
+            ``dpnet_int8_trt.onnx``).
+        out_path: engine file; ``None`` means the row's engine in ``model_dir``
+            (``dpnet.engine``, ``dpnet_fp16.engine``, ``dpnet_int8.engine``).
+        precision: a ``trt`` row of ``contract.FORMATS`` (see
             :func:`~dpnet_export.engine_precision.plan_precision`).
-        weak_typing: TensorRT 10's FP16 fallback from the FP32 graph (``--weak-typing``).
+        graph: the graph role to build: ``episode`` (the runtime's engine), or ``support`` /
+            ``query`` for a Triton plan (then ``out_path`` is required).
+        weak_typing: TensorRT 10's fallback from the FP32 graph (``--weak-typing``).
         tf32: allow TF32 in FP32 layers (``--tf32``; off by default).
         batch: B range of the profile.
         shots: K range of the profile.
@@ -201,25 +206,48 @@ class EngineBuildOptions:
         device: CUDA device to build for.
     """
 
-    onnx_path: Path
+    model_dir: Path
     out_path: Path | None = None
-    precision: str = "fp32"
+    precision: str = contract.SOURCE_PRECISION
+    graph: str = contract.EPISODE
     weak_typing: bool = False
     tf32: bool = False
-    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 4))
+    # B up to 8: dpnet-serve's default --max-batch runs on an engine built with the defaults.
+    batch: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 8))
     shots: ShapeRange = field(default_factory=lambda: ShapeRange(1, 1, 5))
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None
     rebuild: bool = False
     device: int = 0
 
+    def __post_init__(self) -> None:
+        # Checked before TensorRT is even imported: the engine and its sidecar never land on
+        # the graph or the timing cache, and the engine's extension says it is one.
+        output_format(self.engine_path, "--out", ENGINE_FORMATS, "engine")
+        refuse_inputs(
+            {"--out": [self.engine_path, sidecar_path(self.engine_path)]},
+            {
+                "--model": [self.model_dir / engine_format(self.precision).onnx_name(self.graph)],
+                "--timing-cache": [self.timing_cache],
+            },
+        )
+
     @property
     def engine_path(self) -> Path:
-        """Where the engine goes."""
-        rows = [row for row in contract.FORMATS.values() if row.backend == "trt"]
-        # FP32 has no row of its own: its engine is the first row's dpnet.engine.
-        fmt = next((row for row in rows if row.precision == self.precision), rows[0])
-        return self.out_path or self.onnx_path.with_name(fmt.file_name(contract.EPISODE))
+        """Where the engine goes.
+
+        Raises:
+            OptionError: ``precision`` is no ``trt`` row, or a support or query graph without
+                ``out_path`` (the runtime's engines are whole episodes).
+        """
+        fmt = engine_format(self.precision)
+        if self.out_path is not None:
+            return self.out_path
+        if self.graph != contract.EPISODE:
+            raise OptionError(
+                f"--graph {self.graph} builds a Triton plan: give its file with --out"
+            )
+        return self.model_dir / fmt.file_name(contract.EPISODE)
 
 
 @dataclass(frozen=True)
@@ -250,9 +278,10 @@ def installed_tensorrt_version() -> str | None:
 
 def _plan(options: EngineBuildOptions, tensorrt_version: str) -> PrecisionPlan:
     return plan_precision(
-        options.onnx_path,
+        options.model_dir,
         precision=options.precision,
         tensorrt_version=tensorrt_version,
+        graph=options.graph,
         weak_typing=options.weak_typing,
         tf32=options.tf32,
     )

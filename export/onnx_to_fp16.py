@@ -1,4 +1,5 @@
-"""Mixed-precision copy of an exported FP32 graph (DESIGN.md section 5, ``--fp16``).
+"""Mixed-precision copy of an exported FP32 graph (``--precision fp16``,
+docs/design.md#deployment-precision).
 
 Weights and activations become FP16 through onnxruntime's converter
 (``onnxruntime.transformers.float16.convert_float_to_float16``); graph inputs and outputs keep

@@ -22,9 +22,12 @@ What stays float (:func:`int8_float_nodes`): :func:`~dpnet_export.onnx_to_fp16.f
 (the CCM, the discriminator, the PIM, every L2 normalisation, the nodes computed from the
 support masks alone and the layout ops that carry them) and the classifier (``classifier``
 scope: the 1x1 conv to the two logits whose ArgMax is the mask; quantizing it doubled the
-mIoU delta and the flipped pixels of the trained tiny model). Nodes are chosen by the
-``ccm``/scope metadata that ``torch.onnx`` writes, never by name;
-``python -m dpnet_bench.localize`` shows where each precision is lost.
+mIoU delta and the flipped pixels of the trained tiny model). With ``int8_ccm`` (the
+default) the CCM's similarity MatMul leaves that list and runs in INT8 too, each flavour its
+own way (:mod:`dpnet_export.ccm_int8`); its ArgMax, gathers and one-hot MatMul stay as they
+are. Nodes are chosen by the ``ccm``/scope metadata that ``torch.onnx`` writes, never by
+name; ``python -m dpnet_bench.localize`` shows where each precision is lost, the
+similarity's share included.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from dpnet_export.lint_qdq import QDQ_OPS
-from dpnet_export.onnx_to_fp16 import fp32_keep_list, node_scopes, nodes_in_scope
+from dpnet_export.ccm_int8 import similarity_node, similarity_overrides, to_matmul_integer
+from dpnet_export.onnx_to_fp16 import fp32_keep_list, nodes_in_scope
 from dpnet_runtime import contract
 from dpnet_runtime.backends.ort import OrtRunner
 from dpnet_runtime.errors import ExportError, InputError, one_line
@@ -57,16 +60,16 @@ __all__ = [
     "float32_to_int8",
     "fold_batch_norm",
     "int8_float_nodes",
-    "qdq_nodes_touching",
 ]
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS: Final = ("minmax", "percentile")
 """Calibration methods, ``--calib-method``: ``minmax`` (the default: best mIoU parity, see
-README) and ``percentile`` (99.999th percentile of a histogram). ``quantize_static``'s Entropy
-is left out: with its fixed 128 histogram bins and 128 quantized bins it has one candidate
-threshold, the full range, and gives MinMax's scales (measured: identical graphs)."""
+docs/export/int8.md) and ``percentile`` (99.999th percentile of a histogram).
+``quantize_static``'s Entropy is left out: with its fixed 128 histogram bins and 128 quantized
+bins it has one candidate threshold, the full range, and gives MinMax's scales (measured:
+identical graphs)."""
 FLOAT_SCOPES: Final = ("classifier",)
 """Scopes kept float besides ``fp32_keep_list``'s: the 1x1 classifier behind the mask's ArgMax."""
 _ORT_METADATA: Final = ("onnx.infer", "onnx.quant.pre_process")
@@ -84,6 +87,10 @@ class Int8Flavour:
         output_qdq: also quantize op outputs (ONNX Runtime's QLinear fusion needs them).
         quantize_bias: int32 biases behind a DequantizeLinear (``False``: FP32 biases).
         weight_qdq_pair: FP32 weights with a Q/DQ pair (``False``: INT8 initializers).
+        similarity: how the CCM similarity runs in INT8 (:mod:`dpnet_export.ccm_int8`):
+            ``matmul_integer`` (int32 scores) or ``qdq`` (Q/DQ pairs, float scores).
+        support_keys: the type of the similarity's support keys, ``uint8`` (zero point 128)
+            or ``int8``; the query keys are int8.
     """
 
     backend: str
@@ -93,9 +100,16 @@ class Int8Flavour:
     output_qdq: bool
     quantize_bias: bool
     weight_qdq_pair: bool
+    similarity: str
+    support_keys: str
 
-    def ort_options(self) -> dict[str, Any]:
-        """``quantize_static``'s ``extra_options`` for this flavour."""
+    def ort_options(self, similarity: onnx.NodeProto | None = None) -> dict[str, Any]:
+        """``quantize_static``'s ``extra_options`` for this flavour.
+
+        Args:
+            similarity: the CCM similarity node when it is quantized too: symmetric scales
+                on its inputs, none on its output (the ArgMax read the scores).
+        """
         options: dict[str, Any] = {
             "ActivationSymmetric": self.activations == "int8",
             "WeightSymmetric": True,
@@ -104,8 +118,12 @@ class Int8Flavour:
             "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
             "QDQKeepRemovableActivations": False,
         }
-        if not self.output_qdq:
-            options["OpTypesToExcludeOutputQuantization"] = list(self.op_types)
+        excluded = [] if self.output_qdq else list(self.op_types)
+        if similarity is not None:
+            excluded.append(similarity.op_type)
+            options["TensorQuantOverrides"] = similarity_overrides(similarity, self.support_keys)
+        if excluded:
+            options["OpTypesToExcludeOutputQuantization"] = excluded
         return options
 
 
@@ -116,10 +134,12 @@ INT8_FLAVOURS: Final[dict[str, Int8Flavour]] = {
             "ort", "uint8",
             ("Conv", "Relu", "Add", "MaxPool", "Concat", "Resize", "AveragePool"),
             per_channel=True, output_qdq=True, quantize_bias=True, weight_qdq_pair=False,
+            similarity="matmul_integer", support_keys="uint8",
         ),
         Int8Flavour(
             "trt", "int8", ("Conv", "Add", "MaxPool", "AveragePool"),
             per_channel=True, output_qdq=False, quantize_bias=False, weight_qdq_pair=True,
+            similarity="qdq", support_keys="int8",
         ),
     )
 }  # fmt: skip
@@ -133,6 +153,7 @@ def float32_to_int8(
     method: str = "minmax",
     calibration: Mapping[str, Any] | None = None,
     flavours: Sequence[Int8Flavour] = tuple(INT8_FLAVOURS.values()),
+    int8_ccm: bool = True,
 ) -> dict[str, onnx.ModelProto]:
     """INT8 QDQ copies of an FP32 graph, one per flavour, calibrated on ``feeds``.
 
@@ -144,6 +165,8 @@ def float32_to_int8(
         calibration: what the feeds are (dataset, episodes, seed...), recorded as JSON in the
             ``META_CALIBRATION`` metadata with the method.
         flavours: the flavours to write (default: both).
+        int8_ccm: also run the CCM's similarity MatMul in INT8 (:mod:`dpnet_export.ccm_int8`);
+            ``False`` keeps the whole CCM float.
 
     Returns:
         backend -> new ``ModelProto`` with ``META_PRECISION`` ``int8`` and ``META_INT8_TARGET``
@@ -160,7 +183,15 @@ def float32_to_int8(
             f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
         )
     folded = fold_batch_norm(model)
-    float_nodes = int8_float_nodes(folded)
+    similarity = similarity_node(folded) if int8_ccm else None
+    float_nodes = int8_float_nodes(folded, int8_ccm=int8_ccm)
+    if similarity is not None:
+        # MatMul joins the quantized op types for the similarity alone.
+        float_nodes += [
+            node.name
+            for node in folded.graph.node
+            if node.op_type == "MatMul" and node.name not in (similarity.name, *float_nodes)
+        ]
     recorded = json.dumps({**(calibration or {}), "method": method}, sort_keys=True)
     results: dict[str, onnx.ModelProto] = {}
     with tempfile.TemporaryDirectory(prefix="dpnet-int8-") as tmp:
@@ -170,7 +201,13 @@ def float32_to_int8(
         for flavour in flavours:
             # The first flavour calibrates and writes the ranges; the others reuse them.
             quantized = _quantize(
-                source, folder, flavour, feeds, float_nodes, method, folder / "ranges.json"
+                source,
+                folder,
+                flavour,
+                feeds,
+                (float_nodes, similarity),
+                method,
+                folder / "ranges.json",
             )
             _set_properties(
                 quantized,
@@ -230,27 +267,19 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
-def int8_float_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that stay float in the INT8 graphs (see the module docstring)."""
+def int8_float_nodes(model: onnx.ModelProto, *, int8_ccm: bool = False) -> list[str]:
+    """Names of the nodes that stay float in the INT8 graphs (see the module docstring).
+
+    Args:
+        model: an FP32 graph.
+        int8_ccm: leave the CCM's similarity MatMul out of the list (it runs in INT8).
+    """
     keep = set(fp32_keep_list(model))
     keep.update(node.name for scope in FLOAT_SCOPES for node in nodes_in_scope(model, scope))
+    similarity = similarity_node(model) if int8_ccm else None
+    if similarity is not None:
+        keep.discard(similarity.name)
     return sorted(keep)
-
-
-def qdq_nodes_touching(model: onnx.ModelProto, scope: str) -> list[str]:
-    """Q/DQ nodes that feed a node of ``scope`` or consume one of its outputs.
-
-    An empty list means the scope computes in float on float inputs (no quantized tensor
-    enters or leaves it directly).
-    """
-    members = [node for node in model.graph.node if scope in node_scopes(node)]
-    inputs = {name for node in members for name in node.input}
-    outputs = {name for node in members for name in node.output}
-    return sorted(
-        node.name
-        for node in model.graph.node
-        if node.op_type in QDQ_OPS and (set(node.output) & inputs or set(node.input) & outputs)
-    )
 
 
 def _folded_weights(
@@ -288,10 +317,12 @@ def _quantize(
     folder: Path,
     flavour: Int8Flavour,
     feeds: Sequence[Mapping[str, np.ndarray]],
-    float_nodes: list[str],
+    excluded: tuple[list[str], onnx.NodeProto | None],
     method: str,
     ranges: Path,
 ) -> onnx.ModelProto:
+    float_nodes, similarity = excluded
+    op_types = [*flavour.op_types, *([similarity.op_type] if similarity is not None else [])]
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -319,13 +350,13 @@ def _quantize(
                 str(target),
                 _Feeds(),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(flavour.op_types),
+                op_types_to_quantize=op_types,
                 per_channel=flavour.per_channel,
                 activation_type=activations,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=float_nodes,
                 calibrate_method=methods[method],
-                extra_options=flavour.ort_options(),
+                extra_options=flavour.ort_options(similarity),
                 calibration_cache_path=str(ranges),
             )
     except (
@@ -340,6 +371,12 @@ def _quantize(
     quantized = onnx.load(str(target))
     for key in _ORT_METADATA:
         _remove_property(quantized, key)
+    if similarity is not None and flavour.similarity == "matmul_integer":
+        to_matmul_integer(quantized)
+    if similarity is not None and flavour.similarity == "qlinear_matmul":
+        from dpnet_export.ccm_int8 import to_qlinear_matmul
+
+        to_qlinear_matmul(quantized)
     return quantized
 
 

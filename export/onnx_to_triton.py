@@ -34,19 +34,28 @@ from dpnet_runtime.contract import (
     META_CONFIG,
     META_INPUT_SIZE,
     META_RAW_INPUT,
-    PRECISIONS,
     QUERY,
     QUERY_IMAGE,
+    SOURCE_PRECISION,
     SUPPORT,
+    Format,
     TensorSpec,
     find_format,
 )
-from dpnet_runtime.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    ExportError,
+    ModelFileError,
+    OptionError,
+)
+from dpnet_runtime.extras import missing_package_message
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.formats import precisions, runtime_backends
+from dpnet_runtime.outputs import refuse_inputs
 
 __all__ = [
     "BLS_MODEL",
-    "TRITON_BACKENDS",
+    "TRITON_PLATFORMS",
     "TritonOptions",
     "TritonRepository",
     "onnx_to_triton",
@@ -55,8 +64,9 @@ __all__ = [
 ]
 
 BLS_MODEL: Final = "dpnet"
-TRITON_BACKENDS: Final = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
-_MODEL_FILES: Final = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+TRITON_PLATFORMS: Final = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}
+"""Artifact kind of a ``contract.FORMATS`` row -> the Triton platform that serves it."""
+_MODEL_FILES: Final = {"onnx": "model.onnx", "engine": "model.plan"}
 _DATA_TYPES: Final = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -80,37 +90,44 @@ class TritonOptions:
     """How to write the repository.
 
     Args:
-        backend: Triton backend of the two graphs, ``onnxruntime`` or ``tensorrt``.
-        precision: ``fp32``, ``fp16`` or ``int8``: the ONNX Runtime copies of that precision
-            (``*_fp16.onnx``, ``*_int8.onnx``); for ``tensorrt``, the graphs its plans are
-            built from (the FP32 graphs, the mixed-precision ``*_fp16.onnx`` ones built
-            strongly typed, the symmetric ``*_int8_trt.onnx`` QDQ ones).
+        backend: a runtime backend of ``contract.FORMATS``: ``ort`` (Triton's ONNX Runtime
+            backend serves the graphs) or ``trt`` (TensorRT plans, built on the serving GPU).
+        precision: the row of that backend: ``ort`` serves its graphs (``*_fp16.onnx``,
+            ``*_int8.onnx``), ``trt`` builds its plans from its source graphs (the FP32 ones,
+            the mixed-precision ``*_fp16.onnx`` built strongly typed, the symmetric
+            ``*_int8_trt.onnx`` QDQ ones).
         max_batch: Triton's ``max_batch_size`` of the two graphs.
         queue_delay_us: dynamic batching's ``max_queue_delay_microseconds``.
         instances: model instances of each graph.
         kind: ``KIND_GPU`` or ``KIND_CPU``.
     """
 
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
+    backend: str = "ort"
+    precision: str = SOURCE_PRECISION
     max_batch: int = 8
     queue_delay_us: int = 5000
     instances: int = 1
     kind: str = "KIND_GPU"
 
     def __post_init__(self) -> None:
-        if self.backend not in TRITON_BACKENDS:
-            raise InputError(
-                f"unknown Triton backend {self.backend!r}; choose {' or '.join(TRITON_BACKENDS)}"
+        if self.backend not in runtime_backends():
+            raise OptionError(
+                f"unknown Triton backend {self.backend!r}; choose {' or '.join(runtime_backends())}"
             )
         if self.kind not in ("KIND_GPU", "KIND_CPU"):
-            raise InputError(f"kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
+            raise OptionError(f"kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
         if min(self.max_batch, self.instances) < 1 or self.queue_delay_us < 0:
-            raise InputError("max_batch and instances must be >= 1, queue_delay_us >= 0")
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            raise OptionError("--max-batch and --instances must be >= 1, --queue-delay-us >= 0")
+        if self.precision not in precisions(self.backend):
+            choices = ", ".join(precisions(self.backend))
+            raise OptionError(
+                f"precision must be one of {choices} on {self.backend}, got {self.precision!r}"
             )
+
+    @property
+    def format(self) -> Format:
+        """The row of ``contract.FORMATS`` the repository serves."""
+        return find_format(self.backend, self.precision)
 
 
 def source_graphs(artifacts: Path, options: TritonOptions) -> dict[str, Path]:
@@ -119,10 +136,7 @@ def source_graphs(artifacts: Path, options: TritonOptions) -> dict[str, Path]:
     Returns:
         ``{"support": path, "query": path}`` inside ``artifacts``.
     """
-    fmt = find_format("ort", options.precision)
-    if options.backend == "tensorrt" and options.precision != "fp32":
-        fmt = find_format("trt", options.precision)
-    return {role: artifacts / fmt.onnx_name(role) for role in (SUPPORT, QUERY)}
+    return {role: artifacts / options.format.onnx_name(role) for role in (SUPPORT, QUERY)}
 
 
 @dataclass(frozen=True)
@@ -134,13 +148,13 @@ class TritonRepository:
         configs: every ``config.pbtxt`` written.
         validated: the configs were parsed with Triton's schema (``tritonclient`` installed).
         to_build: for the TensorRT backend, the plan each graph model still needs:
-            (ONNX file, plan path); build them on the serving GPU.
+            (graph role, ONNX file, plan path); build them on the serving GPU.
     """
 
     repo: Path
     configs: tuple[Path, ...]
     validated: bool
-    to_build: tuple[tuple[Path, Path], ...]
+    to_build: tuple[tuple[str, Path, Path], ...]
 
 
 def onnx_to_triton(
@@ -154,10 +168,12 @@ def onnx_to_triton(
         options: see :class:`TritonOptions`.
 
     Raises:
+        InputError: ``repo`` is, or lies inside, ``artifacts``.
         ModelFileError: a graph is missing or its metadata or I/O is not the contract's.
         ExportError: a written config fails Triton's schema.
     """
     options = options or TritonOptions()
+    refuse_inputs({"--out": [repo]}, {"--model": [artifacts]})
     files = source_graphs(artifacts, options)
     specs = {role: _bound_specs(role, file) for role, file in files.items()}
     configs = {
@@ -175,12 +191,13 @@ def onnx_to_triton(
         written.append(path)
     atomic_write_text(repo / BLS_MODEL / "1" / "model.py", Path(triton_bls.__file__).read_text())
     to_build = []
+    artifact = options.format.artifact
     for role, source in files.items():
-        target = repo / GRAPHS[role].stem / "1" / _MODEL_FILES[options.backend]
-        if options.backend == "onnxruntime":
+        target = repo / GRAPHS[role].stem / "1" / _MODEL_FILES[artifact]
+        if artifact == "onnx":
             shutil.copyfile(source, target)
         else:
-            to_build.append((source, target))
+            to_build.append((role, source, target))
     validated = validate_repository(repo, required=False)
     return TritonRepository(repo, tuple(written), validated, tuple(to_build))
 
@@ -205,7 +222,7 @@ def validate_repository(repo: Path, *, required: bool = True) -> bool:
     except ImportError as exc:
         if required:
             raise BackendUnavailableError(
-                "checking Triton configs needs tritonclient: pip install 'dpnet[triton]'"
+                missing_package_message("tritonclient", "checking Triton configs")
             ) from exc
         return False
     for path in sorted(repo.glob("*/config.pbtxt")):
@@ -292,7 +309,7 @@ def _graph_config(
 ) -> Config:
     return {
         "name": name,
-        "platform": TRITON_BACKENDS[options.backend],
+        "platform": TRITON_PLATFORMS[options.format.artifact],
         "max_batch_size": options.max_batch,
         "input": [_tensor(spec, batched=True) for spec in inputs.values()],
         "output": [_tensor(spec, batched=True) for spec in outputs.values()],

@@ -11,8 +11,9 @@ the two tables below:
   :class:`dpnet.model.ccm.CycleComparison` module). It is exactly what the exported CCM
   contains: the similarity and one-hot MatMuls, both ArgMax, the cycle's GatherElements, the
   ``[:, :, 0]`` pick (Gather), the one-hot Equal, the ``> 0.5`` Greater, the fg-and-fg And, the
-  Casts and Unsqueezes. A new op in the CCM fails the export until it is added here (and to
-  README's list).
+  Casts and Unsqueezes, and MatMulInteger: the similarity of the ONNX Runtime INT8 graph
+  (:mod:`dpnet_export.ccm_int8`). A new op in the CCM fails the export until it is added here
+  (and to docs/export/index.md's list).
 """
 
 from __future__ import annotations
@@ -43,5 +44,16 @@ FORBIDDEN_OPS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 CCM_ALLOWED_OPS: Final = frozenset(
-    {"MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze"}
+    {
+        "MatMul",
+        "MatMulInteger",
+        "ArgMax",
+        "GatherElements",
+        "Gather",
+        "Equal",
+        "Greater",
+        "And",
+        "Cast",
+        "Unsqueeze",
+    }
 )

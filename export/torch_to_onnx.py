@@ -1,19 +1,24 @@
-"""DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract` (DESIGN.md section 5).
+"""DPNet checkpoint -> ONNX graphs that follow :mod:`dpnet_runtime.contract`.
 
-:func:`export_onnx` writes ``dpnet.onnx`` (one episode), the split pair ``dpnet_support.onnx`` /
-``dpnet_query.onnx``, with ``fp16`` their ``*_fp16.onnx`` mixed-precision copies and, with
-``int8``, their calibrated INT8 copies for ONNX Runtime (``*_int8.onnx``) and for TensorRT
-(``*_int8_trt.onnx``, :mod:`dpnet_export.onnx_to_int8`). Each
+The contract and why it is data: docs/design.md#the-artifact-contract.
+
+:func:`export_onnx` writes ``dpnet.onnx`` (one episode) and the split pair
+``dpnet_support.onnx`` / ``dpnet_query.onnx`` in FP32, and for each precision asked for the
+graphs of its rows of ``contract.FORMATS`` (:func:`dpnet_export.low_precision.low_precision_graphs`:
+``*_fp16.onnx``; ``*_int8.onnx`` for ONNX Runtime and ``*_int8_trt.onnx`` for TensorRT). Each
 graph is exported with ``torch.onnx.export(dynamo=True)`` at a static image size with batch B
-and shots K as dynamic axes, simplified by the onnxscript optimizer (constant folding, dead
-code), stamped with the ``META_*`` metadata, verified (``onnx.checker`` full check, strict
-shape inference, the op rules below) and only then written: every graph is built in memory
-first, and the files are swapped in as one set (:func:`dpnet_runtime.fileio.atomic_write_files`),
-so a failure leaves the earlier export in the folder exactly as it was.
+and shots K as dynamic axes named as the contract names them (``B``, ``K``), simplified by the
+onnxscript optimizer (constant folding, dead code), stamped with the ``META_*`` metadata (its
+precision among them), verified (``onnx.checker`` full check, strict shape inference, the op
+rules below, and the lint of ``dpnet-export check`` with the rules of the runtime it is for)
+and only then written: every graph is built in memory first, and the files are swapped in as
+one set (:func:`dpnet_runtime.fileio.atomic_write_files`), so a failure leaves the earlier
+export in the folder exactly as it was.
 
 Op rules, checked on every graph (:mod:`dpnet_export.op_rules`, shared with the lint): the
 nodes under the scope ``ccm`` use only ``CCM_ALLOWED_OPS`` and no QuantizeLinear/
-DequantizeLinear feeds or follows them; no node anywhere is one of ``FORBIDDEN_OPS``.
+DequantizeLinear feeds or follows them but those of the INT8 similarity
+(:func:`dpnet_export.ccm_int8.stray_ccm_qdq`); no node anywhere is one of ``FORBIDDEN_OPS``.
 """
 
 from __future__ import annotations
@@ -39,25 +44,28 @@ from dpnet.config import check_beta
 from dpnet.model.dpnet import DPNet
 from dpnet_export.calibration import (
     CalibrationOptions,
-    CalibrationSet,
     check_calibration_options,
     load_calibration_set,
-    role_feeds,
 )
-from dpnet_export.onnx_to_fp16 import CCM_SCOPE, float32_to_float16, nodes_in_scope
-from dpnet_export.onnx_to_int8 import float32_to_int8, qdq_nodes_touching
+from dpnet_export.ccm_int8 import stray_ccm_qdq
+from dpnet_export.lint import lint_onnx
+from dpnet_export.low_precision import low_precision_graphs
+from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
 from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.wrappers import GRAPH_MODULES
 from dpnet_runtime import contract
-from dpnet_runtime.contract import FORMATS, GRAPHS, SUPPORT, GraphSpec, find_format
-from dpnet_runtime.errors import ExportError, InputError, one_line
+from dpnet_runtime.contract import FORMATS, GRAPHS, GraphSpec, find_format
+from dpnet_runtime.errors import ExportError, InputError, OptionError, one_line
 from dpnet_runtime.fileio import atomic_write_files, sha256_file
+from dpnet_runtime.formats import converted_precisions, lint_target
+from dpnet_runtime.outputs import refuse_inputs, refuse_replacing
 
 __all__ = [
     "ExportOptions",
     "ExportResult",
     "check_graph",
     "export_onnx",
+    "lint_graph",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,23 +81,29 @@ class ExportOptions:
     Args:
         size: square input side H = W (static in the graph); default ``config.input_size``.
         max_shots: largest K the graphs accept (K is a dynamic axis over 1..max_shots).
-        fp16: also write the ``*_fp16.onnx`` mixed-precision copies.
-        int8: also write the INT8 copies (``*_int8.onnx`` for ONNX Runtime, ``*_int8_trt.onnx``
-            for TensorRT), calibrated on ``calibration``'s episodes.
-        calibration: the INT8 calibration data and method.
+        precisions: the other precisions to write besides FP32 (``("fp16", "int8")``), each
+            one of :func:`dpnet_runtime.formats.converted_precisions`: the graphs of its rows
+            (``*_fp16.onnx``; ``*_int8.onnx`` and ``*_int8_trt.onnx``).
+        calibration: the calibration data and method of the calibrated precisions (INT8).
+        int8_ccm: the INT8 copies run the CCM's similarity MatMul in INT8 too
+            (:mod:`dpnet_export.ccm_int8`); ``False`` keeps the whole CCM float.
         beta: discriminator threshold baked into the graphs; default ``config.beta_test``.
         raw_input: uint8 NHWC images and uint8 masks, normalised inside the graph.
         opset: ONNX opset (18: the one the TensorRT 10 parser and onnxruntime both cover).
+        overwrite: remove the graphs of an earlier export that this one does not write (its
+            other precisions: they would not match the new graphs); without it such a folder
+            is refused before anything runs.
     """
 
     size: int | None = None
     max_shots: int = 5
-    fp16: bool = False
-    int8: bool = False
+    precisions: tuple[str, ...] = ()
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    int8_ccm: bool = True
     beta: float | None = None
     raw_input: bool = False
     opset: int = 18
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,24 +145,40 @@ def export_onnx(
         :class:`ExportResult` naming the written files.
 
     Raises:
-        InputError: invalid options, or ``out_dir`` cannot be created or written.
+        OptionError: invalid options.
+        InputError: ``out_dir`` cannot be created or written, is or lies inside an input, or
+            holds an earlier export's other precisions (without ``overwrite``).
         ModelFileError: missing, damaged or foreign checkpoint.
         DatasetError: the INT8 calibration dataset cannot be read.
         ExportError: the exporter, the quantizer, the ONNX checker or the op rules rejected
             a graph.
 
-    >>> export_onnx(Path("model.pt"), Path("out"), ExportOptions(fp16=True))  # doctest: +SKIP
+    >>> options = ExportOptions(precisions=("fp16",))
+    >>> export_onnx(Path("model.pt"), Path("out"), options)  # doctest: +SKIP
     """
     options = options or ExportOptions()
     report = progress or (lambda _message: None)
     start = time.perf_counter()
     _check_options(options)
     _check_writable(Path(out_dir))
+    refuse_inputs(
+        {"--out": [out_dir]},
+        {"--ckpt": [checkpoint]},
+        trees={"--data-root": [options.calibration.root]},
+    )
+    planned = {Path(out_dir) / name for name in _planned_names(options)}
+    refuse_replacing(
+        _graph_files(Path(out_dir)) - planned,
+        "--out",
+        "an earlier export wrote in other precisions and would no longer match the new graphs",
+        action="remove them",
+        overwrite=options.overwrite,
+    )
     model, loaded = load_model(Path(checkpoint))
     size = options.size or loaded.config.input_size
     calibration = (
         load_calibration_set(options.calibration, size=size, raw_input=options.raw_input)
-        if options.int8
+        if _calibrated(options.precisions)
         else None
     )
     beta = loaded.config.beta_test if options.beta is None else options.beta
@@ -163,10 +193,10 @@ def export_onnx(
         contract.META_BETA: json.dumps(beta),
         contract.META_OPSET: str(options.opset),
         contract.META_RAW_INPUT: json.dumps(options.raw_input),
-        contract.META_PRECISION: "fp32",
+        contract.META_PRECISION: contract.SOURCE_PRECISION,
         contract.META_MAX_SHOTS: str(options.max_shots),
     }
-    fp32 = FORMATS["ort"]
+    fp32 = find_format("ort", contract.SOURCE_PRECISION)
     graphs: dict[str, onnx.ModelProto] = {}
     for spec in GRAPHS.values():
         name = fp32.file_name(spec.role)
@@ -177,15 +207,17 @@ def export_onnx(
         _set_metadata(proto, {**metadata, **_graph_metadata(spec)})
         check_graph(proto, name)
         graphs[name] = proto
-    if options.fp16:
-        fp16 = FORMATS["ort-fp16"]
-        for role in GRAPHS:
-            report(f"converting {fp32.file_name(role)} to mixed FP16")
-            name = fp16.file_name(role)
-            graphs[name] = _fp16_copy(graphs[fp32.file_name(role)], name)
-    if calibration is not None:
-        fp32_graphs = {role: graphs[fp32.file_name(role)] for role in GRAPHS}
-        graphs.update(_int8_copies(fp32_graphs, calibration, report))
+    fp32_graphs = {role: graphs[fp32.file_name(role)] for role in GRAPHS}
+    for precision in options.precisions:
+        copies = low_precision_graphs(
+            fp32_graphs, precision, calibration, report, int8_ccm=options.int8_ccm
+        )
+        for name, copy in copies.items():
+            check_graph(copy, name)
+        graphs.update(copies)
+    for name, proto in graphs.items():
+        report(f"linting {name}")
+        lint_graph(proto, name)
     report(f"writing {len(graphs)} files to {out_dir}")
     files = _write_all(Path(out_dir), graphs)
     seconds = time.perf_counter() - start
@@ -213,27 +245,66 @@ def check_graph(proto: onnx.ModelProto, name: str) -> None:
             f"{name} breaks the op rules: forbidden ops {forbidden}, CCM ops outside the allowed "
             f"list {stray}; the model code must stay static (see dpnet/model/ccm.py)"
         )
-    quantized = qdq_nodes_touching(proto, CCM_SCOPE)
+    quantized = stray_ccm_qdq(proto)
     if quantized:
         raise ExportError(
-            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; the CCM must stay "
-            "float (dpnet_export.onnx_to_int8.int8_float_nodes)"
+            f"{name} quantizes the CCM: {quantized[:3]} feed or follow it; only the inputs of "
+            "its similarity MatMul may be quantized (dpnet_export.ccm_int8)"
         )
+
+
+def lint_graph(proto: onnx.ModelProto, name: str) -> None:
+    """The ``dpnet-export check`` lint, with the rules of the runtime file ``name`` is for
+    (:func:`dpnet_runtime.formats.lint_target`); warnings are logged.
+
+    Raises:
+        ExportError: the lint found errors (the first ones named; ``.log`` has them all).
+    """
+    report = lint_onnx(proto, lint_target(name))
+    for finding in report.warnings:
+        logger.info("%s: lint warning at %s (%s): %s", name, finding.node, finding.op_type,
+                    finding.message)  # fmt: skip
+    if not report.passed:
+        errors = [f"{f.node} ({f.op_type}): {f.message}" for f in report.errors]
+        raise ExportError(
+            f"{name} fails dpnet-export check ({report.target} rules, {len(errors)} error(s)): "
+            f"{'; '.join(errors[:2])}",
+            "\n".join(errors),
+        )
+
+
+def _calibrated(precisions: tuple[str, ...]) -> bool:
+    return any(row.calibrated for row in FORMATS.values() if row.precision in precisions)
 
 
 def _check_options(options: ExportOptions) -> None:
     if options.size is not None and options.size < _MIN_SIZE:
-        raise InputError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
+        raise OptionError(f"--size must be at least {_MIN_SIZE} pixels, got {options.size}")
     if not 1 <= options.max_shots <= 64:
-        raise InputError(f"--max-shots must lie in 1..64, got {options.max_shots}")
+        raise OptionError(f"--max-shots must lie in 1..64, got {options.max_shots}")
     if options.beta is not None:
         check_beta(options.beta, "--beta")
     if options.opset < 18:
-        raise InputError(f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}")
-    if options.int8:
+        raise OptionError(
+            f"opset must be 18 or newer (Reduce* axes as inputs), got {options.opset}"
+        )
+    choices = converted_precisions()
+    unknown = [precision for precision in options.precisions if precision not in choices]
+    if unknown:
+        raise OptionError(
+            f"--precision {', '.join(unknown)} is not one of {', '.join(choices)} (FP32 graphs "
+            "are always written)"
+        )
+    if _calibrated(options.precisions):
         check_calibration_options(options.calibration)
     elif options.calibration != CalibrationOptions():
-        raise InputError("the --calib-* options and --data-root calibrate --int8: add --int8")
+        calibrated = sorted({row.precision for row in FORMATS.values() if row.calibrated})
+        raise OptionError(
+            f"the --calib-* options and --data-root calibrate {', '.join(calibrated)}: add "
+            f"--precision {','.join(calibrated)}"
+        )
+    if options.int8_ccm != ExportOptions.int8_ccm and "int8" not in options.precisions:
+        raise OptionError("--no-int8-ccm chooses the CCM of the INT8 copies: add --precision int8")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -269,9 +340,10 @@ def _example_inputs(
 
 
 def _dynamic_shapes(spec: GraphSpec, max_shots: int) -> dict[str, dict[int, Any]]:
-    batch = torch.export.Dim("batch", min=1)
+    # The Dim names become the graphs' dim_params: the contract's, as TensorRT reports them too.
+    batch = torch.export.Dim(contract.BATCH_AXIS, min=1)
     # A one-shot export keeps K static: torch.export cannot make an axis of range 1..1 dynamic.
-    shots = torch.export.Dim("shots", min=1, max=max_shots) if max_shots > 1 else None
+    shots = torch.export.Dim(contract.SHOTS_AXIS, min=1, max=max_shots) if max_shots > 1 else None
     dims = {contract.BATCH_AXIS: batch, contract.SHOTS_AXIS: shots}
     return {
         tensor.name: {
@@ -344,28 +416,25 @@ def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
     onnx.helper.set_model_props(proto, values)
 
 
-def _fp16_copy(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    converted = float32_to_float16(proto)
-    check_graph(converted, name)
-    return converted
+def _graph_files(out_dir: Path) -> set[Path]:
+    """Every ONNX graph a format reads: its own copies, and the graphs an engine is built from."""
+    return {
+        out_dir / fmt.onnx_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact != "checkpoint"
+        for role in GRAPHS
+    }
 
 
-def _int8_copies(
-    fp32: dict[str, onnx.ModelProto], calibration: CalibrationSet, report: Callable[[str], None]
-) -> dict[str, onnx.ModelProto]:
-    # Every role calibrates on the same episodes; each quantizer run serves both flavours.
-    copies: dict[str, onnx.ModelProto] = {}
-    method, episodes = calibration.options.method, len(calibration.feeds)
-    for role, proto in fp32.items():
-        report(f"calibrating {GRAPHS[role].file} on {episodes} episodes ({method}), quantizing")
-        feeds = role_feeds(calibration.feeds, role, fp32[SUPPORT])
-        described = calibration.options.describe()
-        quantized = float32_to_int8(proto, feeds, method=method, calibration=described)
-        for backend, copy in quantized.items():
-            name = find_format(backend, "int8").onnx_name(role)
-            check_graph(copy, name)
-            copies[name] = copy
-    return copies
+def _planned_names(options: ExportOptions) -> set[str]:
+    """The graph files an export with ``options`` writes (FP32 always)."""
+    precisions = {contract.SOURCE_PRECISION, *options.precisions}
+    return {
+        fmt.onnx_name(role)
+        for fmt in FORMATS.values()
+        if fmt.artifact != "checkpoint" and fmt.precision in precisions
+        for role in GRAPHS
+    }
 
 
 def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path, ...]:
@@ -379,14 +448,7 @@ def _write_all(out_dir: Path, graphs: dict[str, onnx.ModelProto]) -> tuple[Path,
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}; choose another --out") from exc
     files = {out_dir / name: proto.SerializeToString() for name, proto in graphs.items()}
-    # Every ONNX graph a format reads: its own copies, and the graphs an engine is built from.
-    graph_files = {
-        out_dir / fmt.onnx_name(role)
-        for fmt in FORMATS.values()
-        if fmt.artifact != "checkpoint"
-        for role in GRAPHS
-    }
-    stale = sorted(path for path in graph_files - files.keys() if path.exists())
+    stale = sorted(path for path in _graph_files(out_dir) - files.keys() if path.exists())
     for path in stale:
         logger.info("removing %s from an earlier export", path)
     atomic_write_files(files, remove=stale)

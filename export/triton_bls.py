@@ -6,7 +6,7 @@ backend, never in dpnet. One request carries ``class_name`` plus either the supp
 graph runs once and its outputs are cached in this model instance's memory; answers
 ``shots``) or ``query_image [3,S,S]`` (segment it with the class's cached tensors through
 the query graph; answers the query graph's outputs without the batch axis, and ``shots``).
-Inputs are the graphs' own pre-processed tensors (see README, "I/O contract"); the tensor
+Inputs are the graphs' own pre-processed tensors (see docs/runtime.md, "I/O contract"); the tensor
 and model names come from the ``parameters`` of ``config.pbtxt``, written from the contract.
 Requests run concurrently (``async_exec``), so Triton's dynamic batcher batches the query
 graph's calls. The class cache lives as long as the model instance.

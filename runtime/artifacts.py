@@ -2,8 +2,10 @@
 
 An export directory (``dpnet-export onnx --out DIR``) holds the whole-episode graph
 ``dpnet.onnx`` and the split pair ``dpnet_support.onnx`` / ``dpnet_query.onnx``, each with
-a ``*_fp16.onnx`` copy under ``--fp16``, and optionally a TensorRT ``dpnet.engine``.
-:func:`resolve_artifacts` picks the files of one format (``contract.FORMATS``);
+copies of other precisions (``dpnet_fp16.onnx``...) and TensorRT engines, one file per row
+of ``contract.FORMATS``. :func:`resolve_artifacts` picks the files of one format (or, without
+a precision, the most faithful one present) and :func:`opened_format` checks them against the
+precision they record;
 :func:`read_graph_info` checks an opened graph against the contract and parses its metadata
 (values are strings: numbers as decimal text, booleans ``true``/``false``, lists as JSON).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +37,17 @@ from dpnet_runtime.contract import (
     SUPPORT,
     Format,
     TensorSpec,
+    find_format,
 )
-from dpnet_runtime.errors import IncompatibleModelError, ModelFileError
+from dpnet_runtime.errors import IncompatibleModelError, ModelFileError, OptionError
+from dpnet_runtime.formats import formats_of
 
-__all__ = ["ArtifactSet", "GraphInfo", "read_graph_info", "resolve_artifacts"]
+__all__ = ["ArtifactSet", "GraphInfo", "opened_format", "read_graph_info", "resolve_artifacts"]
 
 _EXPORT_HINT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
+# A training run's checkpoints (dpnet-train --out) and the suffixes torch users give them.
+_RUN_CHECKPOINTS: Final = ("best.pt", "last.pt")
+_CHECKPOINT_SUFFIXES: Final = (".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,12 @@ class ArtifactSet:
     Attributes:
         files: graph role (``episode``, ``support``, ``query``) -> file; holds the episode
             graph, the support/query pair, or both.
+        format: the row these files are named for; ``None`` for a single file whose name is
+            no row's (its own ``precision`` metadata then says which row it is).
     """
 
     files: dict[str, Path]
+    format: Format | None
 
 
 @dataclass(frozen=True)
@@ -80,40 +91,76 @@ class GraphInfo:
     export_id: str = ""
 
 
-def resolve_artifacts(path: str | os.PathLike[str], fmt: Format) -> ArtifactSet:
-    """Find the files of format ``fmt`` in an export directory, or the set a file belongs to.
+def resolve_artifacts(
+    path: str | os.PathLike[str], backend: str, precision: str | None = None
+) -> ArtifactSet:
+    """Find the files of ``backend`` at ``precision`` in an export directory, or the set a
+    file belongs to.
 
     Args:
-        path: an export directory, or one graph file (a support or query graph brings
+        path: an export directory, or one graph or engine file (a support or query graph brings
             its partner from the same folder).
-        fmt: the format row (:data:`~dpnet_runtime.contract.FORMATS`) whose files to find.
+        backend: a runtime backend of :data:`~dpnet_runtime.contract.FORMATS` (``ort``, ``trt``).
+        precision: the row's precision; ``None`` takes, in a directory, the backend's first row
+            (the most faithful) whose files are present and, for a file, the row its name is.
 
     Raises:
+        OptionError: unknown backend or precision (the message lists the choices).
         ModelFileError: the path is missing, holds no file of the format, or a pair is
             incomplete; the message says how to make the files.
     """
+    try:
+        rows = [find_format(backend, precision)] if precision else list(formats_of(backend))
+        rows = rows or [find_format(backend)]  # an unknown backend: the error lists the choices
+    except ValueError as exc:
+        raise OptionError(str(exc)) from exc
     location = Path(path)
     if location.is_file():
-        return _resolve_file(location, fmt)
+        return _resolve_file(location, rows, named=precision is None)
     if not location.exists():
         raise ModelFileError(f"model path {location} does not exist; create it with {_EXPORT_HINT}")
-    names = {role: fmt.file_name(role) for role in fmt.roles}
-    files = {role: location / name for role, name in names.items() if (location / name).is_file()}
+    for fmt in rows:
+        files = _files_present(location, fmt)
+        if files:
+            return ArtifactSet(files, fmt)
+    run = [name for name in _RUN_CHECKPOINTS if (location / name).is_file()]
+    if run:
+        what = f"{location} is a training run, not an export; {run[0]} is a checkpoint"
+        raise ModelFileError(_checkpoint_message(location / run[0], what))
+    looked = ", ".join(fmt.file_name(role) for fmt in rows for role in fmt.roles)
+    what = f"{rows[0].name} model" if precision else f"{backend} model of any precision"
+    raise ModelFileError(
+        f"{location} holds no {what} (looked for {looked}); create it with {rows[0].make}"
+    )
+
+
+def _files_present(location: Path, fmt: Format) -> dict[str, Path]:
+    files = {role: location / fmt.file_name(role) for role in fmt.roles}
+    files = {role: file for role, file in files.items() if file.is_file()}
     if (SUPPORT in files) != (QUERY in files):
         files = {role: file for role, file in files.items() if role == EPISODE}
-    if not files:
-        raise ModelFileError(
-            f"{location} holds no {fmt.name} model (looked for {', '.join(names.values())}); "
-            f"create it with {fmt.make}"
-        )
-    return ArtifactSet(files)
+    return files
 
 
-def _resolve_file(file: Path, fmt: Format) -> ArtifactSet:
-    expected = f".{fmt.artifact}"
+def _checkpoint_message(checkpoint: Path, what: str) -> str:
+    return (
+        f"{what}: export it with dpnet-export onnx --ckpt {checkpoint} --out DIR, "
+        "then pass --model DIR"
+    )
+
+
+def _resolve_file(file: Path, rows: list[Format], *, named: bool) -> ArtifactSet:
+    # torch.save writes a zip archive; no graph or engine is one.
+    if file.suffix.lower() in _CHECKPOINT_SUFFIXES or zipfile.is_zipfile(file):
+        raise ModelFileError(_checkpoint_message(file, f"{file} is a checkpoint"))
+    expected = f".{rows[0].artifact}"
     if file.suffix in (".onnx", ".engine") and file.suffix != expected:
-        raise ModelFileError(f"{file} is not a {fmt.artifact} file (expected a {expected} file)")
-    names = {role: fmt.file_name(role) for role in fmt.roles}
+        raise ModelFileError(
+            f"{file} is not a {rows[0].artifact} file (expected a {expected} file)"
+        )
+    by_name = {fmt.file_name(role): fmt for fmt in rows for role in fmt.roles}
+    fmt = by_name.get(file.name) if named else rows[0]
+    names = {} if fmt is None else {role: fmt.file_name(role) for role in fmt.roles}
     if file.name in (names.get(SUPPORT), names.get(QUERY)):
         pair = {role: file.parent / names[role] for role in (SUPPORT, QUERY)}
         for role, partner in pair.items():
@@ -121,8 +168,41 @@ def _resolve_file(file: Path, fmt: Format) -> ArtifactSet:
                 raise ModelFileError(
                     f"{file} needs its {role} partner {partner}; export both with {_EXPORT_HINT}"
                 )
-        return ArtifactSet(pair)
-    return ArtifactSet({EPISODE: file})
+        return ArtifactSet(pair, fmt)
+    return ArtifactSet({EPISODE: file}, fmt)
+
+
+def opened_format(artifacts: ArtifactSet, backend: str, declared: str, *, asked: bool) -> Format:
+    """The row the opened files are, after checking the precision they record.
+
+    Args:
+        artifacts: what :func:`resolve_artifacts` found.
+        backend: the backend they were opened on.
+        declared: the precision the files record (ONNX metadata or engine sidecar).
+        asked: the caller named the precision (else it was chosen from the files' names).
+
+    Raises:
+        IncompatibleModelError: the files hold another precision than the one asked for, or
+            than their names say; one line naming both.
+    """
+    fmt = artifacts.format
+    file = next(iter(artifacts.files.values()))
+    if fmt is None:
+        try:
+            return find_format(backend, declared)
+        except ValueError as exc:
+            raise IncompatibleModelError(f"{file} records precision {declared!r}: {exc}") from exc
+    if declared == fmt.precision:
+        return fmt
+    if asked:
+        raise IncompatibleModelError(
+            f"{file} holds {declared}, not the {fmt.precision} asked for ({fmt.name}); open it "
+            f"with precision {declared!r}, or make the {fmt.precision} one with {fmt.make}"
+        )
+    raise IncompatibleModelError(
+        f"{file} holds {declared} but its name is the {fmt.name} format's ({fmt.precision}); "
+        f"rename it as the {declared} format names it, or rebuild it with {fmt.make}"
+    )
 
 
 def read_graph_info(

@@ -2,30 +2,21 @@
 
 This module is the single source of truth shared by the exporter (which writes graphs that
 follow it), the runtime (which feeds them), the bench, the TensorRT builder and a C++ caller
-(README, "I/O contract"). Two tables hold every fact; everything else derives from them:
+(docs/runtime.md, "I/O contract"). Two tables hold every fact; everything else derives from them:
 
 - :data:`GRAPHS`: graph role (``episode``, ``support``, ``query``) -> :class:`GraphSpec`, the
   file name and the inputs and outputs as :class:`TensorSpec` on symbolic axes.
-- :data:`FORMATS`: one :class:`Format` row per deployable format (``torch``, ``ort-fp16``,
-  ``ort-int8``, ``trt``...), in the spirit of Ultralytics' ``export_formats()``: backend,
-  precision, device, artifact kind and file tag, the pip extra it needs, the command that
-  makes it and, for an engine, the tag of the ONNX graphs it is built from.
+- :data:`FORMATS`: one :class:`Format` row per (backend, precision), in the spirit of
+  Ultralytics' ``export_formats()``: device, artifact kind, pip extra, help text, parity
+  limits, converter and, for an engine, the ONNX graphs it is built from. Names, file names,
+  commands and every derived list are in :mod:`dpnet_runtime.formats`.
 
-Symbolic axes: ``B`` episodes and ``K`` shots are dynamic in every graph; ``S`` is the model's
-image side, ``h`` the feature side (output stride 8: ``h = (S - 1) // 8 + 1``), ``C`` the
-feature channels of the config and ``D`` the cosine channels (:data:`COS_CHANNELS`); these
-four are fixed per export and bound by :meth:`GraphSpec.bind`.
-
-Whole-episode graph ``dpnet.onnx``: ``support_images [B,K,3,S,S]``, ``support_masks [B,K,S,S]``
-(1 = object, 0 = background), ``query_image [B,3,S,S]`` (float32, ImageNet-normalised RGB) ->
-``logits [B,2,S,S] float32`` (background, object), ``mask [B,S,S] uint8`` (argmax of logits),
-``pseudo_count [B] int32`` (size of the confident set C' summed over shots) and
-``confidence [B,K,h,w] uint8`` (C' per shot). The split pair: ``dpnet_support.onnx`` maps the
-support inputs to the support cache (``support_cos_feats [B,K,D,h,w]`` L2-normalised,
-``support_fg [B,K,h,w]``, ``prototypes [B,K,C]``); ``dpnet_query.onnx`` maps ``query_image``
-plus the cache to the episode graph's outputs. With ``--raw-input`` the images are
-``uint8 [B,K,S,S,3]`` / ``[B,S,S,3]`` RGB and the masks ``uint8 [B,K,S,S]``
-(:data:`RAW_INPUTS`); normalisation happens inside the graph.
+Symbolic axes: ``B`` episodes and ``K`` shots are dynamic in every graph (the exported graphs
+name them so: ONNX Runtime and TensorRT report the same names); ``S`` is the image side, ``h``
+the feature side (``h = (S - 1) // 8 + 1``), ``C`` the feature channels and ``D`` the cosine
+channels (:data:`COS_CHANNELS`), fixed per export and bound by :meth:`GraphSpec.bind`.
+``--raw-input`` graphs take uint8 RGB images channels last and uint8 masks
+(:data:`RAW_INPUTS`) and normalise inside the graph.
 """
 
 from __future__ import annotations
@@ -61,13 +52,13 @@ __all__ = [
     "META_PRECISION",
     "META_RAW_INPUT",
     "META_STD",
-    "PRECISIONS",
     "PROTOTYPES",
     "PSEUDO_COUNT",
     "QUERY",
     "QUERY_IMAGE",
     "RAW_INPUTS",
     "SHOTS_AXIS",
+    "SOURCE_PRECISION",
     "SUPPORT",
     "SUPPORT_COS_FEATS",
     "SUPPORT_FG",
@@ -75,10 +66,10 @@ __all__ = [
     "SUPPORT_MASKS",
     "Format",
     "GraphSpec",
+    "ParityLimits",
     "TensorSpec",
     "feature_size",
     "find_format",
-    "shots_axis_inputs",
     "symbolic_axis",
 ]
 
@@ -102,11 +93,6 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
-
-    @property
-    def is_static(self) -> bool:
-        """True when every axis has a fixed size."""
-        return all(isinstance(dim, int) for dim in self.shape)
 
     def describe(self) -> str:
         """Human-readable ``float32 [B, K, 3, 321, 321]`` for messages."""
@@ -264,44 +250,81 @@ def symbolic_axis(name: str, axis: int) -> str | None:
     return None
 
 
-def shots_axis_inputs() -> frozenset[str]:
-    """Names of the graph inputs that carry the shots axis K (TensorRT profiles bound it)."""
-    return frozenset(
-        spec.name for graph in GRAPHS.values() for spec in graph.inputs if SHOTS_AXIS in spec.shape
-    )
+SOURCE_PRECISION: Final = "fp32"
+"""The precision of the exported graphs that every other precision is converted from."""
 
 
-PRECISIONS: Final = ("fp32", "fp16", "int8")
+@dataclass(frozen=True)
+class ParityLimits:
+    """How close a format must stay to PyTorch FP32 on the bench's episodes (docs/design.md,
+    Targets).
+
+    Attributes:
+        max_miou_delta_pt: gate: the largest |mIoU delta| to torch, either protocol, points.
+        min_pixel_agreement_pct: gate: the smallest share of mask pixels equal to torch's
+            (``None``: no such gate).
+        min_confidence_iou_pct: a reported target, not a gate: the smallest pooled IoU of the
+            CCM's confident sets C' with torch's (``None``: none).
+    """
+
+    max_miou_delta_pt: float
+    min_pixel_agreement_pct: float | None = None
+    min_confidence_iou_pct: float | None = None
 
 
 @dataclass(frozen=True)
 class Format:
-    """One deployable format: a row of the format table.
+    """One deployable format: a row of the format table, one per (backend, precision).
 
     Attributes:
-        name: the string of the CLI, JSON and bench rows (``ort-fp16``).
         backend: the runner family: ``torch``, ``ort`` or ``trt``.
-        precision: one of :data:`PRECISIONS`.
+        precision: ``fp32``, ``fp16``, ``int8``...: its spelling in the CLI, JSON, metadata and
+            engine sidecars. The rows of one backend run from the most faithful to the least:
+            ``Predictor.open`` without a precision takes the first one present.
         device: ``cpu`` or ``cuda``, where it runs.
         artifact: ``checkpoint`` (PyTorch), ``onnx`` (graphs) or ``engine`` (TensorRT).
-        tag: what follows the graph's stem in its file names (``""``, ``"_fp16"``).
         extra: the pip extra that provides its packages (``None``: the base install).
-        make: the command that writes the artifact, for messages.
+        summary: what the format is, for ``--help`` and the docs' format table.
+        limits: its parity limits against PyTorch FP32 (the bench's gates); every row of one
+            precision has the same (:func:`dpnet_runtime.formats.parity_limits`).
         source_tag: for an engine, the tag of the ONNX graphs it is built from: ``"_fp16"``,
             the mixed-precision graphs that FP16 engines are built from strongly typed, and
-            ``"_int8_trt"``, the TensorRT-flavoured INT8 QDQ graphs that
-            ``dpnet-export onnx --int8`` writes beside the ``ort-int8`` ones.
+            ``"_int8_trt"``, the TensorRT-flavoured INT8 QDQ graphs written beside the
+            ``ort-int8`` ones.
+        converter: ``"module:function"`` that makes this row's ONNX graphs (its own, or an
+            engine's source) from the FP32 ones (``dpnet_export.low_precision``); empty for
+            the FP32 rows, which the export writes itself.
+        calibrated: the converter needs calibration episodes (``--calib-*``).
     """
 
-    name: str
     backend: str
     precision: str
     device: str
     artifact: str
-    tag: str
     extra: str | None
-    make: str
+    summary: str
+    limits: ParityLimits
     source_tag: str = ""
+    converter: str = ""
+    calibrated: bool = False
+
+    @property
+    def name(self) -> str:
+        """The string of the CLI, JSON and bench rows: the backend for FP32, else
+        ``backend-precision``.
+
+        >>> FORMATS["trt-fp16"].name, FORMATS["trt"].precision
+        ('trt-fp16', 'fp32')
+        """
+        if self.precision == SOURCE_PRECISION:
+            return self.backend
+        return f"{self.backend}-{self.precision}"
+
+    @property
+    def tag(self) -> str:
+        """What follows the graph's stem in its file names: ``""`` for FP32, else
+        ``_precision`` (``dpnet_fp16.onnx``, ``dpnet_int8.engine``)."""
+        return "" if self.precision == SOURCE_PRECISION else f"_{self.precision}"
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -311,6 +334,23 @@ class Format:
         if self.artifact == "engine":
             return (EPISODE,)
         return ()
+
+    @property
+    def make(self) -> str:
+        """The command that writes the artifact, for messages and the docs.
+
+        >>> FORMATS["trt-int8"].make
+        'dpnet-export onnx --ckpt CHECKPOINT --out DIR --precision int8, then dpnet-export trt --model DIR --precision int8'
+        """  # noqa: E501
+        if self.artifact == "checkpoint":
+            return "dpnet-train"
+        onnx = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
+        built_from_fp32 = self.artifact == "engine" and not self.source_tag
+        if self.precision != SOURCE_PRECISION and not built_from_fp32:
+            onnx += f" --precision {self.precision}"
+        if self.artifact == "onnx":
+            return onnx
+        return f"{onnx}, then dpnet-export trt --model DIR --precision {self.precision}"
 
     def file_name(self, role: str) -> str:
         """The file of graph ``role`` in an export directory.
@@ -339,28 +379,48 @@ class Format:
         raise ValueError(f"format {self.name} reads no ONNX graph")
 
 
-_EXPORT: Final = "dpnet-export onnx --ckpt CHECKPOINT --out DIR"
-_TRT: Final = "dpnet-export trt --onnx DIR/dpnet.onnx"
+# docs/design.md#targets: one set of limits per precision, shared by every backend's row.
+_FP32_LIMITS: Final = ParityLimits(max_miou_delta_pt=0.05, min_pixel_agreement_pct=99.9)
+_FP16_LIMITS: Final = ParityLimits(max_miou_delta_pt=0.3, min_confidence_iou_pct=98.0)
+_INT8_LIMITS: Final = ParityLimits(max_miou_delta_pt=1.0, min_pixel_agreement_pct=97.0)
+_FP16_GRAPHS: Final = "dpnet_export.low_precision:fp16_graphs"
+_INT8_GRAPHS: Final = "dpnet_export.low_precision:int8_graphs"
+_MIXED: Final = (
+    "FP16 weights and activations; the CCM, L2 norms, discriminator, z-score and "
+    "softmax/ArgMax stay FP32"
+)
 
 FORMATS: Final[dict[str, Format]] = {
     row.name: row
     for row in (
-        Format("torch", "torch", "fp32", "cpu", "checkpoint", "", "train", "dpnet-train"),
-        Format("torch-fp16", "torch", "fp16", "cuda", "checkpoint", "", "train", "dpnet-train"),
-        Format("ort", "ort", "fp32", "cpu", "onnx", "", None, _EXPORT),
-        Format("ort-fp16", "ort", "fp16", "cpu", "onnx", "_fp16", None, f"{_EXPORT} --fp16"),
-        Format("ort-int8", "ort", "int8", "cpu", "onnx", "_int8", None, f"{_EXPORT} --int8"),
-        Format(
-            "trt", "trt", "fp16", "cuda", "engine", "", "trt",
-            f"{_EXPORT} --fp16, then {_TRT} --fp16", source_tag="_fp16",
-        ),
-        Format(
-            "trt-int8", "trt", "int8", "cuda", "engine", "_int8", "trt",
-            f"{_EXPORT} --int8, then {_TRT} --int8", source_tag="_int8_trt",
-        ),
+        Format("torch", "fp32", "cpu", "checkpoint", "train",
+               "PyTorch eager on the checkpoint: the parity reference", _FP32_LIMITS),
+        Format("torch", "fp16", "cuda", "checkpoint", "train",
+               "PyTorch half precision on CUDA", _FP16_LIMITS),
+        Format("ort", "fp32", "cpu", "onnx", None,
+               "the FP32 graphs, always written: the source of every other format",
+               _FP32_LIMITS),
+        Format("ort", "fp16", "cpu", "onnx", None,
+               f"mixed-precision *_fp16.onnx copies: {_MIXED}; FP32 I/O", _FP16_LIMITS,
+               converter=_FP16_GRAPHS),
+        Format("ort", "int8", "cpu", "onnx", None,
+               "calibrated INT8 QDQ copies for ONNX Runtime on CPU, *_int8.onnx (U8S8); the "
+               "CCM, L2 norms, discriminator, PIM, classifier and ArgMax stay float",
+               _INT8_LIMITS, converter=_INT8_GRAPHS, calibrated=True),
+        Format("trt", "fp32", "cuda", "engine", "trt",
+               "FP32 TensorRT engine of dpnet.onnx (TF32 off)", _FP32_LIMITS),
+        Format("trt", "fp16", "cuda", "engine", "trt",
+               "FP16 TensorRT engine, strongly typed from dpnet_fp16.onnx", _FP16_LIMITS,
+               source_tag="_fp16", converter=_FP16_GRAPHS),
+        Format("trt", "int8", "cuda", "engine", "trt",
+               "INT8 TensorRT engine (explicit quantization) of the symmetric S8S8 QDQ "
+               "graphs *_int8_trt.onnx", _INT8_LIMITS,
+               source_tag="_int8_trt", converter=_INT8_GRAPHS, calibrated=True),
     )
 }  # fmt: skip
-"""Format name -> :class:`Format`, in report order. A new precision is one new row."""
+"""Format name -> :class:`Format`, in report order. A new precision is one row per backend
+that runs it plus its converter; every list of precisions, choice, help text, gate and file
+name derives from these rows (:mod:`dpnet_runtime.formats`)."""
 
 
 def find_format(backend: str, precision: str | None = None) -> Format:

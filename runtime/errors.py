@@ -1,7 +1,9 @@
 """The exception hierarchy shared by every dpnet package.
 
 Everything a user can fix derives from :class:`DpnetError`; the CLIs print such an error
-on one line and exit 1. Broken invariants are bugs and raise ``RuntimeError`` instead.
+on one line and exit 1, or 2 for an :class:`OptionError` (a usage error: an option value or a
+combination of options the command does not take). Broken invariants are bugs and raise
+``RuntimeError`` instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ __all__ = [
     "IncompatibleModelError",
     "InputError",
     "ModelFileError",
+    "OptionError",
     "one_line",
 ]
 
@@ -24,6 +27,14 @@ class DpnetError(Exception):
 
 class InputError(DpnetError, ValueError):
     """Bad caller data: rank, shape, dtype, empty mask, K mismatch, incompatible options."""
+
+
+class OptionError(InputError):
+    """An option value or a combination of options that is not accepted (unknown backend,
+    an unknown ``--precision``, a malformed range): a usage error, exit code 2 in the CLIs.
+
+    Still an :class:`InputError` (and a ``ValueError``) for Python callers.
+    """
 
 
 class ModelFileError(DpnetError):

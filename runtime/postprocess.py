@@ -1,4 +1,4 @@
-"""Numpy post-processing: logits back to the image's size, multi-scale merge, mask PNGs.
+"""Numpy post-processing: logits back to the image's size, multi-scale merge, mask files.
 
 Design choice: the graph's 2-class logits are resized *bilinearly* to the original image
 size, turned into probabilities and then arg-maxed, rather than resizing the graph's uint8
@@ -6,14 +6,15 @@ mask with nearest neighbour. Nearest neighbour on the mask draws the model grid'
 onto the full-size image (a 321 grid scaled to 1000 px steps every 3 pixels), costing
 boundary IoU; bilinear logits give sub-pixel boundaries and are what few-shot papers
 evaluate (PFENet/HSNet upsample logits to the label size). The same probabilities average
-over scales for multi-scale inference (softmax averaged at the original size, DESIGN.md 3).
+over scales for multi-scale inference (softmax averaged at the original size,
+docs/design.md#data-training-and-evaluation).
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image
 
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import atomic_write_bytes
+from dpnet_runtime.outputs import MASK_FORMATS, output_format
 
 __all__ = [
     "RED",
@@ -29,7 +31,7 @@ __all__ = [
     "overlay_mask",
     "probabilities_to_mask",
     "resize_logits",
-    "save_png",
+    "save_image",
 ]
 
 RED: Final = (255, 0, 0)
@@ -128,13 +130,31 @@ def overlay_mask(
     return blended.round().astype(np.uint8)
 
 
-def save_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
-    """Write ``uint8 [H, W]`` or ``[H, W, 3]`` pixels as a PNG, atomically.
+def save_image(
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    *,
+    option: str = "--out",
+    formats: Mapping[str, str] = MASK_FORMATS,
+) -> None:
+    """Write ``uint8 [H, W]`` or ``[H, W, 3]`` pixels atomically, in the format of the path's
+    extension (:func:`dpnet_runtime.outputs.output_format`; PNG without one).
 
     A 0/1 mask is written as 0/255 so that it is visible in any viewer.
+
+    Args:
+        path: the destination.
+        pixels: the picture or mask.
+        option: the option that named ``path``, for messages.
+        formats: the formats accepted (:data:`~dpnet_runtime.outputs.MASK_FORMATS`, lossless,
+            for masks; :data:`~dpnet_runtime.outputs.PICTURE_FORMATS` for pictures).
+
+    Raises:
+        OptionError: an extension outside ``formats``.
     """
+    image_format = output_format(path, option, formats, "PNG")
     if pixels.ndim == 2 and pixels.max(initial=0) <= 1:
         pixels = pixels * np.uint8(255)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format=image_format)
     atomic_write_bytes(path, buffer.getvalue())

@@ -20,6 +20,7 @@ concurrently; calls to other runners are serialised by a lock.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,26 +31,29 @@ from typing import Any, Self
 
 import numpy as np
 
-from dpnet_runtime.artifacts import GraphInfo, read_graph_info, resolve_artifacts
+from dpnet_runtime.artifacts import GraphInfo, opened_format, read_graph_info, resolve_artifacts
 from dpnet_runtime.backends.base import BaseRunner, open_runner
 from dpnet_runtime.contract import (
     CONFIDENCE,
     EPISODE,
     GRAPHS,
     LOGITS,
+    META_PRECISION,
     PSEUDO_COUNT,
     QUERY,
     QUERY_IMAGE,
     SUPPORT,
     SUPPORT_IMAGES,
     SUPPORT_MASKS,
-    find_format,
+    Format,
 )
 from dpnet_runtime.errors import IncompatibleModelError, InputError
 from dpnet_runtime.postprocess import merge_scales, probabilities_to_mask
 from dpnet_runtime.preprocess import check_image, prepare_query, prepare_support, scale_sides
 
 __all__ = ["Predictor", "SegmentResult", "SupportSet"]
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,22 @@ class Predictor:
             averaged at the original size. Scales other than 1.0 need a graph with dynamic
             image sides.
 
+    Attributes:
+        precision: what the graphs record (``META_PRECISION``: ``fp32``, ``fp16``...).
+        format: the row of ``contract.FORMATS`` that :meth:`open` opened (``None`` when built
+            from runners directly).
+
     Raises:
         InputError: bad scales, or scales != 1.0 on a fixed-size graph.
-        IncompatibleModelError: the graphs disagree, or a graph breaks the contract.
+        IncompatibleModelError: the graphs disagree, record no precision, or a graph breaks
+            the contract.
     """
 
     def __init__(
         self, runners: Mapping[str, BaseRunner], *, multi_scale: Sequence[float] = (1.0,)
     ) -> None:
         self._runners = dict(runners)
+        self.format: Format | None = None
         if EPISODE not in self._runners and not self.has_split:
             raise IncompatibleModelError(
                 f"need dpnet.onnx or the support/query pair, got graphs {sorted(self._runners)}"
@@ -126,6 +137,7 @@ class Predictor:
             for role, runner in self._runners.items()
         ]
         self.info: GraphInfo = _consistent(infos, [r.path for r in self._runners.values()])
+        self.precision: str = _recorded_precision(self._runners)
         self.sizes = _scale_sizes(multi_scale, self.info, infos)
         self._reference = int(np.argmin([abs(scale - 1.0) for scale in multi_scale]))
         serial = not all(runner.thread_safe for runner in self._runners.values())
@@ -148,31 +160,36 @@ class Predictor:
         Args:
             path: a ``dpnet-export onnx --out`` directory or a graph/engine file.
             backend: ``ort`` (ONNX Runtime, default) or ``trt`` (TensorRT engine).
-            precision: the format's precision (``fp32``; ``fp16``: the ``*_fp16.onnx`` copies;
-                ``int8``: the calibrated ``*_int8.onnx`` copies, or ``dpnet_int8.engine`` on
-                ``trt``); ``None`` is the backend's first row of ``contract.FORMATS``.
+            precision: the row of ``contract.FORMATS`` to open (``fp32``, ``fp16``, ``int8``:
+                ``dpnet_fp16.onnx``, ``dpnet_int8.engine``...). ``None`` opens the most
+                faithful precision present (the backend's first row whose files exist; for a
+                file, the row its name is); :attr:`format` and the log say which.
             multi_scale: inference scales (see the class docstring).
             **runner_options: the runner's keywords, e.g. ``intra_op_threads=2``.
 
         Raises:
             ModelFileError: missing, empty or corrupt model path (message says how to export).
+            IncompatibleModelError: the files hold another precision than the one asked for
+                (or than their names say): one line naming both.
             BackendUnavailableError: the backend's packages are not installed.
-            InputError: unknown backend, precision or option.
+            OptionError: unknown backend, precision or option.
         """
-        try:
-            fmt = find_format(backend, precision)
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
-        artifacts = resolve_artifacts(path, fmt)
+        artifacts = resolve_artifacts(path, backend, precision)
         runners: dict[str, BaseRunner] = {}
         try:
             for role, file in artifacts.files.items():
                 runners[role] = open_runner(backend, file, **runner_options)
-            return cls(runners, multi_scale=multi_scale)
+            predictor = cls(runners, multi_scale=multi_scale)
+            fmt = opened_format(artifacts, backend, predictor.precision, asked=bool(precision))
         except BaseException:
             for runner in runners.values():
                 runner.deactivate()
             raise
+        predictor.format = fmt
+        how = "as asked" if precision else "the most faithful precision present"
+        names = ", ".join(file.name for file in artifacts.files.values())
+        _LOG.info("opened %s (%s: %s) from %s", fmt.name, fmt.precision, how, names)
+        return predictor
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -185,13 +202,20 @@ class Predictor:
         return SUPPORT in self._runners and QUERY in self._runners
 
     def encode_support(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        class_id: int | None = None,
     ) -> SupportSet:
         """Validate and encode K support pairs once, for any number of queries.
 
         Args:
             images: K images ``uint8 [H_k, W_k, 3]`` RGB, any sizes.
-            masks: K masks ``[H_k, W_k]``: bool, or values in {0, 1, 255 (ignore)}.
+            masks: K masks ``[H_k, W_k]``: bool, or values in {0, 1, 255 (ignore)}; class-label
+                maps with ``class_id`` (the array column of
+                :data:`dpnet_runtime.masks.MASK_RULES`).
+            class_id: the masks are class-label maps: this class is the object, 255 ignore.
 
         Returns:
             The encoded support set.
@@ -201,7 +225,7 @@ class Predictor:
         """
         feeds = []
         for size in self.sizes:
-            inputs = self._support_inputs(images, masks, size)
+            inputs = self._support_inputs(images, masks, size, class_id)
             feeds.append(self.infer_support(inputs) if self.has_split else inputs)
         return SupportSet(shots=len(images), feeds=tuple(feeds))
 
@@ -287,6 +311,8 @@ class Predictor:
         support_images: Sequence[np.ndarray],
         support_masks: Sequence[np.ndarray],
         query: np.ndarray,
+        *,
+        class_id: int | None = None,
     ) -> SegmentResult:
         """Segment a query from K support pairs with the one-graph ``dpnet.onnx`` path.
 
@@ -294,19 +320,21 @@ class Predictor:
 
         Args:
             support_images: K images ``uint8 [H_k, W_k, 3]``.
-            support_masks: K masks ``[H_k, W_k]``.
+            support_masks: K masks ``[H_k, W_k]`` (see :meth:`encode_support`).
             query: ``uint8 [H, W, 3]``.
+            class_id: the masks are class-label maps of this class.
 
         Raises:
             InputError: see :meth:`encode_support` and :meth:`segment`.
         """
         if EPISODE not in self._runners:
-            return self.segment(query, self.encode_support(support_images, support_masks))
+            support = self.encode_support(support_images, support_masks, class_id=class_id)
+            return self.segment(query, support)
         image = check_image(query, "query image")
         outputs = [
             self.infer_episode(
                 {
-                    **self._support_inputs(support_images, support_masks, size),
+                    **self._support_inputs(support_images, support_masks, size, class_id),
                     QUERY_IMAGE: self._query_input(image, size),
                 }
             )
@@ -387,7 +415,11 @@ class Predictor:
         self.close()
 
     def _support_inputs(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        size: int,
+        class_id: int | None,
     ) -> dict[str, np.ndarray]:
         info = self.info
         support_images, support_masks = prepare_support(
@@ -398,6 +430,7 @@ class Predictor:
             max_shots=info.max_shots,
             mean=info.mean,
             std=info.std,
+            class_id=class_id,
         )
         return {SUPPORT_IMAGES: support_images, SUPPORT_MASKS: support_masks}
 
@@ -430,6 +463,25 @@ def _repeat_batch(feed: Mapping[str, np.ndarray], batch: int) -> dict[str, np.nd
         name: value if batch == 1 else np.repeat(value, batch, axis=0)
         for name, value in feed.items()
     }
+
+
+def _recorded_precision(runners: Mapping[str, BaseRunner]) -> str:
+    # Every file says what it holds (ONNX metadata, engine sidecar): one precision for all.
+    declared = {
+        runner.path: runner.get_properties().get(META_PRECISION) for runner in runners.values()
+    }
+    for path, precision in declared.items():
+        if not precision:
+            raise IncompatibleModelError(
+                f"{path} records no precision (metadata {META_PRECISION!r}); re-export it with "
+                "dpnet-export onnx (and rebuild its engines)"
+            )
+    if len(set(declared.values())) > 1:
+        listed = ", ".join(f"{path.name} {precision}" for path, precision in declared.items())
+        raise IncompatibleModelError(
+            f"the graphs of one model hold different precisions ({listed}); export them together"
+        )
+    return str(next(iter(declared.values())))
 
 
 def _consistent(infos: list[GraphInfo], paths: list[Path]) -> GraphInfo:

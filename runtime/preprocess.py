@@ -5,7 +5,8 @@ The resize here is the one evaluation resize of the project: the PyTorch eval pa
 same pixels. Images use PIL's bilinear filter, masks nearest neighbour (labels must not blend).
 
 Caller images are ``uint8 [H, W, 3]`` RGB; masks are ``[H, W]`` bool, or integers/floats with
-values in {0, 1} plus 255 (ignore), which counts as background for a support mask.
+values in {0, 1} plus 255 (ignore), which counts as background for a support mask, or label maps
+with a class id (the array column of :data:`dpnet_runtime.masks.MASK_RULES`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dpnet_runtime.masks import decode_mask
 __all__ = [
     "check_image",
     "check_mask",
+    "decode_mask_image",
     "load_image",
     "load_mask",
     "normalize_images",
@@ -144,13 +146,19 @@ def check_image(image: object, name: str) -> np.ndarray:
     return image
 
 
-def check_mask(mask: object, name: str, image_shape: tuple[int, ...]) -> np.ndarray:
-    """Check a support mask and turn it into ``uint8 [H, W]`` 0/1 (ignore 255 -> 0).
+def check_mask(
+    mask: object, name: str, image_shape: tuple[int, ...], *, class_id: int | None = None
+) -> np.ndarray:
+    """Check a support mask array and turn it into ``uint8 [H, W]`` 0/1 (ignore 255 -> 0).
+
+    Its values are read by :func:`dpnet_runtime.masks.decode_mask`'s array rule.
 
     Args:
-        mask: ``[H, W]`` bool, or integers/floats with values in {0, 1, 255}.
+        mask: ``[H, W]`` bool, or integers/floats with values in {0, 1, 255}, or a class-label
+            map with ``class_id``.
         name: how messages call it (``support mask 2``).
         image_shape: the shape of its image; ``H, W`` must match.
+        class_id: ``mask`` is a class-label map: this class is the object, 255 ignore.
 
     Raises:
         InputError: wrong rank, size, values, or no object pixel.
@@ -164,22 +172,18 @@ def check_mask(mask: object, name: str, image_shape: tuple[int, ...]) -> np.ndar
             f"{name} is {list(mask.shape)} but its image is {list(image_shape[:2])}: "
             "a mask must have its image's height and width"
         )
-    if mask.dtype != np.bool_:
-        values = np.unique(mask)
-        if not np.isin(values, (0, 1, IGNORE_LABEL)).all():
-            raise InputError(
-                f"{name} has values {values[:8].tolist()}; expected 0 (background), 1 (object) "
-                f"or {IGNORE_LABEL} (ignore); for 0/255 masks use (mask > 127)"
-            )
-    binary = (mask == 1).astype(np.uint8)
+    labels = decode_mask(mask, name, class_id=class_id, array=True, require_object=True)
+    binary = (labels == 1).astype(np.uint8)
     if not binary.any():
-        # A 0/255 mask is valid (all background or ignore) but almost always meant 255 = object.
+        # Only background and ignore: a 0/255 array (almost always meant 255 = object), or a
+        # label map without the class. One message for both, since a file reaches here decoded.
         hint = (
-            "; 255 means ignore: for 0/255 masks pass (mask > 127)"
-            if (mask == IGNORE_LABEL).any()
-            else ": mark the object in every support mask"
+            " (1 in an array, class N with a class id); 255 means ignore: for a 0/255 array "
+            "pass (mask > 127)"
+            if (labels == IGNORE_LABEL).any()
+            else " (value 1): mark the object in every support mask"
         )
-        raise InputError(f"{name} has no object pixel (value 1){hint}")
+        raise InputError(f"{name} has no object pixel{hint}")
     return binary
 
 
@@ -192,6 +196,7 @@ def prepare_support(
     max_shots: int | None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    class_id: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate, resize and stack K support pairs into one-episode graph inputs.
 
@@ -203,6 +208,7 @@ def prepare_support(
         max_shots: the most shots the graph accepts, or ``None`` for no limit.
         mean: RGB normalisation mean (see :func:`normalize_images`).
         std: RGB normalisation std.
+        class_id: the masks are class-label maps of this class (see :func:`check_mask`).
 
     Returns:
         ``support_images`` ``float32 [1, K, 3, S, S]`` (or ``uint8 [1, K, S, S, 3]`` raw) and
@@ -225,7 +231,7 @@ def prepare_support(
     resized_images, resized_masks = [], []
     for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
         checked = check_image(image, f"support image {shot}")
-        binary = check_mask(mask, f"support mask {shot}", checked.shape)
+        binary = check_mask(mask, f"support mask {shot}", checked.shape, class_id=class_id)
         small = resize_label_nearest(binary, size)
         if not small.any():
             raise InputError(
@@ -273,26 +279,60 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         return _to_rgb(image, path)
 
 
-def load_mask(path: str | os.PathLike[str], *, class_id: int | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike[str], *, class_id: int | None = None, require_object: bool = False
+) -> np.ndarray:
     """Read a mask file as ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
 
-    The file's values are decoded by :func:`dpnet_runtime.masks.decode_mask` (0/1, 0/255,
-    0/1/255, grey, or a class-label map with ``class_id``). Colour masks are converted to grey.
+    The file's values are decoded by :func:`decode_mask_image` (the file column of
+    :data:`dpnet_runtime.masks.MASK_RULES`). ``require_object`` (support masks): a label map
+    without a pixel of ``class_id`` is refused, naming the classes it holds.
 
     Raises:
         InputError: missing or unreadable file, one over the pixel limit
-            (:func:`open_image_file`), or a class-label map without ``class_id``.
+            (:func:`open_image_file`), a class-label map without ``class_id``, or
+            (``require_object``) one that lacks that class.
     """
     with _open_image(path) as image:
-        palette = image.mode == "P"
-        values = np.asarray(
-            image if image.mode in ("1", "L", "P", *_SIXTEEN_BIT_MODES) else image.convert("L")
+        return decode_mask_image(
+            image, f"mask {path}", class_id=class_id, require_object=require_object
         )
+
+
+def decode_mask_image(
+    image: Image.Image,
+    source: str,
+    *,
+    class_id: int | None = None,
+    require_object: bool = False,
+) -> np.ndarray:
+    """Decode an opened mask image by the file rule of :func:`dpnet_runtime.masks.decode_mask`.
+
+    Colour and grey-alpha images are read as grey; palette images are class-label maps (their
+    indices are the values); 16-bit images are scaled to 8 bits.
+
+    Args:
+        image: a loaded PIL image (a file, or an HTTP upload).
+        source: how messages name it (``mask cat.png``, ``support mask 1``).
+        class_id: read a class-label map: this class is the object (1..254).
+        require_object: a support mask: a label map without a pixel of ``class_id`` is refused.
+
+    Returns:
+        ``uint8 [H, W]``: 1 = object, 0 = background, 255 = ignore.
+
+    Raises:
+        InputError: a class-label map without ``class_id``, a bad class id, or
+            (``require_object``) a label map that lacks that class.
+    """
+    palette = image.mode == "P"
+    values = np.asarray(
+        image if image.mode in ("1", "L", "P", *_SIXTEEN_BIT_MODES) else image.convert("L")
+    )
     if values.ndim != 2:
-        raise InputError(
-            f"mask {path} has shape {list(values.shape)}; expected a one-channel image"
-        )
-    return decode_mask(values, f"mask {path}", class_id=class_id, palette=palette)
+        raise InputError(f"{source} has shape {list(values.shape)}; expected a one-channel image")
+    return decode_mask(
+        values, source, class_id=class_id, palette=palette, require_object=require_object
+    )
 
 
 def _to_rgb(image: Image.Image, path: str | os.PathLike[str]) -> np.ndarray:

@@ -19,6 +19,8 @@ import typer
 
 from dpnet_runtime.console import make_app, run_app, stdout_console
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.formats import precisions
+from dpnet_runtime.outputs import YAML_FORMATS, check_file_output
 from dpnet_serve.options import ServeOptions
 from dpnet_serve.server import run_server
 
@@ -30,9 +32,8 @@ app = make_app(
     name="dpnet-serve",
     help="Serve a DPNet export over HTTP: register classes once, segment many images. "
     "`dpnet-serve config ...` writes a Ray Serve config file instead.",
-    no_args_is_help=True,
 )
-config_app = make_app(name="dpnet-serve config", no_args_is_help=True)
+config_app = make_app(name="dpnet-serve config")
 
 
 def _options(
@@ -71,7 +72,10 @@ def _options(
     backend: Annotated[str, typer.Option(help="Runtime backend: ort or trt.")] = _D.backend,
     precision: Annotated[
         str | None,
-        typer.Option(help="fp32, fp16 or int8: the export's graphs of that precision."),
+        typer.Option(
+            help=f"{', '.join(precisions())}: the export's files of that precision (default: "
+            "the most faithful one present)."
+        ),
     ] = _D.precision,
     store: Annotated[
         Path | None,
@@ -151,6 +155,8 @@ def _serve(options: ServeOptions) -> None:
 def _write_config(options: ServeOptions, out: Path | None) -> None:
     from dpnet_serve.config import render_serve_config
 
+    inputs = {"--model": [options.model], "--token-file": [options.token_file]}
+    check_file_output("--out", out, YAML_FORMATS, inputs, trees={"--store": [options.store]})
     text = render_serve_config(options)
     if out is None:
         sys.stdout.write(text)
@@ -173,7 +179,8 @@ config_app.command(
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
             annotation=Annotated[
-                Path | None, typer.Option(help="Write the config here (default: stdout).")
+                Path | None,
+                typer.Option(help="Write the config here, .yaml or .yml (default: stdout)."),
             ],
         ),
     )

@@ -1,11 +1,15 @@
 """Client: the Python side of dpnet-serve's HTTP API, numpy in and out.
 
 >>> with Client("http://127.0.0.1:8000", token=token) as client:  # doctest: +SKIP
-...     client.register("cat", [image], [mask])  # uint8 [H, W, 3], [H, W] 0/1 or bool
+...     client.register("cat", [image], [mask])  # uint8 [H, W, 3]; [H, W] 0/1/255 or bool
 ...     mask = client.segment("cat", query)  # uint8 [H, W], 1 = object
 
-Images travel as BMP and masks as PNG (both lossless), so the server sees exactly the
-caller's pixels. A Client keeps one HTTP connection open; use one Client per thread.
+Masks are numpy arrays, read here by the array rule of
+:func:`dpnet_runtime.masks.decode_mask` exactly as :class:`~dpnet_runtime.Predictor` reads them
+(0 / 1 / 255 = ignore, bool, label maps with ``class_id``; same results, same errors, raised
+before any upload), then sent as 0/255 PNGs, which the server's file rule reads back unchanged.
+Images travel as BMP and masks as PNG (both lossless), so the server sees exactly the caller's
+pixels. A Client keeps one HTTP connection open; use one Client per thread.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, Self
 import numpy as np
 
 from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
-from dpnet_runtime.preprocess import check_image
+from dpnet_runtime.extras import missing_package_message
+from dpnet_runtime.preprocess import check_image, check_mask
 from dpnet_serve.store import ClassInfo
-from dpnet_serve.wire import binary_mask, encode_image, mask_from_png, mask_to_png
+from dpnet_serve.wire import encode_image, mask_from_png, mask_to_png
 
 __all__ = ["Client"]
 
@@ -56,16 +61,23 @@ class Client:
         masks: Sequence[np.ndarray],
         *,
         replace: bool = False,
+        class_id: int | None = None,
     ) -> ClassInfo:
         """Register class ``name`` from K support pairs; the server encodes them once.
 
         Args:
             name: letters, digits, ``_``, ``.``, ``-`` (up to 64).
             images: K images ``uint8 [H_k, W_k, 3]`` RGB.
-            masks: K masks ``[H_k, W_k]``: bool, 0/1 or 0/255 (nonzero = object).
+            masks: K masks ``[H_k, W_k]`` as :meth:`dpnet_runtime.Predictor.encode_support`
+                takes them: bool, or 0 / 1 / 255 (ignore); class-label maps with ``class_id``.
             replace: replace a class of the same name instead of failing (HTTP 409).
+            class_id: the masks are class-label maps: this class is the object, 255 ignore.
+
+        Raises:
+            InputError: a bad image or mask (checked here, before any upload, with the
+                messages of ``Predictor``), or the server's 4xx.
         """
-        files = _support_files(images, masks)
+        files = _support_files(images, masks, class_id)
         params = {"replace": "true"} if replace else None
         answer = self._call("POST", f"/classes/{name}", files=files, params=params)
         return ClassInfo.from_json(answer.json())
@@ -76,10 +88,16 @@ class Client:
         return mask_from_png(answer.content)
 
     def episode(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], image: np.ndarray
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        image: np.ndarray,
+        *,
+        class_id: int | None = None,
     ) -> np.ndarray:
-        """Segment ``image`` from K support pairs in one call, storing nothing."""
-        files = [*_support_files(images, masks), _image_file(image)]
+        """Segment ``image`` from K support pairs in one call, storing nothing (masks and
+        ``class_id`` as in :meth:`register`)."""
+        files = [*_support_files(images, masks, class_id), _image_file(image)]
         return mask_from_png(self._call("POST", "/episode", files=files).content)
 
     def classes(self) -> list[ClassInfo]:
@@ -138,13 +156,18 @@ class Client:
         raise (InputError if answer.status_code < 500 else DpnetError)(message)
 
 
-def _support_files(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> _Files:
+def _support_files(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], class_id: int | None
+) -> _Files:
     if len(images) != len(masks):
         raise InputError(f"got {len(images)} images but {len(masks)} masks: one mask each")
     files = []
     for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
         files.append(_image_file(image, "images", f"image {shot}"))
-        labels = binary_mask(np.asarray(mask), f"mask {shot}")
+        # The array rule, here: sent as it stands, a 0/255 array (255 = ignore in an array)
+        # would be read by the server's file rule as 255 = object.
+        shape = np.shape(image)
+        labels = check_mask(mask, f"support mask {shot}", shape, class_id=class_id)
         files.append(("masks", (f"mask{shot}.png", mask_to_png(labels), "image/png")))
     return files
 
@@ -161,7 +184,7 @@ def _import_requests() -> ModuleType:
         return importlib.import_module("requests")
     except ImportError as exc:
         raise BackendUnavailableError(
-            "dpnet_serve.Client needs requests: pip install 'dpnet[serve]'"
+            missing_package_message("requests", "dpnet_serve.Client")
         ) from exc
 
 

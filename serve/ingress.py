@@ -4,13 +4,16 @@ which also holds the class store.
 Routes (OpenAPI page at ``/docs``, schema at ``/openapi.json``):
 
 - ``POST /classes/{name}[?replace=true]``: multipart ``images`` and ``masks`` (K of each,
-  in the same order; masks 0/1 or 0/255 one-channel PNGs) -> 201 and the class.
+  in the same order; masks read as ``dpnet-segment`` reads mask files,
+  :data:`dpnet_runtime.masks.MASK_RULES`), and ``class_id`` for label maps -> 201 and the class.
 - ``GET /classes``, ``GET /classes/{name}``, ``DELETE /classes/{name}``.
 - ``POST /classes/{name}/segment``: multipart ``image`` -> the mask as a 0/255 PNG, or with
   ``Accept: application/json`` the object pixel count and COCO RLE (:mod:`dpnet_serve.wire`).
-- ``POST /episode``: multipart ``images``, ``masks`` and ``image``; nothing is stored.
+- ``POST /episode``: multipart ``images``, ``masks``, ``image`` (and ``class_id``); nothing
+  is stored.
 - ``GET /healthz`` (the ingress answers), ``GET /readyz`` (Serve reports the application
-  running and a query head answers), ``GET /stats`` (graph-run counters since start).
+  running and a query head answers), ``GET /stats`` (graph-run counters and query batch sizes
+  since start).
 
 Every request first passes :class:`~dpnet_serve.guard.RequestGuard` (token, ``Host``, body
 size, limits). Every error is JSON ``{"error": "...", "code": "..."}`` with a code of
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi import Path as UrlPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -39,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from dpnet_runtime import SupportSet, __version__
 from dpnet_runtime.errors import DpnetError, InputError
+from dpnet_runtime.masks import mask_rules_markdown
 from dpnet_runtime.preprocess import check_mask
 from dpnet_serve.api_errors import (
     ApiError,
@@ -79,6 +83,14 @@ api.add_middleware(RequestGuard)
 
 ClassName = Annotated[str, UrlPath(pattern=NAME_PATTERN, description="class name")]
 Files = Annotated[list[UploadFile], File()]
+ClassId = Annotated[
+    int | None,
+    Form(description="the masks are class-label maps (VOC/COCO): this class is the object"),
+]
+MASKS_DOC: Final = (
+    "Masks are read as `dpnet-segment` reads mask files: the file column of dpnet's mask "
+    "table (docs/segment.md).\n\n" + mask_rules_markdown()
+)
 MASK_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "content": {"image/png": {}, "application/json": {}},
@@ -324,14 +336,25 @@ class Ingress:
             raise ClassNotFoundError(f"no class {name!r} is registered")
         return {"deleted": info.to_json()}
 
-    @api.post("/classes/{name}", status_code=201)
+    @api.post(
+        "/classes/{name}",
+        status_code=201,
+        description="Encode K support pairs (`images` and `masks` in the same order) once and "
+        "store them as class `name`; 409 when the name exists, unless `replace=true`.\n\n"
+        + MASKS_DOC,
+    )
     async def register(
-        self, name: ClassName, images: Files, masks: Files, replace: bool = False
+        self,
+        name: ClassName,
+        images: Files,
+        masks: Files,
+        replace: bool = False,
+        class_id: ClassId = None,
     ) -> dict[str, Any]:
         """Encode K support pairs once and store them as class ``name``; 409 when the name
         exists, unless ``replace=true``; 507 (nothing stored) when the store fails."""
         self._check_free(name, replace)
-        support_images, support_masks = await self._read_support(images, masks)
+        support_images, support_masks = await self._read_support(images, masks, class_id)
         support, runs, encode_ms = await self._queries.encode(support_images, support_masks)
         self._counts["support_graph_runs"] += runs
         info = ClassInfo(
@@ -366,12 +389,22 @@ class Ingress:
             "unavailable", "the query could not be answered; retry shortly", retry_after_s=1
         )
 
-    @api.post("/episode", responses=MASK_RESPONSES)
+    @api.post(
+        "/episode",
+        responses=MASK_RESPONSES,
+        description="Segment `image` from K support pairs in one call; nothing is stored.\n\n"
+        + MASKS_DOC,
+    )
     async def episode(
-        self, images: Files, masks: Files, image: Annotated[UploadFile, File()], request: Request
+        self,
+        images: Files,
+        masks: Files,
+        image: Annotated[UploadFile, File()],
+        request: Request,
+        class_id: ClassId = None,
     ) -> Response:
         """Segment ``image`` from K support pairs in one call; nothing is stored."""
-        support_images, support_masks = await self._read_support(images, masks)
+        support_images, support_masks = await self._read_support(images, masks, class_id)
         query = await self._read_image(image, "image")
         mask = await self._queries.episode(support_images, support_masks, query)
         self._counts["episodes"] += 1
@@ -412,7 +445,7 @@ class Ingress:
         return decode_image(data, name, max_pixels=self._options.max_image_pixels)
 
     async def _read_support(
-        self, images: list[UploadFile], masks: list[UploadFile]
+        self, images: list[UploadFile], masks: list[UploadFile], class_id: int | None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if len(images) != len(masks):
             raise InputError(f"got {len(images)} images but {len(masks)} masks: one mask each")
@@ -424,7 +457,10 @@ class Ingress:
         pixels, labels = [], []
         for shot, (image, mask) in enumerate(zip(images, masks, strict=True), start=1):
             pixels.append(await self._read_image(image, f"image {shot}"))
-            data = await mask.read(MAX_FILE_BYTES + 1)
-            values = decode_mask(data, f"mask {shot}", max_pixels=self._options.max_image_pixels)
-            labels.append(check_mask(values, f"mask {shot}", pixels[-1].shape))
+            # Named as Predictor names them, so that every interface gives the same message.
+            name, data = f"support mask {shot}", await mask.read(MAX_FILE_BYTES + 1)
+            values = decode_mask(
+                data, name, max_pixels=self._options.max_image_pixels, class_id=class_id
+            )
+            labels.append(check_mask(values, name, pixels[-1].shape))
         return pixels, labels

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import InputError, OptionError
 
 __all__ = [
     "APP_NAME",
@@ -63,8 +63,8 @@ class ServeOptions:
         threads: ONNX Runtime threads per operator in each replica; ``None``: this
             machine's cores divided by the (most) query-head replicas.
         backend: runtime backend, ``ort`` or ``trt``.
-        precision: ``fp32``, ``fp16`` or ``int8`` (a row of ``contract.FORMATS``); ``None``: the
-            backend's default.
+        precision: a precision of the backend's rows of ``contract.FORMATS``; ``None``: the
+            most faithful one present (as ``Predictor.open``).
         store: folder that keeps registered classes across restarts; ``None``: memory only.
             Only the ingress (on the Ray head node) reads and writes it.
         max_shots: most support pairs a class may have.
@@ -122,32 +122,32 @@ class ServeOptions:
         )  # fmt: skip
         for name in at_least_one:
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("threads", "min_replicas", "max_replicas"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "min_replicas" else 1):
-                raise InputError(f"{name} must be at least 1, got {value}")
+                raise OptionError(f"{name} must be at least 1, got {value}")
         for name in ("batch_wait_ms", "drain_timeout_s"):
             if getattr(self, name) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("request_timeout_s", "target_ongoing_requests"):
             if getattr(self, name) <= 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise OptionError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
-                raise InputError(f"{name} must be 0..65535, got {value}")
+                raise OptionError(f"{name} must be 0..65535, got {value}")
         if self.min_replicas is not None and self.max_replicas is None:
-            raise InputError("min_replicas needs max_replicas (autoscaling between the two)")
+            raise OptionError("min_replicas needs max_replicas (autoscaling between the two)")
         if self.max_replicas is not None and not (
             (self.min_replicas or 0) <= self.replicas <= self.max_replicas
         ):
-            raise InputError(
+            raise OptionError(
                 f"autoscaling needs min_replicas <= replicas <= max_replicas, got "
                 f"{self.min_replicas or 0} <= {self.replicas} <= {self.max_replicas}"
             )
         if not self.allowed_hosts:
-            raise InputError("allowed_hosts is empty: give host names, or * for any")
+            raise OptionError("allowed_hosts is empty: give host names, or * for any")
 
     @property
     def local(self) -> bool:
@@ -228,7 +228,7 @@ def options_from_args(args: Mapping[str, Any]) -> ServeOptions:
     comma-separated strings or sequences; booleans ``true``/``false``/``1``/``0``.
 
     Raises:
-        InputError: an unknown key, a value of the wrong type, or no ``model``.
+        OptionError: an unknown key, a value of the wrong type, or no ``model``.
     """
     fields = {field.name: field for field in dataclasses.fields(ServeOptions)}
     hints = typing.get_type_hints(ServeOptions)
@@ -236,12 +236,12 @@ def options_from_args(args: Mapping[str, Any]) -> ServeOptions:
     for raw_key, value in args.items():
         key = raw_key.replace("-", "_")
         if key not in fields:
-            raise InputError(
+            raise OptionError(
                 f"unknown dpnet-serve argument {raw_key!r}; known: {', '.join(sorted(fields))}"
             )
         values[key] = _coerce(key, value, hints[key])
     if "model" not in values:
-        raise InputError("dpnet-serve needs model=DIR (the export directory)")
+        raise OptionError("dpnet-serve needs model=DIR (the export directory)")
     return ServeOptions(**values)
 
 
@@ -263,7 +263,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError("a boolean")
         return hint(value)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"dpnet-serve argument {key}={value!r}: not a {_name(hint)}") from exc
+        raise OptionError(f"dpnet-serve argument {key}={value!r}: not a {_name(hint)}") from exc
 
 
 def _boolean(value: Any) -> bool:

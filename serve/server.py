@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from dpnet_runtime.errors import BackendUnavailableError, one_line
+from dpnet_runtime.extras import install_command
 from dpnet_serve.config import http_options
 from dpnet_serve.options import APP_NAME, ServeOptions
 
@@ -141,7 +142,7 @@ def _import_serving() -> tuple[ModuleType, ModuleType]:
         modules = [importlib.import_module(name) for name in _SERVING_MODULES]
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"dpnet-serve needs Ray Serve ({exc.name} is missing): pip install 'dpnet[serve]'"
+            f"dpnet-serve needs Ray Serve ({exc.name} is missing): {install_command('serve')}"
         ) from exc
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -2,8 +2,9 @@
 
 Shared by the server (:mod:`dpnet_serve.ingress`) and :class:`dpnet_serve.Client`, so both read
 and write the same bytes. Images are PNG, JPEG, BMP or WebP, converted to RGB.
-Masks are one-channel images whose values are all in {0, 1} or all in {0, 255}; the nonzero
-value marks the object (there is no ignore label over HTTP). Answers are a 0/255 PNG or COCO's
+Mask files (in those formats) are read as ``dpnet-segment`` reads them (the file column of
+:data:`dpnet_runtime.masks.MASK_RULES`: 0/1, 0/255, 0/1/255 with 255 = ignore, grey levels,
+label maps with a class id). Answers are a 0/255 PNG or COCO's
 uncompressed RLE: ``{"size": [H, W], "counts": [...]}``, run lengths of the column-major
 (Fortran order) mask, starting with a run of background (which may be 0).
 
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dpnet_runtime.errors import InputError
+from dpnet_runtime.preprocess import decode_mask_image
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -33,7 +35,6 @@ __all__ = [
     "TOTAL_DECODE_BUDGET_BYTES",
     "OversizedImageError",
     "UndecodableImageError",
-    "binary_mask",
     "decode_image",
     "decode_mask",
     "encode_image",
@@ -49,7 +50,6 @@ ACCEPTED_FORMATS: Final = ("PNG", "JPEG", "BMP", "WEBP")
 # Below PIL's own limit on a text chunk (1 MiB), so that the server's check answers first.
 CHUNK_DECODE_BUDGET_BYTES: Final = 512 * 1024
 TOTAL_DECODE_BUDGET_BYTES: Final = 2 * 1024 * 1024
-_MASK_MODES: Final = ("1", "L", "P", "I", "I;16")
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,30 +60,6 @@ class OversizedImageError(InputError):
 class UndecodableImageError(InputError):
     """An uploaded file is not an image the server decodes, or one that would inflate past
     the decode budget (HTTP 400)."""
-
-
-def binary_mask(values: np.ndarray, name: str) -> np.ndarray:
-    """Turn a wire mask into ``uint8 [H, W]`` 0/1.
-
-    Args:
-        values: ``[H, W]`` bool, or integers all in {0, 1} or all in {0, 255}.
-        name: how messages call it (``mask 2``).
-
-    Raises:
-        InputError: wrong rank, or values outside one of the two conventions.
-    """
-    if values.ndim != 2:
-        raise InputError(f"{name} must be one channel [H, W], got shape {list(values.shape)}")
-    if values.dtype == np.bool_:
-        return values.astype(np.uint8)
-    present = set(np.unique(values).tolist())
-    for object_value in (1, 255):
-        if present <= {0, object_value}:
-            return (values == object_value).astype(np.uint8)
-    shown = sorted(present)[:8]
-    raise InputError(
-        f"{name} has values {shown}; expected 0/1 or 0/255 (the nonzero value marks the object)"
-    )
 
 
 def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
@@ -102,21 +78,25 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def decode_mask(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
-    """Decode an uploaded mask PNG into ``uint8 [H, W]`` 0/1 (see :func:`binary_mask`).
+def decode_mask(
+    data: bytes, name: str, *, max_pixels: int, class_id: int | None = None
+) -> np.ndarray:
+    """Decode an uploaded mask file into ``uint8 [H, W]``: 1 = object, 0 = background,
+    255 = ignore, by :func:`dpnet_runtime.preprocess.decode_mask_image` (the rule of
+    ``dpnet-segment``).
+
+    Args:
+        data: the file's bytes.
+        name: how messages call it (``support mask 1``).
+        max_pixels: largest accepted H x W (see :func:`decode_image`).
+        class_id: the file is a class-label map: this class is the object (1..254).
 
     Raises:
         OversizedImageError: too large (see :func:`decode_image`).
-        InputError: unreadable, not one channel, or values outside 0/1 and 0/255.
+        InputError: unreadable, a class-label map without ``class_id``, or a bad class id.
     """
     with _open(data, name, max_pixels) as image:
-        if image.mode not in _MASK_MODES:
-            raise InputError(
-                f"{name} is a {image.mode} image; a mask must have one channel (grey or "
-                "palette) with values 0/1 or 0/255"
-            )
-        values = np.asarray(image.convert("L") if image.mode == "1" else image)
-    return binary_mask(values, name)
+        return decode_mask_image(image, name, class_id=class_id, require_object=True)
 
 
 def encode_image(pixels: np.ndarray) -> bytes:
@@ -146,7 +126,7 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 
 
 def mask_from_png(data: bytes) -> np.ndarray:
-    """A mask PNG from the server back into ``uint8 [H, W]`` 0/1."""
+    """A mask PNG from the server (0/255, :func:`mask_to_png`) back into ``uint8 [H, W]`` 0/1."""
     return decode_mask(data, "mask", max_pixels=np.iinfo(np.int64).max)
 
 

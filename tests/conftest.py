@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from docs_snippets import build_workspace
 
 from dpnet.checkpoint import make_meta, save_checkpoint
 from dpnet.config import preset
@@ -119,17 +120,20 @@ def tiny_trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``export_onnx(tiny_checkpoint, fp16=True)``: the FP32 graphs and their FP16 copies."""
-    return _export(tiny_checkpoint, tmp_path_factory, "tiny", ExportOptions(fp16=True))
+    """``export_onnx(tiny_checkpoint, precisions=("fp16",))``: FP32 graphs and FP16 copies."""
+    return _export(tiny_checkpoint, tmp_path_factory, "tiny", ExportOptions(precisions=("fp16",)))
 
 
 @pytest.fixture(scope="session")
 def tiny_trained_export_dir(
     tiny_trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """``export_onnx(tiny_trained_checkpoint, fp16=True)``."""
+    """``export_onnx(tiny_trained_checkpoint, precisions=("fp16",))``."""
     return _export(
-        tiny_trained_checkpoint, tmp_path_factory, "tiny_trained", ExportOptions(fp16=True)
+        tiny_trained_checkpoint,
+        tmp_path_factory,
+        "tiny_trained",
+        ExportOptions(precisions=("fp16",)),
     )
 
 
@@ -149,7 +153,7 @@ def small_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def small_raw_export(small_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same with ``--raw-input`` (uint8 NHWC images and masks) and the FP16 copies."""
-    options = ExportOptions(max_shots=SMALL_MAX_SHOTS, raw_input=True, fp16=True)
+    options = ExportOptions(max_shots=SMALL_MAX_SHOTS, raw_input=True, precisions=("fp16",))
     return _export(small_checkpoint, tmp_path_factory, "small_raw", options)
 
 
@@ -228,9 +232,22 @@ def tiny_segmenting_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path
 def tiny_segmenting_export_dir(
     tiny_segmenting_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """``export_onnx(tiny_segmenting_checkpoint, fp16=True, int8=True)``, calibrated on
+    """``export_onnx(tiny_segmenting_checkpoint, precisions=("fp16", "int8"))``, calibrated on
     :data:`CALIBRATION_EPISODES` synthetic episodes: FP32, FP16 and INT8 graphs of a model whose
     masks follow the images, so parity with PyTorch is not met by all-background masks."""
     calibration = CalibrationOptions(episodes=CALIBRATION_EPISODES)
-    options = ExportOptions(fp16=True, int8=True, calibration=calibration)
+    options = ExportOptions(precisions=("fp16", "int8"), calibration=calibration)
     return _export(tiny_segmenting_checkpoint, tmp_path_factory, "tiny_segmenting", options)
+
+
+@pytest.fixture(scope="session")
+def docs_workspace(
+    tiny_segmenting_checkpoint: Path,
+    tiny_segmenting_export_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The folder the docs' code blocks start from (``tests/docs_snippets.py`` lists it): the
+    segmenting tiny model as ``model.pt``, its export as ``out/``, images, masks and a ``folder``
+    dataset. Read-only: each page's blocks run in a copy."""
+    root = tmp_path_factory.mktemp("docs") / "workspace"
+    return build_workspace(root, tiny_segmenting_checkpoint, tiny_segmenting_export_dir)

@@ -246,16 +246,23 @@ def _data_type(name: str) -> DataType:
 
 def episode_function(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What every fake engine computes: score = sum over channels of the query image times
-    the mean support mask; logits = [-score, score]; mask = score > 0 (missing inputs: 1)."""
+    the mean support mask; logits = [-score, score]; mask = score > 0 (missing inputs: 1);
+    pseudo_count = object pixels of the mask; confidence = the support masks sampled at
+    output stride 8 (the contract's feature side)."""
     query = inputs.get("query_image")
     masks = inputs.get("support_masks")
     score = query.astype(np.float32).sum(axis=1) if query is not None else np.float32(1)
     if masks is not None:
         score = score * masks.astype(np.float32).mean(axis=1)
-    return {
+    mask = (score > 0).astype(np.uint8)
+    results = {
         "logits": np.stack([-score, score], axis=1).astype(np.float32),
-        "mask": (score > 0).astype(np.uint8),
+        "mask": mask,
+        "pseudo_count": mask.reshape(len(mask), -1).sum(axis=1).astype(np.int32),
     }
+    if masks is not None:
+        results["confidence"] = (masks[:, :, ::8, ::8] > 0.5).astype(np.uint8)
+    return results
 
 
 @dataclass
@@ -265,6 +272,11 @@ class FakeEngineTensor:
     dtype: str
     shape: list[int]
     profiles: list[list[list[int]]] = field(default_factory=list)
+
+
+_SHOTS_INPUTS = frozenset({"support_images", "support_masks", "support_cos_feats", "support_fg",
+                           "prototypes"})  # fmt: skip
+"""Inputs whose axis 1 is K: an output's dynamic axis 1 takes its size."""
 
 
 class FakeExecutionContext:
@@ -306,7 +318,11 @@ class FakeExecutionContext:
         if tensor.mode == "INPUT":
             return self.shapes.get(name, tuple(tensor.shape))
         batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
-        return tuple(batch if dim < 0 else dim for dim in tensor.shape)
+        shots = next((shape[1] for key, shape in self.shapes.items() if key in _SHOTS_INPUTS), -1)
+        return tuple(
+            dim if dim >= 0 else batch if axis == 0 else shots
+            for axis, dim in enumerate(tensor.shape)
+        )
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self.calls.append(("set_tensor_address", (name, memory)))
@@ -624,3 +640,51 @@ def install_fake_tensorrt(monkeypatch: Any, fake: FakeTensorRT) -> types.ModuleT
 def calls_named(calls: list[tuple[str, Any]], name: str) -> list[Any]:
     """The arguments of every recorded call ``name``, in order."""
     return [args for call, args in calls if call == name]
+
+
+# --------------------------------------------------------------------------- other processes
+
+_PROCESS_FAKES: tuple[FakeTensorRT, FakeCuda] | None = None
+SHIM_VERSION = "10.15.1.29"
+
+
+def process_fakes() -> tuple[FakeTensorRT, FakeCuda]:
+    """This process's one fake TensorRT and fake GPU, shared by the import shims."""
+    global _PROCESS_FAKES
+    if _PROCESS_FAKES is None:
+        state = FakeCuda()
+        _PROCESS_FAKES = (FakeTensorRT(SHIM_VERSION, cuda=state), state)
+    return _PROCESS_FAKES
+
+
+_SHIMS = {
+    "tensorrt/__init__.py": "fake_trt.process_fakes()[0].module()",
+    "cuda/__init__.py": None,
+    "cuda/bindings/__init__.py": None,
+    "cuda/bindings/runtime.py": "fake_trt.process_fakes()[1].module()",
+    "cuda/bindings/utils.py": None,
+}
+
+
+def write_import_shims(folder: Path) -> Path:
+    """Packages ``tensorrt`` and ``cuda.bindings`` that are this module's fakes, for processes
+    monkeypatch cannot reach (a dpnet-serve subprocess and its Ray workers): put ``folder`` and
+    ``tests/`` first on their ``PYTHONPATH``. Returns ``folder``."""
+    for name, source in _SHIMS.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if source is None:
+            body = '"""FAKE (tests/fake_trt.py)."""\n'
+            if name.endswith("utils.py"):
+                body += "\n\ndef get_cuda_native_handle(stream):\n    return stream.getPtr()\n"
+        else:
+            body = (
+                '"""FAKE (tests/fake_trt.py)."""\n\nimport fake_trt\n\n'
+                f"_module = {source}\n"
+                "globals().update(\n"
+                "    {k: v for k, v in vars(_module).items() if not k.startswith('__')}\n"
+                ")\n"
+                "__version__ = getattr(_module, '__version__', None)\n"
+            )
+        path.write_text(body)
+    return folder

@@ -1,4 +1,4 @@
-"""The first-party import graph has no cycles and follows the layers of DESIGN.md section 2.
+"""The first-party import graph has no cycles and follows the layers of docs/design.md#layers.
 
 The graph is read from the source with ``ast``: every ``import`` statement anywhere in a file
 counts, the ones inside functions and ``if __name__ == "__main__":`` too, since they tie the

@@ -6,7 +6,7 @@
 #      similarity, strongly vs weakly typed FP16 on TensorRT 10 (C' agreement, mIoU, inf/NaN),
 #      infer_device with a misaligned and a non-contiguous buffer, a runner on device 1 called
 #      from a worker thread;
-#   2. dpnet-bench with torch, torch-fp16, ort, trt (and trt-int8 once that format exists),
+#   2. dpnet-bench with torch, torch-fp16, ort, trt (FP32 engine) and trt-fp16 (FP16 engine),
 # and writes benchmarks/results/gpu_acceptance.md (tests) and gpu_bench.md (latency, parity).
 # With PyTorch CUDA but no TensorRT it still measures torch and torch-fp16; with no GPU at all
 # it says so and exits 0 at once. Every skipped part is listed on stdout and in the results.
@@ -78,10 +78,7 @@ echo "machine: torch CUDA=$torch_cuda, TensorRT=$tensorrt, CUDA devices (cuda-py
 run_tests=0; [ "$tensorrt" != "no" ] && [ "$cuda_devices" != "0" ] && run_tests=1
 backends=()
 [ "$torch_cuda" = "yes" ] && backends+=(torch torch-fp16)
-[ "$run_tests" = 1 ] && backends+=(ort trt)
-if [ "$run_tests" = 1 ] && "$python" -c "from dpnet_runtime.contract import FORMATS; assert 'trt-int8' in FORMATS" 2>/dev/null; then
-    backends+=(trt-int8)
-fi
+[ "$run_tests" = 1 ] && backends+=(ort trt trt-fp16)
 
 for line in "${skipped[@]}"; do echo "skipped: $line"; done
 if [ "$run_tests" = 0 ] && [ ${#backends[@]} -eq 0 ]; then
@@ -145,12 +142,13 @@ PY
     fi
     artifacts="$work/export"
     if [ "$run_tests" = 1 ]; then
-        dpnet_export onnx --ckpt "$ckpt" --out "$artifacts" --fp16 >/dev/null \
-            && dpnet_export trt --onnx "$artifacts/dpnet.onnx" --fp16 \
+        dpnet_export onnx --ckpt "$ckpt" --out "$artifacts" --precision fp16 >/dev/null \
+            && dpnet_export trt --model "$artifacts" --precision fp32 \
+            && dpnet_export trt --model "$artifacts" --precision fp16 \
             || { echo "engine build failed: the trt rows will say why"; status=1; }
     fi
     echo "running dpnet-bench --backends $bench_list"
-    (cd "$root" && timeout 240 "$python" -c 'from dpnet_bench.cli import main; main()' --ckpt "$ckpt" --artifacts "$artifacts" \
+    (cd "$root" && timeout 240 "$python" -c 'from dpnet_bench.cli import main; main()' --ckpt "$ckpt" --model "$artifacts" \
         --episodes "$episodes" --backends "$bench_list" --markdown "$out/gpu_bench.md") \
         > "$work/bench.log" 2>&1
     code=$?

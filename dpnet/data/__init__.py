@@ -18,7 +18,7 @@ from dpnet.data.episode import Episode, FewShotDataset
 from dpnet.data.folder import FolderDataset
 from dpnet.data.pascal import PascalDataset
 from dpnet.data.synthetic import SyntheticDataset
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import OptionError
 
 __all__ = [
     "COCO_SPLITS",
@@ -27,7 +27,6 @@ __all__ = [
     "Episode",
     "FewShotDataset",
     "build_dataset",
-    "dataset_options",
 ]
 
 _DATASET_CLASSES: dict[str, type[FewShotDataset]] = {
@@ -78,7 +77,7 @@ def build_dataset(
         DatasetError: missing or malformed dataset files.
     """
     if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise OptionError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     dataset_class = _DATASET_CLASSES[name]
     keywords: dict[str, Any] = {
         "fold": fold, "split": split, "shots": shots, "seed": seed, "episodes": episodes,
@@ -86,7 +85,7 @@ def build_dataset(
     allowed = set(inspect.signature(dataset_class).parameters) - {"root", *keywords}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise InputError(f"dataset {name!r} has no option {unknown}; it takes {sorted(allowed)}")
+        raise OptionError(f"dataset {name!r} has no option {unknown}; it takes {sorted(allowed)}")
     if name != "synthetic":
         keywords["root"] = root
     return dataset_class(**keywords, **options)
@@ -116,13 +115,13 @@ class DatasetOptions:
 
     def __post_init__(self) -> None:
         if self.coco_split not in COCO_SPLITS:
-            raise InputError(
+            raise OptionError(
                 f"coco-split must be one of {', '.join(COCO_SPLITS)}, got {self.coco_split!r}"
             )
         if self.folds is not None and self.folds < 2:
-            raise InputError(f"folds must be at least 2, got {self.folds}")
+            raise OptionError(f"folds must be at least 2, got {self.folds}")
         if self.folds is not None and self.val_classes:
-            raise InputError("give --val-classes or --folds, not both")
+            raise OptionError("give --val-classes or --folds, not both")
 
     def keywords(self, name: str) -> dict[str, Any]:
         """The :func:`build_dataset` keywords of dataset ``name``.
@@ -144,23 +143,8 @@ class DatasetOptions:
             takers = [dataset for dataset, keys in _DATASET_FLAGS.items() if key in keys]
             if name not in takers:
                 plural = "s" if len(takers) > 1 else ""
-                raise InputError(
+                raise OptionError(
                     f"{key.replace('_', '-')} applies to the {' and '.join(takers)} "
                     f"dataset{plural} only, not to {name!r}"
                 )
         return {_KEYWORD_OF.get(key, key): value for key, value in given.items()}
-
-
-def dataset_options(name: str, **options: Any) -> dict[str, Any]:
-    """The :func:`build_dataset` keywords of dataset ``name`` for :class:`DatasetOptions`
-    fields given as keywords.
-
-    >>> dataset_options("coco", coco_split="consecutive")
-    {'fold_split': 'consecutive'}
-    >>> dataset_options("pascal")
-    {}
-
-    Raises:
-        InputError: see :class:`DatasetOptions`.
-    """
-    return DatasetOptions(**options).keywords(name)

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from dpnet.data.episode import PooledDataset, split_class_ids
 from dpnet.data.pascal import check_root, find_missing, list_folder, read_image
-from dpnet_runtime.errors import DatasetError, InputError
+from dpnet_runtime.errors import DatasetError, InputError, OptionError
 
 __all__ = ["COCO_SPLITS", "CocoDataset", "annotations_to_label", "rle_to_mask"]
 
@@ -169,7 +169,7 @@ class CocoDataset(PooledDataset):
         skip_missing: bool = False,
     ) -> None:
         if fold_split not in COCO_SPLITS:
-            raise InputError(f"fold_split must be one of {COCO_SPLITS}, got {fold_split!r}")
+            raise OptionError(f"fold_split must be one of {COCO_SPLITS}, got {fold_split!r}")
         split_lists = split_lists or splits_dir is not None
         if split_lists and fold_split != "interleaved":
             raise InputError("HSNet's COCO split lists exist for the interleaved fold split only")

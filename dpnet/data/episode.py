@@ -6,7 +6,7 @@ An episode is a query image and K support images of one class c, with binary mas
 only, so the same seed gives the same episodes on every machine, in any order, in any
 process (data-loader workers and DDP ranks included); the global RNG is never used.
 
-Two ways to choose the query (DESIGN.md section 4):
+Two ways to choose the query (docs/design.md#data-training-and-evaluation):
 
 * ``seed``: the class uniformly among the split's classes, then the query uniformly among
   that class's images (HSNet's COCO protocol, and every synthetic episode);
@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from dpnet_runtime.errors import DatasetError, InputError
+from dpnet_runtime.errors import DatasetError, InputError, OptionError
 
 __all__ = [
     "Episode",
@@ -119,7 +119,7 @@ def fold_class_ids(
     (3, 7, 11)
     """
     if not 0 <= fold < folds:
-        raise InputError(f"fold must be in 0..{folds - 1}, got {fold}")
+        raise OptionError(f"fold must be in 0..{folds - 1}, got {fold}")
     if interleaved:
         return tuple(c for c in range(1, num_classes + 1) if (c - 1) % folds == fold)
     per_fold = num_classes // folds
@@ -237,11 +237,11 @@ class FewShotDataset(ABC):
     ) -> None:
         check_split(split)
         if shots < 1:
-            raise InputError(f"shots must be at least 1, got {shots}")
+            raise OptionError(f"shots must be at least 1, got {shots}")
         if episodes < 1:
-            raise InputError(f"episodes must be at least 1, got {episodes}")
+            raise OptionError(f"episodes must be at least 1, got {episodes}")
         if seed < 0:
-            raise InputError(f"seed must be non-negative, got {seed}")
+            raise OptionError(f"seed must be non-negative, got {seed}")
         self.fold = fold
         self.split: Split = "train" if split == "train" else "val"
         self.shots = shots

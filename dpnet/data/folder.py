@@ -37,7 +37,7 @@ from PIL import UnidentifiedImageError
 
 from dpnet.data.episode import PooledDataset, check_split
 from dpnet_runtime.contract import IGNORE_LABEL
-from dpnet_runtime.errors import DatasetError, InputError
+from dpnet_runtime.errors import DatasetError, InputError, OptionError
 from dpnet_runtime.masks import IMAGE_SUFFIXES, MASK_SUFFIX
 from dpnet_runtime.preprocess import load_image, load_mask, open_image_file
 
@@ -65,9 +65,9 @@ def folder_fold_classes(num_classes: int, fold: int, folds: int) -> tuple[int, .
         InputError: fewer classes than folds, or a fold outside 0..folds-1.
     """
     if num_classes < folds:
-        raise InputError(f"{num_classes} classes cannot make {folds} folds; use fewer --folds")
+        raise OptionError(f"{num_classes} classes cannot make {folds} folds; use fewer --folds")
     if not 0 <= fold < folds:
-        raise InputError(f"fold must be in 0..{folds - 1} with --folds {folds}, got {fold}")
+        raise OptionError(f"fold must be in 0..{folds - 1} with --folds {folds}, got {fold}")
     first, last = round(fold * num_classes / folds), round((fold + 1) * num_classes / folds)
     return tuple(range(first + 1, last + 1))
 
@@ -176,15 +176,15 @@ def _split_classes(
     """1-based classes of ``split`` (module docstring)."""
     all_ids = tuple(range(1, len(names) + 1))
     if val_classes and folds is not None:
-        raise InputError("give --val-classes or --folds, not both")
+        raise OptionError("give --val-classes or --folds, not both")
     if folds is None and fold != 0:
-        raise InputError(f"fold {fold} needs --folds N (the folder dataset has one fold without)")
+        raise OptionError(f"fold {fold} needs --folds N (the folder dataset has one fold without)")
     if folds is not None:
         test = folder_fold_classes(len(names), fold, folds)
     elif val_classes:
         unknown = sorted(set(val_classes) - set(names))
         if unknown:
-            raise InputError(f"val classes {unknown} are not class folders; the classes: {names}")
+            raise OptionError(f"val classes {unknown} are not class folders; the classes: {names}")
         test = tuple(names.index(name) + 1 for name in sorted(set(val_classes)))
     else:
         return all_ids

@@ -21,8 +21,9 @@ from dpnet.data.cli_options import (
 )
 from dpnet.eval.evaluate import EvalOptions, EvalRequest, EvalResult, evaluate_checkpoint
 from dpnet_runtime.console import make_app, make_progress, run_app, stdout_console
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import OptionError
 from dpnet_runtime.fileio import atomic_write_text
+from dpnet_runtime.outputs import JSON_FORMATS, check_file_output
 
 __all__ = ["app", "main"]
 
@@ -71,6 +72,9 @@ def command(
 
     Example: dpnet-eval --ckpt run/best.pt --dataset synthetic --fold 0 --shots 1 --episodes 1000
     """
+    check_file_output(
+        "--json", json_path, JSON_FORMATS, {"--ckpt": [ckpt]}, trees={"--data-root": [data_root]}
+    )
     data_options = dataset_flags(
         coco_split=coco_split, splits_dir=splits_dir, skip_missing=skip_missing,
         val_classes=val_classes, folds=folds,
@@ -94,7 +98,7 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
-        raise InputError(f"--scales must be numbers separated by commas, got {text!r}") from exc
+        raise OptionError(f"--scales must be numbers separated by commas, got {text!r}") from exc
 
 
 def _table(result: EvalResult, title: str) -> Table:

@@ -54,7 +54,7 @@ def command(
         int, typer.Option(help="Test fold 0..3 (0..N-1 with --folds N); training uses the others.")
     ] = _DEFAULTS.fold,
     shots: Annotated[int, typer.Option(help="K supports per episode.")] = _DEFAULTS.shots,
-    config: Annotated[
+    preset: Annotated[
         str | None,
         typer.Option(
             help="Model preset: tiny or paper (default: paper for pascal/coco, tiny for synthetic)."
@@ -107,7 +107,7 @@ def command(
 ) -> None:
     """Train DPNet; writes OUT/last.pt (every validation) and OUT/best.pt (best mIoU).
 
-    Example: dpnet-train --dataset synthetic --fold 0 --config tiny --steps 1500 --out run/
+    Example: dpnet-train --dataset synthetic --fold 0 --preset tiny --steps 1500 --out run/
 
     Fine-tune a PASCAL model on your folder: dpnet-train --dataset folder --data-root mine/
     --init run-pascal/best.pt --steps 500 --out run-mine/
@@ -118,7 +118,7 @@ def command(
     )  # fmt: skip
     options = TrainOptions(
         out=out, dataset=dataset, data_root=data_root, data_options=data_options, fold=fold,
-        shots=shots, config=config, variant=ablation_variant, steps=steps, epochs=epochs,
+        shots=shots, config=preset, variant=ablation_variant, steps=steps, epochs=epochs,
         batch_size=batch_size, lr=lr,
         optimizer=cast("Optimizer | None", optimizer),  # checked by TrainOptions
         backbone_weights=backbone_weights, resume=resume, init=init, seed=seed,

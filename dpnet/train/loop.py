@@ -59,6 +59,7 @@ from dpnet.train.options import (
 )
 from dpnet_runtime.errors import InputError
 from dpnet_runtime.fileio import sha256_file
+from dpnet_runtime.outputs import refuse_inputs
 
 __all__ = [
     "LossRecord",
@@ -156,8 +157,9 @@ def train(options: TrainOptions, progress: TrainProgressCallback | None = None) 
         The run's :class:`TrainResult` (every rank returns one; only rank 0 wrote files).
 
     Raises:
-        InputError: bad options, or ``out`` holds a run and ``resume`` is off (or the run in
-            ``out`` was made with another config).
+        InputError: bad options, ``out`` is or lies inside an input (the dataset root, the
+            ``init`` checkpoint...), or ``out`` holds a run and ``resume`` is off (or the run
+            in ``out`` was made with another config).
         DatasetError: the dataset cannot be read.
         ModelFileError: ``resume`` without a readable ``out/last.pt``; bad backbone weights.
 
@@ -167,6 +169,12 @@ def train(options: TrainOptions, progress: TrainProgressCallback | None = None) 
     >>> result.steps
     2
     """
+    out = Path(options.out)
+    refuse_inputs(  # before any slow work
+        {"--out": [out, out / "last.pt", out / "best.pt"]},
+        {"--init": [options.init], "--backbone-weights": [options.backbone_weights]},
+        trees={"--data-root": [options.data_root]},
+    )
     context = setup_distributed(options.device)
     try:
         return _Trainer(options, context).run(progress)
@@ -252,7 +260,7 @@ class _Trainer:
         if checkpoint.config != self.config or checkpoint.train_state is None:
             raise InputError(
                 f"{last} was trained with another config or has no training state; "
-                "resume with the same --config/--ablation-variant or choose another --out"
+                "resume with the same --preset/--ablation-variant or choose another --out"
             )
         self.model.load_state_dict(checkpoint.state_dict)
         state = checkpoint.train_state

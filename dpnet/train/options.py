@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, get_args
 
 from dpnet.config import DPNetConfig, preset
 from dpnet.data import DatasetOptions
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.errors import InputError, OptionError
 
 __all__ = [
     "ABLATION_VARIANTS",
@@ -145,33 +145,33 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_DEFAULTS:
-            raise InputError(
+            raise OptionError(
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}"
             )
         if self.variant not in ABLATION_VARIANTS:
-            raise InputError(
+            raise OptionError(
                 f"unknown ablation variant {self.variant!r}; "
                 f"choose one of {', '.join(ABLATION_VARIANTS)}"
             )
         for name in ("steps", "epochs", "batch_size", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise InputError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+                raise OptionError(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if self.optimizer not in (None, *get_args(Optimizer)):
-            raise InputError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+            raise OptionError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if self.lr is not None and self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}")
+            raise OptionError(f"lr must be positive, got {self.lr}")
         if self.val_episodes < 0 or (self.val_every is not None and self.val_every < 0):
-            raise InputError("val-every and val-episodes must not be negative")
+            raise OptionError("val-every and val-episodes must not be negative")
         if self.log_every < 1:
-            raise InputError(f"log-every must be at least 1, got {self.log_every}")
+            raise OptionError(f"log-every must be at least 1, got {self.log_every}")
         self.data_options.keywords(self.dataset)  # refuses options of another dataset now
 
 
 def variant_config(config: str, variant: str, **overrides: Any) -> DPNetConfig:
     """The preset ``config`` with the switches of ablation ``variant`` (and ``overrides``)."""
     if variant not in ABLATION_VARIANTS:
-        raise InputError(
+        raise OptionError(
             f"unknown ablation variant {variant!r}; choose one of {list(ABLATION_VARIANTS)}"
         )
     return preset(config, **ABLATION_VARIANTS[variant], **overrides)
@@ -209,7 +209,7 @@ def init_config(options: TrainOptions, checkpoint: DPNetConfig, path: Path) -> D
         differ = [key for key in ours if ours[key] != theirs[key]]
         raise InputError(
             f"--init {path} holds a {checkpoint.name} network that differs from the one this "
-            f"run asks for in {', '.join(differ)}; drop --config / --ablation-variant or give "
+            f"run asks for in {', '.join(differ)}; drop --preset / --ablation-variant or give "
             "the checkpoint's"
         )
     return checkpoint

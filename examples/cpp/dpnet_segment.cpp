@@ -17,7 +17,6 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -34,18 +33,30 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Names from dpnet_runtime.contract.
+// File names and metadata keys of dpnet_runtime.contract. Tensor names are not spelled here:
+// each graph's inputs and outputs are read from the graph itself, in the contract's order
+// (GRAPHS: the positions below), and checked against the graph's "inputs" / "outputs"
+// metadata, so a renamed tensor reaches this program without an edit.
 constexpr const char* kEpisodeFile = "dpnet.onnx";
 constexpr const char* kSupportFile = "dpnet_support.onnx";
 constexpr const char* kQueryFile = "dpnet_query.onnx";
-constexpr const char* kSupportImages = "support_images";
-constexpr const char* kSupportMasks = "support_masks";
-constexpr const char* kQueryImage = "query_image";
-constexpr std::array<const char*, 3> kCacheNames = {"support_cos_feats", "support_fg",
-                                                    "prototypes"};
-constexpr const char* kLogits = "logits";
-constexpr const char* kPseudoCount = "pseudo_count";
 constexpr const char* kMetaMaxShots = "max_shots";
+constexpr const char* kMetaInputs = "inputs";
+constexpr const char* kMetaOutputs = "outputs";
+// Inputs: episode (support images, support masks, query image), support graph (support
+// images, support masks), query graph (query image, then the support graph's outputs).
+constexpr size_t kSupportImagesAt = 0;
+constexpr size_t kSupportMasksAt = 1;
+constexpr size_t kEpisodeQueryAt = 2;
+constexpr size_t kQueryImageAt = 0;
+constexpr size_t kCacheAt = 1;  // first support-cache input of the query graph
+constexpr size_t kEpisodeInputs = 3;
+constexpr size_t kSupportInputs = 2;
+constexpr size_t kCacheSize = 3;
+// Outputs of the episode and query graphs: logits, mask, pseudo_count, confidence.
+constexpr size_t kLogitsAt = 0;
+constexpr size_t kPseudoCountAt = 2;
+constexpr size_t kHeadOutputs = 4;
 
 struct Options {
   fs::path model;
@@ -109,24 +120,49 @@ netpbm::Image read_rgb(const std::string& path) {
   return image;
 }
 
-// One graph: its session and the facts the program needs from it.
+// The metadata's JSON list of names, as dpnet-export writes it: ["a", "b"].
+std::string json_names(const std::vector<std::string>& names) {
+  std::string text = "[";
+  for (size_t i = 0; i < names.size(); ++i) text += (i ? ", \"" : "\"") + names[i] + "\"";
+  return text + "]";
+}
+
+// One graph: its session, its I/O names (read from the graph) and its max_shots metadata.
 class Graph {
  public:
-  Graph(Ort::Env& env, const fs::path& path, const Ort::SessionOptions& options)
-      : session_(env, path.c_str(), options) {
+  Graph(Ort::Env& env, const fs::path& path, const Ort::SessionOptions& options,
+        size_t input_count, size_t output_count)
+      : path_(path), session_(env, path.c_str(), options) {
     Ort::AllocatorWithDefaultOptions allocator;
     for (size_t i = 0; i < session_.GetInputCount(); ++i) {
       inputs_.emplace_back(session_.GetInputNameAllocated(i, allocator).get());
     }
+    for (size_t i = 0; i < session_.GetOutputCount(); ++i) {
+      outputs_.emplace_back(session_.GetOutputNameAllocated(i, allocator).get());
+    }
+    if (inputs_.size() != input_count || outputs_.size() != output_count) {
+      throw std::runtime_error(path.string() + ": " + std::to_string(inputs_.size()) +
+                               " inputs and " + std::to_string(outputs_.size()) +
+                               " outputs, not the contract's " + std::to_string(input_count) +
+                               " and " + std::to_string(output_count) + "; is it a dpnet export?");
+    }
     Ort::ModelMetadata metadata = session_.GetModelMetadata();
+    check_order(metadata, kMetaInputs, inputs_);
+    check_order(metadata, kMetaOutputs, outputs_);
     auto shots = metadata.LookupCustomMetadataMapAllocated(kMetaMaxShots, allocator);
     max_shots_ = shots ? std::stoi(shots.get()) : 0;
   }
 
+  const char* output(size_t at) const { return outputs_.at(at).c_str(); }
+  std::vector<const char*> outputs() const {
+    std::vector<const char*> names;
+    for (const std::string& name : outputs_) names.push_back(name.c_str());
+    return names;
+  }
+
   // Side S of the square image input, and a check that the graph takes raw uint8 images:
   // raw image inputs are [B, (K,) S, S, 3] uint8; normalised ones are float [.., 3, S, S].
-  int raw_input_size(const char* image_input) {
-    const size_t index = input_index(image_input);
+  int raw_input_size(size_t index) {
     // The shape info is a view into the type info: keep the type info alive while using it.
     const Ort::TypeInfo type_info = session_.GetInputTypeInfo(index);
     const auto info = type_info.GetTensorTypeAndShapeInfo();
@@ -140,25 +176,35 @@ class Graph {
 
   int max_shots() const { return max_shots_; }
 
-  std::vector<Ort::Value> run(const std::vector<const char*>& names,
-                              const std::vector<Ort::Value>& values,
+  // Runs the graph on one value per input, in the graph's input order.
+  std::vector<Ort::Value> run(const std::vector<Ort::Value>& values,
                               const std::vector<const char*>& outputs) {
-    for (const char* name : names) input_index(name);  // a clear error before Run's own
+    if (values.size() != inputs_.size()) {
+      throw std::logic_error("one value per input of " + path_.string());
+    }
+    std::vector<const char*> names;
+    for (const std::string& name : inputs_) names.push_back(name.c_str());
     return session_.Run(Ort::RunOptions{nullptr}, names.data(), values.data(), values.size(),
                         outputs.data(), outputs.size());
   }
 
  private:
-  size_t input_index(const std::string& name) const {
-    const auto it = std::find(inputs_.begin(), inputs_.end(), name);
-    if (it == inputs_.end()) {
-      throw std::runtime_error("graph has no input '" + name + "'; is it a dpnet export?");
+  // The graph's own list of its I/O names (metadata) must be what the session reports.
+  void check_order(Ort::ModelMetadata& metadata, const char* key,
+                   const std::vector<std::string>& names) const {
+    Ort::AllocatorWithDefaultOptions allocator;
+    auto declared = metadata.LookupCustomMetadataMapAllocated(key, allocator);
+    if (declared && json_names(names) != declared.get()) {
+      throw std::runtime_error(path_.string() + ": metadata " + key + " " + declared.get() +
+                               " differs from the graph's " + json_names(names) +
+                               "; re-export it with dpnet-export onnx");
     }
-    return static_cast<size_t>(it - inputs_.begin());
   }
 
+  fs::path path_;
   Ort::Session session_;
   std::vector<std::string> inputs_;
+  std::vector<std::string> outputs_;
   int max_shots_ = 0;
 };
 
@@ -236,8 +282,9 @@ int run(const Options& options) {
                              kSupportFile + " + " + kQueryFile +
                              "; export with dpnet-export onnx --raw-input --out DIR");
   }
-  Graph first(env, options.model / (split ? kSupportFile : kEpisodeFile), session_options);
-  const int size = first.raw_input_size(kSupportImages);
+  Graph first(env, options.model / (split ? kSupportFile : kEpisodeFile), session_options,
+              split ? kSupportInputs : kEpisodeInputs, split ? kCacheSize : kHeadOutputs);
+  const int size = first.raw_input_size(kSupportImagesAt);
   SupportBatch supports = load_supports(options, size);
   if (first.max_shots() > 0 && supports.shots > first.max_shots()) {
     throw std::runtime_error("the graphs take at most " + std::to_string(first.max_shots()) +
@@ -247,29 +294,26 @@ int run(const Options& options) {
   std::vector<std::uint8_t> query_pixels =
       pilresize::bilinear_u8(query.pixels, query.width, query.height, 3, size, size);
 
-  std::vector<const char*> names = {kSupportImages, kSupportMasks};
+  static_assert(kSupportImagesAt == 0 && kSupportMasksAt == 1 && kEpisodeQueryAt == 2,
+                "the values below are pushed in the contract's input order");
   std::vector<Ort::Value> values;
   values.push_back(tensor(supports.images, {1, supports.shots, size, size, 3}));
   values.push_back(tensor(supports.masks, {1, supports.shots, size, size}));
-  const std::vector<const char*> outputs = {kLogits, kPseudoCount};
   std::vector<Ort::Value> results;
   if (split) {
     // The support cache: computed once, it serves any number of queries of this class.
-    const std::vector<const char*> cache_names(kCacheNames.begin(), kCacheNames.end());
-    std::vector<Ort::Value> cache = first.run(names, values, cache_names);
-    Graph query_graph(env, options.model / kQueryFile, session_options);
-    std::vector<const char*> query_names = {kQueryImage};
+    std::vector<Ort::Value> cache = first.run(values, first.outputs());
+    Graph query_graph(env, options.model / kQueryFile, session_options, kCacheAt + kCacheSize,
+                      kHeadOutputs);
+    static_assert(kQueryImageAt == 0 && kCacheAt == 1, "query image first, then the cache");
     std::vector<Ort::Value> query_values;
     query_values.push_back(tensor(query_pixels, {1, size, size, 3}));
-    for (size_t i = 0; i < cache.size(); ++i) {
-      query_names.push_back(cache_names[i]);
-      query_values.push_back(std::move(cache[i]));
-    }
-    results = query_graph.run(query_names, query_values, outputs);
+    for (Ort::Value& value : cache) query_values.push_back(std::move(value));
+    results = query_graph.run(query_values, {query_graph.output(kLogitsAt),
+                                             query_graph.output(kPseudoCountAt)});
   } else {
-    names.push_back(kQueryImage);
     values.push_back(tensor(query_pixels, {1, size, size, 3}));
-    results = first.run(names, values, outputs);
+    results = first.run(values, {first.output(kLogitsAt), first.output(kPseudoCountAt)});
   }
 
   const std::vector<std::uint8_t> mask = logits_to_mask(results[0], query.width, query.height);

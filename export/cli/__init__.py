@@ -15,7 +15,6 @@ app = make_app(
     name="dpnet-export",
     help="Export a DPNet checkpoint to ONNX, lint ONNX for TensorRT, build TensorRT engines, "
     "write a Triton model repository.",
-    no_args_is_help=True,
 )
 app.command("onnx")(onnx_cmd.command)
 app.command("trt")(trt_cmd.command)

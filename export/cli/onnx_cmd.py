@@ -12,17 +12,28 @@ from dpnet.data import DatasetOptions
 from dpnet.data.cli_options import (
     CocoSplitOption,
     DataRootOption,
-    FoldsOption,
     SkipMissingOption,
     SplitsDirOption,
     ValClassesOption,
     dataset_flags,
 )
 from dpnet_runtime.console import stderr_console, stdout_console
+from dpnet_runtime.contract import FORMATS
+from dpnet_runtime.formats import converted_precisions, parse_precisions, precision_help
 
 __all__ = ["command"]
 
 _DATA = DatasetOptions()
+# The shared FoldsOption names --fold, which this command calls --calib-fold.
+_CalibFoldsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--folds",
+        help="folder: cut the sorted classes into N folds; --calib-fold picks the one whose "
+        "training classes calibrate.",
+    ),
+]
+_CALIBRATED = tuple(dict.fromkeys(row.precision for row in FORMATS.values() if row.calibrated))
 
 
 def command(
@@ -32,8 +43,20 @@ def command(
     ],
     out: Annotated[
         Path,
-        typer.Option("--out", help="Folder for the graphs; created if missing, files replaced."),
+        typer.Option(
+            "--out",
+            help="Folder for the graphs; created if missing, the graphs of an earlier export "
+            "replaced.",
+        ),
     ] = Path("out"),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Remove the graphs an earlier export wrote in --out in precisions this one "
+            "does not (they would not match); without it such a folder is refused.",
+        ),
+    ] = False,
     size: Annotated[
         int | None,
         typer.Option(
@@ -46,28 +69,30 @@ def command(
             "--max-shots", help="Largest K the graphs accept; K is dynamic over 1..K (default: 5)."
         ),
     ] = None,
-    fp16: Annotated[
-        bool,
+    precision: Annotated[
+        list[str],
         typer.Option(
-            "--fp16",
-            help="Also write *_fp16.onnx mixed-precision copies (CCM, L2 norms, z-score, "
-            "argmax stay FP32; FP32 inputs and outputs), for a strongly typed TensorRT build.",
+            help=f"Other precisions to write besides the FP32 graphs (always written), "
+            f"comma-separated or repeated ({','.join(converted_precisions())}). "
+            f"{precision_help(converted=True)}. TensorRT builds its engines from these graphs "
+            "(the INT8 ones in their own symmetric S8S8 flavour, *_int8_trt.onnx)."
         ),
-    ] = False,
-    int8: Annotated[
-        bool,
+    ] = [],  # noqa: B006 (typer reads the default, never mutates it)
+    int8_ccm: Annotated[
+        bool | None,
         typer.Option(
-            "--int8",
-            help="Also write calibrated INT8 copies: *_int8.onnx (ONNX Runtime CPU, U8S8) and "
-            "*_int8_trt.onnx (TensorRT, symmetric S8S8); CCM, L2 norms, discriminator, PIM, "
-            "classifier and argmax stay float.",
+            "--int8-ccm/--no-int8-ccm",
+            help="With --precision int8: run the CCM's similarity MatMul in INT8 too (default; "
+            "MatMulInteger on ONNX Runtime, S8S8 Q/DQ for TensorRT; the ArgMax stay as they "
+            "are). --no-int8-ccm keeps the whole CCM float: slower, the C' set closer to FP32.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     calib_dataset: Annotated[
         str | None,
         typer.Option(
-            help="--int8 calibration episodes from: synthetic (embedded, default), pascal, coco "
-            "or folder (your own images; training classes of --calib-fold)."
+            help=f"Calibration episodes of {'/'.join(_CALIBRATED)} from: synthetic (embedded, "
+            "default), pascal, coco or folder (your own images; training classes of --calib-fold)."
         ),
     ] = None,
     data_root: DataRootOption = None,
@@ -75,7 +100,7 @@ def command(
     splits_dir: SplitsDirOption = _DATA.splits_dir,
     skip_missing: SkipMissingOption = _DATA.skip_missing,
     val_classes: ValClassesOption = None,
-    folds: FoldsOption = _DATA.folds,
+    folds: _CalibFoldsOption = _DATA.folds,
     calib_fold: Annotated[
         int | None, typer.Option(help="Fold whose training classes calibrate (default: 0).")
     ] = None,
@@ -112,9 +137,10 @@ def command(
 
     Writes dpnet_support.onnx / dpnet_query.onnx: encode supports once, segment many queries.
 
-    Batch B and shots K are dynamic axes; the image size is fixed. Lint with dpnet-export check.
+    Batch B and shots K are dynamic axes; the image size is fixed. Every graph written passes
+    dpnet-export check, with the rules of the runtime it is for.
 
-    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --fp16 --int8
+    Example: dpnet-export onnx --ckpt runs/fold0/best.pt --out out/ --precision fp16,int8
     """
     from dpnet_export.calibration import CalibrationOptions
     from dpnet_export.torch_to_onnx import ExportOptions, export_onnx
@@ -141,12 +167,12 @@ def command(
     )
     options = ExportOptions(
         size=size,
-        fp16=fp16,
-        int8=int8,
+        precisions=parse_precisions(",".join(precision), converted_precisions(), "--precision"),
         calibration=calibration,
         beta=beta,
         raw_input=raw_input,
-        **_given(max_shots=max_shots),
+        overwrite=overwrite,
+        **_given(max_shots=max_shots, int8_ccm=int8_ccm),
     )
     result = export_onnx(ckpt, out, options, progress=lambda message: stderr_console.log(message))
     table = Table(title=f"dpnet-export onnx: {result.out_dir} ({result.seconds:.1f} s)")

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from dpnet_runtime.console import stderr_console, stdout_console
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.contract import EPISODE, SOURCE_PRECISION
+from dpnet_runtime.formats import precision_help, precisions
 
 __all__ = ["command"]
 
@@ -18,40 +19,48 @@ _DEFAULT_TARGET_TENSORRT = "11"
 
 
 def command(
-    onnx: Annotated[Path, typer.Option("--onnx", help="The exported graph, DIR/dpnet.onnx.")],
-    fp16: Annotated[
-        bool,
+    model: Annotated[
+        Path,
         typer.Option(
-            "--fp16", help="Build an FP16 engine, strongly typed from DIR/dpnet_fp16.onnx."
+            "--model",
+            help="The export folder (dpnet-export onnx --out): the engine is built from the "
+            "graph of --precision's row and written beside it.",
         ),
-    ] = False,
-    int8: Annotated[
-        bool,
+    ],
+    precision: Annotated[
+        str,
+        typer.Option(help=f"{' | '.join(precisions('trt'))}: {precision_help('trt')}."),
+    ] = SOURCE_PRECISION,
+    graph: Annotated[
+        str,
         typer.Option(
-            "--int8",
-            help="Build an INT8 engine (explicit quantization) from DIR/dpnet_int8_trt.onnx "
-            "(dpnet-export onnx --int8); writes DIR/dpnet_int8.engine.",
+            help="The graph to build: episode (the engine dpnet_runtime opens), or support / "
+            "query (Triton plans, with --out)."
         ),
-    ] = False,
+    ] = EPISODE,
     weak_typing: Annotated[
         bool,
         typer.Option(
-            help="TensorRT 10 fallback: FP16 from dpnet.onnx with BuilderFlag.FP16 (the builder "
-            "may then run the CCM in FP16)."
+            help="TensorRT 10 fallback: a lower precision from dpnet.onnx with its BuilderFlag "
+            "(FP16: the builder may then run the CCM in FP16)."
         ),
     ] = False,
     tf32: Annotated[
         bool, typer.Option(help="Allow TF32 in FP32 layers (off: it flips CCM ArgMax ties).")
     ] = False,
     shots_range: Annotated[str, typer.Option(help="K profile min:opt:max.")] = "1:1:5",
-    batch_range: Annotated[str, typer.Option(help="B profile min:opt:max.")] = "1:1:4",
+    batch_range: Annotated[
+        str, typer.Option(help="B profile min:opt:max (8 covers dpnet-serve's --max-batch).")
+    ] = "1:1:8",
     workspace: Annotated[str, typer.Option(help="Builder workspace limit (4G, 512M).")] = "4G",
     timing_cache: Annotated[
         Path | None, typer.Option(help="Timing-cache file, read and updated.")
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Engine file [default: DIR/dpnet.engine, DIR/dpnet_int8.engine]."),
+        typer.Option(
+            help="Engine file [default: the row's, DIR/dpnet.engine, DIR/dpnet_fp16.engine...]."
+        ),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Ignore a cached engine.")] = False,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
@@ -61,8 +70,8 @@ def command(
     adopt: Annotated[
         Path | None,
         typer.Option(
-            help="An engine trtexec built from --onnx (same options): check it and write its "
-            ".engine.json sidecar instead of building."
+            help="An engine trtexec built with --print-trtexec's command (same options): check "
+            "it and write its .engine.json sidecar instead of building."
         ),
     ] = None,
 ) -> None:
@@ -77,12 +86,11 @@ def command(
         parse_workspace,
     )
 
-    if fp16 and int8:
-        raise InputError("--fp16 and --int8 exclude each other: build one engine per precision")
     options = EngineBuildOptions(
-        onnx_path=onnx,
+        model_dir=model,
         out_path=adopt or out,
-        precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        precision=precision,
+        graph=graph,
         weak_typing=weak_typing,
         tf32=tf32,
         batch=parse_shape_range(batch_range),

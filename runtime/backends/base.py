@@ -3,7 +3,8 @@
 A runner owns one graph or engine. Its public methods (``activate``, ``infer``, metadata,
 context manager) live here only: they check state and inputs, time the call and turn the
 backend library's exceptions into dpnet errors. A backend subclass implements the four hooks
-``_activate``, ``_infer``, ``_deactivate`` and ``_metadata`` and nothing else (STYLE.md 5.3).
+``_activate``, ``_infer``, ``_deactivate`` and ``_metadata`` and nothing else
+(docs/design.md#runner-interface).
 
 Backends are imported on first use through :func:`open_runner`, so ``dpnet_runtime`` imports
 without TensorRT or CUDA; a missing package becomes :class:`BackendUnavailableError` naming
@@ -31,8 +32,10 @@ from dpnet_runtime.errors import (
     DpnetError,
     InputError,
     ModelFileError,
+    OptionError,
     one_line,
 )
+from dpnet_runtime.extras import PACKAGE_EXTRAS, install_command
 
 __all__ = [
     "BaseRunner",
@@ -40,6 +43,8 @@ __all__ = [
     "check_feed",
     "import_optional",
     "open_runner",
+    "runner_class",
+    "thread_options",
 ]
 
 
@@ -118,6 +123,10 @@ class BaseRunner(abc.ABC):
         backend_errors: the backend library's exception types; raised by a hook they become
             :class:`ModelFileError` (activate) or :class:`DpnetError` (infer), ``from exc``.
         thread_safe: whether :meth:`infer` may be called from several threads at once.
+        threads_option: the constructor keyword that sets the CPU threads per operator
+            (``None``: the backend computes on a GPU and has none).
+        requires: the optional packages ``activate`` imports (keys of
+            :data:`~dpnet_runtime.extras.PACKAGE_EXTRAS`), for checks before any file is read.
         path: the artifact file.
         last_inference_ns: wall time of the last :meth:`infer` backend call, in nanoseconds.
     """
@@ -125,6 +134,8 @@ class BaseRunner(abc.ABC):
     backend: ClassVar[str] = ""
     backend_errors: ClassVar[tuple[type[Exception], ...]] = ()
     thread_safe: ClassVar[bool] = False
+    threads_option: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -143,7 +154,7 @@ class BaseRunner(abc.ABC):
             ModelFileError: the file is missing, truncated or not loadable by this backend.
             BackendUnavailableError: a needed provider, library or device is absent.
         """
-        if self._meta is not None:
+        if self.is_active:
             return
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
@@ -162,7 +173,7 @@ class BaseRunner(abc.ABC):
 
     def deactivate(self) -> None:
         """Release the session, buffers and streams; a no-op when not active."""
-        if self._meta is None:
+        if not self.is_active:
             return
         self._meta = None
         self._deactivate()
@@ -256,6 +267,53 @@ _RUNNERS: Final = {
 }
 
 
+def runner_class(name: str) -> type[BaseRunner]:
+    """The runner class of backend ``name``, imported on first use.
+
+    Raises:
+        OptionError: unknown backend.
+        BackendUnavailableError: the backend's packages are not installed (names the extra).
+    """
+    if name not in _RUNNERS:
+        raise OptionError(f"unknown backend {name!r}; choose one of {', '.join(_RUNNERS)}")
+    module_name, class_name = _RUNNERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        install = install_command(find_format(name).extra)
+        raise BackendUnavailableError(
+            f"backend {name!r} needs the package {exc.name or 'that is missing'} ({install})"
+        ) from exc
+    found: type[BaseRunner] = getattr(module, class_name)
+    return found
+
+
+def thread_options(name: str, threads: int | None) -> dict[str, int]:
+    """The runner keyword that gives backend ``name`` ``threads`` CPU threads per operator.
+
+    Args:
+        name: a runtime backend (``ort``, ``trt``).
+        threads: the thread count; ``None`` gives no keyword (the backend's default).
+
+    Raises:
+        InputError: ``threads`` is set but the backend has no CPU threads to set (TensorRT
+            computes on the GPU); the message names the backends that do.
+
+    >>> thread_options("ort", 2), thread_options("trt", None)
+    ({'intra_op_threads': 2}, {})
+    """
+    if threads is None:
+        return {}
+    option = runner_class(name).threads_option
+    if option is None:
+        with_threads = [b for b in _RUNNERS if runner_class(b).threads_option is not None]
+        raise InputError(
+            f"the {name} backend computes on the GPU and has no CPU threads to set: drop "
+            f"--threads (it sets the threads of the {', '.join(with_threads)} backend)"
+        )
+    return {option: threads}
+
+
 def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> BaseRunner:
     """Import backend ``name`` on first use, build its runner for ``path`` and activate it.
 
@@ -274,34 +332,23 @@ def open_runner(name: str, path: str | os.PathLike[str], **options: Any) -> Base
 
     >>> runner = open_runner("ort", "out/dpnet.onnx", intra_op_threads=2)  # doctest: +SKIP
     """
-    if name not in _RUNNERS:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(_RUNNERS)}")
-    module_name, class_name = _RUNNERS[name]
+    cls = runner_class(name)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        extra = find_format(name).extra
-        install = f"pip install 'dpnet[{extra}]'" if extra else "pip install dpnet"
-        raise BackendUnavailableError(
-            f"backend {name!r} needs the package {exc.name or 'that is missing'} ({install})"
-        ) from exc
-    runner_class = getattr(module, class_name)
-    try:
-        inspect.signature(runner_class).bind(path, **options)
+        inspect.signature(cls).bind(path, **options)
     except TypeError as exc:
-        raise InputError(f"backend {name!r}: {exc}") from exc
-    runner: BaseRunner = runner_class(path, **options)
+        raise OptionError(f"backend {name!r}: {exc}") from exc
+    runner: BaseRunner = cls(path, **options)
     runner.activate()
     return runner
 
 
-def import_optional(module: str, *, package: str, extra: str) -> ModuleType:
+def import_optional(module: str, *, package: str) -> ModuleType:
     """Import an optional package's module on first use, telling "absent" from "broken".
 
     Args:
-        module: the import path (``tensorrt``, ``cuda.bindings.runtime``).
+        module: the import path (``tensorrt``, ``cuda.bindings.runtime``); its top-level name
+            is a key of :data:`~dpnet_runtime.extras.PACKAGE_EXTRAS`, the extra that installs it.
         package: the pip package that provides it, for the message.
-        extra: the dpnet extra that installs it.
 
     Raises:
         BackendUnavailableError: the package is not installed (names the extra), or it is
@@ -315,9 +362,10 @@ def import_optional(module: str, *, package: str, extra: str) -> ModuleType:
         parts = module.split(".")
         if exc.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
             raise _broken(package, exc) from exc
+        extra = PACKAGE_EXTRAS[parts[0]]
         raise BackendUnavailableError(
             f"{package} is not installed; on a machine with an NVIDIA GPU run: "
-            f"pip install 'dpnet[{extra}]'"
+            f"{install_command(extra)}"
         ) from exc
     except (ImportError, OSError) as exc:
         raise _broken(package, exc) from exc

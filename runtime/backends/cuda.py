@@ -37,7 +37,7 @@ def cudart() -> Any:
         BackendUnavailableError: cuda-python is not installed, or cannot load (the loader's
             message).
     """
-    return import_optional("cuda.bindings.runtime", package="cuda-python", extra="trt")
+    return import_optional("cuda.bindings.runtime", package="cuda-python")
 
 
 def native_handle(obj: Any) -> int:

@@ -13,6 +13,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from dpnet_runtime.backends.base import BaseRunner, RunnerMetadata
 from dpnet_runtime.contract import TensorSpec
 from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from dpnet_runtime.extras import install_command
 
 __all__ = ["OrtRunner"]
 
@@ -62,6 +63,7 @@ class OrtRunner(BaseRunner):
     backend: ClassVar[str] = "ort"
     backend_errors: ClassVar[tuple[type[Exception], ...]] = _ORT_ERRORS
     thread_safe: ClassVar[bool] = True
+    threads_option: ClassVar[str | None] = "intra_op_threads"
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class OrtRunner(BaseRunner):
         if absent:
             raise BackendUnavailableError(
                 f"ONNX Runtime execution provider(s) {absent} not available (have {available}); "
-                "GPU providers need onnxruntime-gpu: pip install 'dpnet[gpu]'"
+                f"GPU providers need onnxruntime-gpu: {install_command('gpu')}"
             )
         self._session = ort.InferenceSession(
             str(self.path), sess_options=self._session_options(), providers=self.providers

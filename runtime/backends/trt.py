@@ -57,7 +57,7 @@ def import_tensorrt() -> Any:
         BackendUnavailableError: TensorRT is not installed (names the ``trt`` extra), or its
             libraries cannot load (the loader's message).
     """
-    return import_optional("tensorrt", package="TensorRT", extra="trt")
+    return import_optional("tensorrt", package="TensorRT")
 
 
 def tensorrt_major(version: str) -> int:
@@ -181,6 +181,7 @@ class TrtRunner(BaseRunner):
     """
 
     backend: ClassVar[str] = "trt"
+    requires: ClassVar[tuple[str, ...]] = ("tensorrt", "cuda")
     backend_errors: ClassVar[tuple[type[Exception], ...]] = (TensorRTCallError,)
 
     def __init__(self, path: str | os.PathLike[str], *, device: int = 0, profile: int = 0) -> None:

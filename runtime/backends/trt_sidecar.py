@@ -62,7 +62,7 @@ class EngineSidecar:
         tensorrt_version: ``trt.__version__`` at build time.
         gpu_name: CUDA device name at build time.
         compute_capability: ``"major.minor"`` of that device.
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (one of ``contract.PRECISIONS``).
+        precision: the engine's precision, its ``trt`` row's in ``contract.FORMATS`` (``fp16``).
         strongly_typed: built as a strongly typed network (precision from the graph); False
             for the TensorRT 10 weak-typing fallback (``BuilderFlag.FP16``).
         tf32: whether FP32 layers were allowed TF32 (10-bit mantissa) inner products.

@@ -1,4 +1,4 @@
-"""The demo (README's main job), on a small budget: train, compare, export, draw."""
+"""The demo (the main job of the quick start), on a small budget: train, compare, export, draw."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 from dpnet_bench.demo import DemoOptions, run_demo
 from dpnet_runtime import contract
 
-from ..runtime.test_sheet import text_bands
+from ..runtime.test_sheet import LEGEND_BANDS, text_bands
 
 
 @pytest.mark.slow
@@ -29,4 +29,5 @@ def test_demo_trains_evaluates_exports_and_draws(tmp_path: Path) -> None:
     assert all(path.stat().st_size > 0 for path in expected)
     picture = np.asarray(Image.open(result.picture))
     assert picture.ndim == 3 and picture.shape[1] > picture.shape[0]  # three panels a row
-    assert text_bands(picture) == 3  # title, "support 1", "query / prediction (IoU ..) / truth"
+    # Two title lines (class and IoU, model), the legend, "support 1", the query row's captions.
+    assert text_bands(picture) == 2 + LEGEND_BANDS + 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from dpnet_bench.localize import LocalizeOptions, localize
 from dpnet_export.onnx_to_fp16 import node_scopes
@@ -60,7 +60,7 @@ def test_cli_prints_first_nodes_and_scopes(
 ) -> None:
     artifacts: Path = request.getfixturevalue(folder)
     completed = subprocess.run(
-        [sys.executable, "-m", "dpnet_bench.localize", "--artifacts",
+        [sys.executable, "-m", "dpnet_bench.localize", "--model",
          str(artifacts), "--precision", precision, "--episodes", "1"],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "COLUMNS": "250"},
@@ -88,5 +88,58 @@ def test_unknown_precision_and_missing_copy_are_clear(tmp_path: Path) -> None:
         localize(LocalizeOptions(artifacts=tmp_path, precision="int8"))
     empty = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     onnx.save(empty, tmp_path / "dpnet.onnx")
-    with pytest.raises(ModelFileError, match=r"dpnet_int8\.onnx does not exist; .* --int8"):
+    with pytest.raises(
+        ModelFileError, match=r"dpnet_int8\.onnx does not exist; .* --precision int8"
+    ):
         localize(LocalizeOptions(artifacts=tmp_path, precision="int8"))
+
+
+@pytest.mark.slow
+def test_the_int8_similarity_share_is_before_and_after(tiny_segmenting_export_dir: Path) -> None:
+    report = localize(LocalizeOptions(artifacts=tiny_segmenting_export_dir, episodes=2))
+    similarity = report.similarity
+    assert similarity is not None and similarity.quantized
+    assert similarity.op_type == "MatMulInteger"
+    assert 0 < similarity.scores_error < 0.1  # dequantized INT8 scores stay close
+    assert sorted(match.axis for match in similarity.matches) == [-2, -1]
+    for match in similarity.matches:
+        assert 0 <= match.before_pct <= 100 and 0 <= match.after_pct <= 100
+    # int32 scores are compared dequantized by the probe, not raw in the tensor list.
+    assert all(t.node != similarity.node for t in report.tensors)
+
+
+def _copy_as_int8(export_dir: Path, folder: Path) -> onnx.ModelProto:
+    """The FP32 graphs plus dpnet.onnx itself under the name dpnet_int8.onnx (returned)."""
+    for name in ("dpnet.onnx", "dpnet_support.onnx"):
+        shutil.copy(export_dir / name, folder)
+    return onnx.load(folder / "dpnet.onnx")
+
+
+@pytest.mark.slow
+def test_an_fp32_similarity_adds_nothing_and_an_fp16_round_trip_is_named(
+    tiny_trained_export_dir: Path, tmp_path: Path
+) -> None:
+    model = _copy_as_int8(tiny_trained_export_dir, tmp_path)
+    onnx.save(model, tmp_path / "dpnet_int8.onnx")
+    same = localize(LocalizeOptions(artifacts=tmp_path, episodes=2)).similarity
+    assert same is not None and not same.quantized and same.rounded_to is None
+    assert same.scores_error == 0.0
+    assert [(m.before_pct, m.after_pct) for m in same.matches] == [(0.0, 0.0), (0.0, 0.0)]
+    # Round the scores through FP16 between the similarity and its ArgMax.
+    argmax = [n for n in model.graph.node if n.op_type == "ArgMax" and "ccm" in node_scopes(n)]
+    scores = argmax[0].input[0]
+    index = min(list(model.graph.node).index(node) for node in argmax)
+    casts = [
+        onnx.helper.make_node("Cast", [scores], ["planted_fp16"], to=TensorProto.FLOAT16),
+        onnx.helper.make_node("Cast", ["planted_fp16"], ["planted"], to=TensorProto.FLOAT),
+    ]
+    for offset, cast in enumerate(casts):
+        model.graph.node.insert(index + offset, cast)
+    for node in argmax:
+        node.input[0] = "planted"
+    onnx.save(model, tmp_path / "dpnet_int8.onnx")
+    rounded = localize(LocalizeOptions(artifacts=tmp_path, episodes=2)).similarity
+    assert rounded is not None and rounded.rounded_to == "FLOAT16"
+    assert 0 < rounded.scores_error < 1e-3  # FP16 keeps 11 bits
+    # The keys are FP32's: every difference is the round trip's.
+    assert all(m.before_pct == 0.0 and m.after_pct >= 0.0 for m in rounded.matches)

@@ -14,7 +14,9 @@ from rich.console import Console
 from dpnet_bench.parity import AccuracyResult, ParityResult
 from dpnet_bench.report import (
     JSON_SCHEMA,
+    latency_figure,
     plot_latency,
+    render_gates,
     render_markdown,
     render_table,
     render_targets,
@@ -24,6 +26,8 @@ from dpnet_bench.report import (
 )
 from dpnet_bench.schema import BackendResult, BenchOptions, BenchReport, TargetCheck
 from dpnet_bench.timing import LatencyStats
+from dpnet_runtime.contract import ParityLimits
+from dpnet_runtime.errors import OptionError
 
 _STAGE_KEYS = [
     f"{stage}_{suffix}"
@@ -73,7 +77,7 @@ def report() -> BenchReport:
     ort_row = BackendResult(
         "ort", "fp32", "cpu", "parity failed", "mIoU delta 0.500 pt > 0.1 pt", artifact_mb=20.0,
         episode=STATS, accuracy=AccuracyResult(40.5, 50.0, 60.0),
-        parity=ParityResult(0.5, -0.25, 0.125, 99.0, 97.5, 0.1, False),
+        parity=ParityResult(0.5, -0.25, 0.125, 99.0, 97.5, ParityLimits(0.1), False),
     )  # fmt: skip
     trt_row = BackendResult("trt", "fp16", "cuda", "unavailable", "TensorRT is not installed")
     return BenchReport(
@@ -83,7 +87,10 @@ def report() -> BenchReport:
         threads=2,
         environment={"cpu_model": "test cpu", "usable_cpus": "2", "numpy_version": "2"},
         results=(torch_row, ort_row, trt_row),
-        targets=(TargetCheck("ort_miou_delta_pt", 0.5, 0.05, True, False, "max delta"),),
+        targets=(
+            TargetCheck("ort_miou_delta_pt", 0.5, 0.1, True, False, "max delta", gate=True),
+            TargetCheck("ort_vs_torch_episode_ratio", 0.8, 0.6, True, False, "p50 ratio"),
+        ),
     )
 
 
@@ -119,10 +126,11 @@ def test_json_schema_round_trip(report: BenchReport, tmp_path: Path) -> None:
     assert ort_entry == {**ORT_ROW, "latency_samples_ms": {"episode": samples}}
     assert trt_entry["reason"] == "TensorRT is not installed"
     assert trt_entry["latency_samples_ms"] == {}
-    assert data["targets"] == [{
-        "name": "ort_miou_delta_pt", "measured": 0.5, "limit": 0.05, "at_most": True,
-        "met": False, "detail": "max delta",
-    }]  # fmt: skip
+    assert data["targets"][0] == {
+        "name": "ort_miou_delta_pt", "measured": 0.5, "limit": 0.1, "at_most": True,
+        "met": False, "detail": "max delta", "gate": True,
+    }  # fmt: skip
+    assert data["targets"][1]["gate"] is False
 
 
 def test_csv_has_one_row_per_backend(report: BenchReport, tmp_path: Path) -> None:
@@ -160,7 +168,28 @@ def test_table_and_markdown_show_every_backend_and_reason(report: BenchReport) -
         "\n| ort | ❗ parity failed: mIoU delta 0.500 pt > 0.1 pt | 20.0 | 12.0 | 26.5 | 29.8 "
         "| 57.97 | - | - | - | 40.50 | 50.00 | 60.00 | 0.500 | 99.000 | 97.50 |\n"
     ) in markdown
-    assert "**no**" in markdown
+    assert "(max delta) | 0.500 | <= 0.1 | gate | **no** |" in markdown
+    assert "(p50 ratio) | 0.800 | <= 0.6 | reported | no (reported only) |" in markdown
+
+
+def test_the_last_line_names_each_gate_its_limit_and_the_exit_code(report: BenchReport) -> None:
+    line = render_gates(report, 3)
+    assert line == "parity gates failed: ort_miou_delta_pt 0.500 <= 0.1 FAILED -> exit 3"
+    # The gate's limit is the one the parity row was judged by: one limit per metric.
+    ort = report.results[1]
+    assert ort.parity is not None and ort.parity.max_miou_delta_pt == 0.1
+    passed = dataclasses.replace(
+        report,
+        results=(report.results[0], dataclasses.replace(ort, status="passed", reason="")),
+        targets=(dataclasses.replace(report.targets[0], measured=0.05, met=True),
+                 report.targets[1]),
+    )  # fmt: skip
+    # A missed reported target (the speed ratio) leaves the exit code at 0.
+    assert render_gates(passed, 3) == (
+        "parity gates passed: ort_miou_delta_pt 0.050 <= 0.1 ok -> exit 0"
+    )
+    none = dataclasses.replace(report, results=report.results[:1], targets=())
+    assert render_gates(none, 3).endswith("none measured (they compare rows with torch) -> exit 0")
 
 
 @pytest.mark.slow
@@ -168,6 +197,21 @@ def test_plot_writes_a_png(report: BenchReport, tmp_path: Path) -> None:
     path = tmp_path / "latency.png"
     plot_latency(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "latency.svg"
+    plot_latency(report, svg)
+    assert svg.read_bytes().lstrip().startswith(b"<?xml")
+    with pytest.raises(OptionError, match=r"--plot .*latency.jpg: .*name it .png, .svg or .pdf"):
+        plot_latency(report, tmp_path / "latency.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "latency.svg"]
+
+
+@pytest.mark.slow
+def test_plot_legend_says_what_the_box_lines_and_marks_are(report: BenchReport) -> None:
+    figure = latency_figure(report)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "median (p50)", "mean", "box: p25 to p75", "whiskers: p1 to p99", "runs beyond p1 / p99",
+    ]  # fmt: skip
 
 
 def test_tables_fit_80_columns_without_cutting_a_backend_name(report: BenchReport) -> None:
@@ -189,6 +233,7 @@ def test_tables_fit_80_columns_without_cutting_a_backend_name(report: BenchRepor
     assert names.count("torch-fp16") == 4 and names.count("ort-fp16") == 4
     assert set(names) >= {"torch", "ort", "trt", "ort_miou_delta_pt"}
     assert "❗ parity failed" in text and "12.0" in text
+    assert "❌ gate" in text and "➖ missed" in text  # a failed gate, a missed reported target
     # Narrower still: numbers fold, names and statuses stay whole.
     console = Console(width=56, record=True)
     console.print(render_table(narrow))

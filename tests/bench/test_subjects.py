@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,12 @@ from dpnet_bench.schema import BenchOptions
 from dpnet_bench.subjects import TorchRunner, open_subject
 from dpnet_bench.suite import run_suite
 from dpnet_runtime.contract import CONFIDENCE, FORMATS, LOGITS, MASK, PSEUDO_COUNT
-from dpnet_runtime.errors import BackendUnavailableError, DpnetError, InputError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    DpnetError,
+    IncompatibleModelError,
+    InputError,
+)
 
 
 def test_format_table_lists_every_format_once() -> None:
@@ -24,6 +30,7 @@ def test_format_table_lists_every_format_once() -> None:
         "ort-fp16",
         "ort-int8",
         "trt",
+        "trt-fp16",
         "trt-int8",
     ]
     assert {fmt.precision for fmt in FORMATS.values()} == {"fp32", "fp16", "int8"}
@@ -65,7 +72,7 @@ def test_torch_runner_returns_contract_outputs(tiny_checkpoint: Path) -> None:
 
 def test_torch_runner_failure_on_an_unchecked_feed_stays_a_bug(tiny_checkpoint: Path) -> None:
     # With check_inputs=False the caller vouched for the feed: torch's RuntimeError (a 4-channel
-    # image into a 3-channel trunk) is a bug to report, not a user error (STYLE.md 5.4).
+    # image into a 3-channel trunk) is a bug to report, not a user error (docs/design.md#errors).
     feed = {
         "support_images": np.zeros((1, 1, 4, 129, 129), np.float32),
         "support_masks": np.zeros((1, 1, 129, 129), np.float32),
@@ -89,5 +96,22 @@ def test_torch_fp16_without_cuda_says_why(tiny_checkpoint: Path) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT present")
 def test_trt_without_tensorrt_says_why(tmp_path: Path) -> None:
-    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
-        open_subject("trt", tmp_path / "m.pt", tmp_path, threads=1, input_size=129)
+    for name in ("trt", "trt-fp16", "trt-int8"):
+        with pytest.raises(BackendUnavailableError, match=r"the trt\S* row needs tensorrt"):
+            open_subject(name, tmp_path / "m.pt", tmp_path, threads=1, input_size=129)
+
+
+def test_a_row_is_labelled_by_its_files_and_a_mislabelled_file_is_refused(
+    small_export: Path, small_checkpoint: Path, tmp_path: Path
+) -> None:
+    subject = open_subject("ort", small_checkpoint, small_export, threads=1, input_size=65)
+    try:
+        assert subject.predictor.precision == "fp32"  # read from the graphs' metadata
+        assert subject.predictor.format is FORMATS["ort"]
+    finally:
+        subject.close()
+    # FP32 graphs copied under the FP16 names: the ort-fp16 row must not run them as FP16.
+    for role in ("", "_support", "_query"):
+        shutil.copy(small_export / f"dpnet{role}.onnx", tmp_path / f"dpnet{role}_fp16.onnx")
+    with pytest.raises(IncompatibleModelError, match=r"holds fp32, not the fp16 asked for"):
+        open_subject("ort-fp16", small_checkpoint, tmp_path, threads=1, input_size=65)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpnet.data import DatasetOptions, build_dataset, dataset_options
+from dpnet.data import DatasetOptions, build_dataset
 from dpnet.data.coco import CocoDataset, rle_to_mask
 from dpnet_runtime.errors import DatasetError, InputError
 
@@ -179,12 +179,14 @@ def test_compressed_and_uncompressed_rle_decode_alike() -> None:
 
 
 def test_dataset_options_route_the_coco_split_and_refuse_it_elsewhere() -> None:
-    assert dataset_options("coco", coco_split="consecutive") == {"fold_split": "consecutive"}
-    assert dataset_options("synthetic") == {}
+    assert DatasetOptions(coco_split="consecutive").keywords("coco") == {
+        "fold_split": "consecutive"
+    }
+    assert DatasetOptions().keywords("synthetic") == {}
     with pytest.raises(InputError, match="coco dataset only"):
-        dataset_options("pascal", coco_split="consecutive")
+        DatasetOptions(coco_split="consecutive").keywords("pascal")
     with pytest.raises(InputError, match="interleaved, consecutive"):
-        dataset_options("coco", coco_split="alphabetical")
+        DatasetOptions(coco_split="alphabetical").keywords("coco")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from folder_data import class_name, write_folder_dataset
 from PIL import Image
 
-from dpnet.data import DatasetOptions, build_dataset, dataset_options
+from dpnet.data import DatasetOptions, build_dataset
 from dpnet.data.folder import FolderDataset, folder_fold_classes
 from dpnet_runtime.errors import DatasetError, InputError
 
@@ -163,12 +163,12 @@ def test_bad_folders_name_the_path(root: Path, case: str, message: str) -> None:
 
 
 def test_options_route_to_the_folder_dataset_only() -> None:
-    assert dataset_options("folder", val_classes=("a",)) == {"val_classes": ("a",)}
+    assert DatasetOptions(val_classes=("a",)).keywords("folder") == {"val_classes": ("a",)}
     assert DatasetOptions(folds=3).keywords("folder") == {"folds": 3}
     with pytest.raises(InputError, match="folds applies to the folder dataset only"):
-        dataset_options("pascal", folds=3)
+        DatasetOptions(folds=3).keywords("pascal")
     with pytest.raises(InputError, match="splits-dir applies to the pascal and coco datasets"):
-        dataset_options("folder", splits_dir=Path("lists"))
+        DatasetOptions(splits_dir=Path("lists")).keywords("folder")
     with pytest.raises(InputError, match="--val-classes or --folds, not both"):
         DatasetOptions(val_classes=("a",), folds=2)
 
@@ -200,7 +200,7 @@ def test_train_evaluate_and_bench_on_a_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train = [
         sys.executable, "-m", "dpnet.train", "--dataset", "folder", "--data-root", str(root),
-        "--val-classes", test_classes, "--config", "tiny", "--steps", "2", "--batch-size", "2",
+        "--val-classes", test_classes, "--preset", "tiny", "--steps", "2", "--batch-size", "2",
         "--val-episodes", "2", "--threads", "2", "--out", str(run),
     ]  # fmt: skip
     trained = subprocess.run(train, capture_output=True, text=True, timeout=600)
@@ -220,7 +220,7 @@ def test_train_evaluate_and_bench_on_a_folder(tmp_path: Path) -> None:
     bench = [
         sys.executable, "-c", "from dpnet_bench.cli import main; main()",
         "--ckpt", str(run / "last.pt"), "--dataset", "folder", "--data-root", str(root),
-        "--val-classes", test_classes, "--episodes", "2", "--warmup", "0", "--threads", "2",
+        "--val-classes", test_classes, "--episodes", "2", "--warmup-s", "0", "--threads", "2",
         "--backends", "torch,ort", "--json", str(report),
     ]  # fmt: skip
     benched = subprocess.run(bench, capture_output=True, text=True, timeout=600)

@@ -117,8 +117,8 @@ def test_parameter_count_of_paper_config(capsys):
             f"\npaper config: {total / 1e6:.2f}M parameters "
             f"({trainable / 1e6:.2f}M trainable); paper: 19.3M"
         )
-    # Pinned: README states 19.00M (10.46M trainable); the paper's Table 1 says 19.3M, and its
-    # head's layer widths are not given (README, Design notes).
+    # Pinned: docs/train.md states 19.00M (10.46M trainable); the paper's Table 1 says 19.3M,
+    # and its head's layer widths are not given (docs/design.md#the-model).
     assert (total, trainable) == (19_004_806, 10_461_510)
 
 

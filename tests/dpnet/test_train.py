@@ -48,6 +48,20 @@ def test_resume_without_a_run_names_the_missing_checkpoint(tmp_path: Path) -> No
         train(_options(tmp_path / "run", resume=True))
 
 
+def test_a_run_inside_its_dataset_or_over_its_init_checkpoint_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "mine"  # a folder dataset: a run folder in it would read as a class
+    root.mkdir()
+    folder = TrainOptions(out=root / "run", dataset="folder", data_root=root, steps=1)
+    with pytest.raises(InputError, match=r"--out .*mine/run lies inside --data-root .*mine: "):
+        train(folder)
+    init = tmp_path / "run" / "best.pt"
+    init.parent.mkdir()
+    init.write_bytes(b"a checkpoint of an earlier run")
+    with pytest.raises(InputError, match=r"--out .*run/best.pt is --init .*run/best.pt: "):
+        train(_options(tmp_path / "run", init=init))
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["best.pt", "mine", "run"]
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """200 steps of the tiny config on synthetic fold 0 (about 30 s on 2 free cores)."""

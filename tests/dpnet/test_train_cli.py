@@ -45,7 +45,7 @@ def test_a_coco_split_for_another_dataset_is_one_line_and_writes_nothing(tmp_pat
     out = tmp_path / "run"
     args = ["--out", str(out), "--dataset", "synthetic", "--coco-split", "consecutive"]
     completed = subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 1
+    assert completed.returncode == 2  # a usage error
     assert completed.stderr.strip().splitlines() == [
         "error: coco-split applies to the coco dataset only, not to 'synthetic'"
     ]

@@ -82,7 +82,7 @@ def test_cli_refuses_another_network_in_one_line(source: Path, tmp_path: Path) -
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "dpnet.train", "--out", str(out), "--init", str(source),
-        "--config", "paper", "--steps", "1",
+        "--preset", "paper", "--steps", "1",
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1, completed.stderr

@@ -24,7 +24,7 @@ def export_cli() -> RunCli:
             capture_output=True,
             text=True,
             env=env,
-            timeout=120,
+            timeout=300,  # an export of the tiny model on a loaded 2-core machine
         )
 
     return run

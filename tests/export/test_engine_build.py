@@ -24,15 +24,21 @@ from dpnet_export.onnx_to_engine import (
 )
 from dpnet_runtime import contract
 from dpnet_runtime.backends.trt_sidecar import TensorProfile
-from dpnet_runtime.errors import BackendUnavailableError, InputError, ModelFileError
+from dpnet_runtime.errors import (
+    BackendUnavailableError,
+    IncompatibleModelError,
+    InputError,
+    ModelFileError,
+)
 
 no_tensorrt = pytest.mark.skipif(
     installed_tensorrt_version() is not None, reason="TensorRT is installed here"
 )
 
 
-def _episode_onnx(path: Path, size: int = 8) -> Path:
-    """A stand-in for dpnet.onnx with the contract's inputs: dynamic B and K, fixed H x W."""
+def _episode_onnx(path: Path, size: int = 8, precision: str | None = None) -> Path:
+    """A stand-in for dpnet.onnx with the contract's inputs: dynamic B and K, fixed H x W, and
+    the precision its name says (``dpnet_fp16.onnx``: fp16), as the exporter records it."""
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info(contract.SUPPORT_IMAGES, f32, ["B", "K", 3, size, size]),
@@ -43,6 +49,13 @@ def _episode_onnx(path: Path, size: int = 8) -> Path:
     outputs = [helper.make_tensor_value_info(contract.LOGITS, f32, None)]
     graph = helper.make_graph(nodes, "episode", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    if precision is None:
+        precision = next(
+            (row.precision for row in contract.FORMATS.values()
+             if row.artifact != "checkpoint" and row.onnx_name("episode") == path.name),
+            "fp32",
+        )  # fmt: skip
+    helper.set_model_props(model, {contract.META_PRECISION: precision})
     onnx.save(model, path)
     return path
 
@@ -117,47 +130,66 @@ def test_profiles_reject_other_dynamic_axes() -> None:
 def test_version_branch(
     tmp_path: Path, version: str, precision: str, weak: bool, expected: tuple[object, ...]
 ) -> None:
-    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / "dpnet.onnx")
     _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    plan = plan_precision(fp32, precision=precision, tensorrt_version=version, weak_typing=weak)
+    plan = plan_precision(tmp_path, precision=precision, tensorrt_version=version, weak_typing=weak)
     got = (plan.onnx_path.name, plan.precision, plan.strongly_typed, plan.builder_flags)
     assert got == expected and plan.tf32 is False
 
 
-def test_version_branch_fp16_graph_is_strongly_typed_on_10(tmp_path: Path) -> None:
-    fp16 = _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    plan = plan_precision(fp16, precision="fp16", tensorrt_version="10.15.1")
-    assert (plan.onnx_path, plan.strongly_typed, plan.builder_flags) == (fp16, True, ())
-    with pytest.raises(InputError, match="--fp16"):
-        plan_precision(fp16, precision="fp32", tensorrt_version="10.15.1")
+def test_each_precision_builds_from_the_graph_of_its_row(tmp_path: Path) -> None:
+    for name in ("dpnet.onnx", "dpnet_fp16.onnx", "dpnet_int8_trt.onnx"):
+        _episode_onnx(tmp_path / name)
+    sources = {
+        precision: plan_precision(tmp_path, precision=precision, tensorrt_version="11.1").onnx_path
+        for precision in ("fp32", "fp16", "int8")
+    }
+    assert {p: path.name for p, path in sources.items()} == {
+        "fp32": "dpnet.onnx",
+        "fp16": "dpnet_fp16.onnx",
+        "int8": "dpnet_int8_trt.onnx",
+    }
+    engines = {p: EngineBuildOptions(tmp_path, precision=p).engine_path.name for p in sources}
+    assert engines == {
+        "fp32": "dpnet.engine",
+        "fp16": "dpnet_fp16.engine",
+        "int8": "dpnet_int8.engine",
+    }
+
+
+def test_a_source_graph_recording_another_precision_is_refused(tmp_path: Path) -> None:
+    # An FP32 graph copied over dpnet_fp16.onnx: refused before TensorRT spends minutes on it.
+    _episode_onnx(tmp_path / "dpnet_fp16.onnx", precision="fp32")
+    with pytest.raises(IncompatibleModelError, match=r"records precision fp32 but fp16 engines"):
+        plan_precision(tmp_path, precision="fp16", tensorrt_version="10.15.1")
 
 
 @pytest.mark.parametrize(
-    ("version", "precision", "graph", "match"),
+    ("version", "precision", "match"),
     [
-        ("11.0.0", "fp16", "dpnet.onnx", "only TensorRT 10"),  # no weak typing in 11
-        ("10.15.1", "fp16", "dpnet_fp16.onnx", "from the FP32 graph"),
-        ("10.15.1", "fp32", "dpnet.onnx", "--fp16"),
-        ("10.15.1", "int4", "dpnet.onnx", "precision must be one of"),
+        ("11.0.0", "fp16", "only TensorRT 10"),  # no weak typing in 11
+        ("10.15.1", "fp32", "not fp32"),
+        ("10.15.1", "int8", "not int8"),  # calibrated: would need a calibrator
+        ("10.15.1", "int4", r"backend 'trt' has no 'int4' format; choose one of fp32 \(trt\)"),
     ],
 )
 def test_weak_typing_and_unknown_precisions_are_input_errors(
-    tmp_path: Path, version: str, precision: str, graph: str, match: str
+    tmp_path: Path, version: str, precision: str, match: str
 ) -> None:
-    path = _episode_onnx(tmp_path / graph)
+    _episode_onnx(tmp_path / "dpnet.onnx")
     with pytest.raises(InputError, match=match):
-        plan_precision(path, precision=precision, tensorrt_version=version, weak_typing=True)
+        plan_precision(tmp_path, precision=precision, tensorrt_version=version, weak_typing=True)
 
 
 def test_version_branch_errors(tmp_path: Path) -> None:
-    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / "dpnet.onnx")
     for version in ("11.0.0", "10.15.1"):  # no FP16 graph: strongly typed FP16 cannot build
-        with pytest.raises(InputError, match="dpnet-export onnx --fp16"):
-            plan_precision(fp32, precision="fp16", tensorrt_version=version)
+        with pytest.raises(InputError, match=r"dpnet-export onnx .* --precision fp16"):
+            plan_precision(tmp_path, precision="fp16", tensorrt_version=version)
     with pytest.raises(InputError, match="TensorRT 10 or newer"):
-        plan_precision(fp32, precision="fp16", tensorrt_version="8.6.1")
+        plan_precision(tmp_path, precision="fp16", tensorrt_version="8.6.1")
     with pytest.raises(InputError, match="not a TensorRT version"):
-        plan_precision(fp32, precision="fp16", tensorrt_version="latest")
+        plan_precision(tmp_path, precision="fp16", tensorrt_version="latest")
 
 
 def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
@@ -172,19 +204,20 @@ def test_non_onnx_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_trtexec_for_options(tmp_path: Path) -> None:
     fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
     options = EngineBuildOptions(
-        fp32, precision="fp16", weak_typing=True, workspace_bytes=parse_workspace("2G")
+        tmp_path, precision="fp16", weak_typing=True, workspace_bytes=parse_workspace("2G")
     )
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
     assert f"--onnx={fp32}" in command and "--fp16" in command and "--noTF32" in command
-    assert f"--saveEngine={tmp_path / 'dpnet.engine'}" in command
-    max_shapes = "support_images:4x5x3x8x8,support_masks:4x5x8x8,query_image:4x3x8x8"
+    assert f"--saveEngine={tmp_path / 'dpnet_fp16.engine'}" in command
+    max_shapes = "support_images:8x5x3x8x8,support_masks:8x5x8x8,query_image:8x3x8x8"
     assert f"--maxShapes={max_shapes}" in command
     assert "--memPoolSize=workspace:2048" in command and "--stronglyTyped" not in command
 
 
 @no_tensorrt
 def test_build_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
-    options = EngineBuildOptions(_episode_onnx(tmp_path / "dpnet.onnx"), precision="fp16")
+    _episode_onnx(tmp_path / "dpnet_fp16.onnx")
+    options = EngineBuildOptions(tmp_path, precision="fp16")
     with pytest.raises(BackendUnavailableError, match=r"pip install 'dpnet\[trt\]'"):
         onnx_to_engine(options)
 
@@ -194,46 +227,44 @@ def test_build_without_tensorrt_names_the_extra(tmp_path: Path) -> None:
 def test_trt_cli_without_tensorrt(
     tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
-    model = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / "dpnet.onnx")
     _episode_onnx(tmp_path / "dpnet_fp16.onnx")
-    build = export_cli("trt", "--onnx", str(model), "--fp16")
+    model = str(tmp_path)
+    build = export_cli("trt", "--model", model, "--precision", "fp16")
     assert build.returncode == 1
     assert build.stderr.count("\n") == 1 and "TensorRT is not installed" in build.stderr
     assert "pip install 'dpnet[trt]'" in build.stderr
     printed = export_cli(
-        "trt", "--onnx", str(model), "--fp16", "--print-trtexec", "--shots-range", "1:2:3"
+        "trt", "--model", model, "--precision", "fp16", "--print-trtexec", "--shots-range", "1:2:3"
     )
     assert printed.returncode == 0, printed.stderr
     assert "dpnet_fp16.onnx" in printed.stdout and "--stronglyTyped" in printed.stdout
-    assert "support_images:1x2x3x8x8" in printed.stdout
-    bad_range = export_cli("trt", "--onnx", str(model), "--shots-range", "5:1:1", "--print-trtexec")
-    assert bad_range.returncode == 1 and "min <= opt <= max" in bad_range.stderr
+    assert "dpnet_fp16.engine" in printed.stdout and "support_images:1x2x3x8x8" in printed.stdout
+    bad_range = export_cli("trt", "--model", model, "--shots-range", "5:1:1", "--print-trtexec")
+    assert bad_range.returncode == 2 and "min <= opt <= max" in bad_range.stderr  # usage
+    help_text = export_cli("trt", "--help").stdout
+    assert "fp32 | fp16 | int8" in help_text and "--fp16" not in help_text
 
 
 @pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
 def test_int8_plan_is_the_qdq_graph_strongly_typed(tmp_path: Path, version: str) -> None:
-    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
-    with pytest.raises(InputError, match="dpnet-export onnx --int8"):
-        plan_precision(fp32, precision="int8", tensorrt_version=version)
+    _episode_onnx(tmp_path / "dpnet.onnx")
+    with pytest.raises(InputError, match=r"dpnet-export onnx .* --precision int8"):
+        plan_precision(tmp_path, precision="int8", tensorrt_version=version)
     qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
-    for given in (fp32, qdq):
-        plan = plan_precision(given, precision="int8", tensorrt_version=version)
-        assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.builder_flags) == (
-            qdq,
-            "int8",
-            True,
-            (),
-        )
-    with pytest.raises(InputError, match="add --int8"):
-        plan_precision(qdq, precision="fp16", tensorrt_version=version)
-    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8"):
-        plan_precision(fp32, precision="int4", tensorrt_version=version)
+    plan = plan_precision(tmp_path, precision="int8", tensorrt_version=version)
+    assert (plan.onnx_path, plan.precision, plan.strongly_typed, plan.builder_flags) == (
+        qdq,
+        "int8",
+        True,
+        (),
+    )
 
 
 def test_trtexec_for_int8_is_the_strongly_typed_qdq_build(tmp_path: Path) -> None:
-    fp32 = _episode_onnx(tmp_path / "dpnet.onnx")
+    _episode_onnx(tmp_path / "dpnet.onnx")
     qdq = _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
-    options = EngineBuildOptions(fp32, precision="int8")
+    options = EngineBuildOptions(tmp_path, precision="int8")
     command = onnx_to_trtexec(options, tensorrt_version="10.15.1")
     assert f"--onnx={qdq}" in command and "--stronglyTyped" in command
     assert f"--saveEngine={tmp_path / 'dpnet_int8.engine'}" in command
@@ -241,15 +272,29 @@ def test_trtexec_for_int8_is_the_strongly_typed_qdq_build(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_trt_cli_int8_flags(
+def test_trt_cli_int8_precision(
     tmp_path: Path, export_cli: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
-    model = _episode_onnx(tmp_path / "dpnet.onnx")
-    both = export_cli("trt", "--onnx", str(model), "--fp16", "--int8", "--print-trtexec")
-    assert both.returncode == 1 and "--fp16 and --int8 exclude each other" in both.stderr
-    missing = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
-    assert missing.returncode == 1 and "run `dpnet-export onnx --int8` first" in missing.stderr
+    _episode_onnx(tmp_path / "dpnet.onnx")
+    model = str(tmp_path)
+    unknown = export_cli("trt", "--model", model, "--precision", "int4", "--print-trtexec")
+    assert unknown.returncode == 2 and "no 'int4' format; choose one of fp32" in unknown.stderr
+    missing = export_cli("trt", "--model", model, "--precision", "int8", "--print-trtexec")
+    assert missing.returncode == 1 and "--precision int8` first" in missing.stderr
     _episode_onnx(tmp_path / "dpnet_int8_trt.onnx")
-    printed = export_cli("trt", "--onnx", str(model), "--int8", "--print-trtexec")
+    printed = export_cli("trt", "--model", model, "--precision", "int8", "--print-trtexec")
     assert printed.returncode == 0, printed.stderr
     assert "dpnet_int8_trt.onnx" in printed.stdout and "dpnet_int8.engine" in printed.stdout
+
+
+def test_the_cli_defaults_are_the_options_defaults() -> None:
+    import inspect
+
+    from dpnet_export.cli import trt_cmd
+
+    parameters = inspect.signature(trt_cmd.command).parameters
+    defaults = EngineBuildOptions(Path("out"))
+    assert parse_shape_range(parameters["batch_range"].default) == defaults.batch
+    assert parse_shape_range(parameters["shots_range"].default) == defaults.shots
+    assert parameters["precision"].default == defaults.precision
+    assert defaults.batch.max >= 8  # dpnet-serve's default --max-batch fits a default engine

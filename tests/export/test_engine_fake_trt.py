@@ -9,7 +9,6 @@ error reporting are checked end to end; the real API is exercised by the ``trt``
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
@@ -35,8 +34,9 @@ def _use(monkeypatch: pytest.MonkeyPatch, version: str, **knobs: object) -> Fake
     return fake
 
 
-def _export_dir(folder: Path, *, fp16: bool = True) -> Path:
-    """dpnet.onnx (and dpnet_fp16.onnx) with episode inputs and a logits / mask output."""
+def _export_dir(folder: Path, *, fp16: bool = True, int8: bool = False) -> Path:
+    """dpnet.onnx (and dpnet_fp16.onnx, dpnet_int8_trt.onnx) with episode inputs and a logits /
+    mask output, each recording its precision as the exporter does; returns the folder."""
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info(contract.SUPPORT_MASKS, f32, ["B", "K", SIZE, SIZE]),
@@ -51,11 +51,12 @@ def _export_dir(folder: Path, *, fp16: bool = True) -> Path:
         helper.make_node("Cast", [contract.SUPPORT_MASKS], [contract.MASK], to=2),
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs))
-    helper.set_model_props(model, {contract.META_INPUT_SIZE: str(SIZE)})
-    names = ["dpnet.onnx"] + (["dpnet_fp16.onnx"] if fp16 else [])
-    for name in names:
-        onnx.save(model, folder / name)
-    return folder / "dpnet.onnx"
+    wanted = {"fp32": True, "fp16": fp16, "int8": int8}
+    for precision in [name for name, on in wanted.items() if on]:
+        meta = {contract.META_INPUT_SIZE: str(SIZE), contract.META_PRECISION: precision}
+        helper.set_model_props(model, meta)
+        onnx.save(model, folder / contract.find_format("trt", precision).onnx_name("episode"))
+    return folder
 
 
 @pytest.mark.parametrize("version", ["10.15.1.29", "11.0.0.1"])
@@ -74,7 +75,7 @@ def test_fake_trt_fp16_builds_the_fp16_graph_strongly_typed_on_10_and_11(
     assert calls["profile"][contract.SUPPORT_MASKS] == (
         (1, 1, SIZE, SIZE),
         (1, 1, SIZE, SIZE),
-        (4, 5, SIZE, SIZE),
+        (8, 5, SIZE, SIZE),  # B up to 8 by default: dpnet-serve's --max-batch
     )
 
 
@@ -83,9 +84,7 @@ def test_fake_trt_int8_builds_the_qdq_graph_strongly_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
 ) -> None:
     fake = _use(monkeypatch, version)
-    onnx_path = _export_dir(tmp_path, fp16=False)
-    shutil.copy(onnx_path, tmp_path / "dpnet_int8_trt.onnx")
-    result = onnx_to_engine(EngineBuildOptions(onnx_path, precision="int8"))
+    result = onnx_to_engine(EngineBuildOptions(_export_dir(tmp_path, int8=True), precision="int8"))
     calls = fake.calls
     # Explicit quantization: the Q/DQ scales decide; no INT8 (or FP16) builder flag, TF32 off.
     assert (calls["parsed"], calls["network_flags"], calls["flags"], calls["cleared"]) == (
@@ -97,7 +96,7 @@ def test_fake_trt_int8_builds_the_qdq_graph_strongly_typed(
     assert calls["profile"][contract.QUERY_IMAGE] == (
         (1, 3, SIZE, SIZE),
         (1, 3, SIZE, SIZE),
-        (4, 3, SIZE, SIZE),
+        (8, 3, SIZE, SIZE),
     )
     assert result.engine_path == tmp_path / "dpnet_int8.engine"
     assert (result.sidecar.precision, result.sidecar.onnx_file) == ("int8", "dpnet_int8_trt.onnx")
@@ -108,10 +107,10 @@ def test_fake_trt_10_weak_typing_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = _use(monkeypatch, "10.15.1.29")
-    onnx_path = _export_dir(tmp_path, fp16=False)
-    with pytest.raises(InputError, match=r"dpnet-export onnx --fp16.*--weak-typing"):
-        onnx_to_engine(EngineBuildOptions(onnx_path, precision="fp16"))
-    options = EngineBuildOptions(onnx_path, precision="fp16", weak_typing=True)
+    folder = _export_dir(tmp_path, fp16=False)
+    with pytest.raises(InputError, match=r"--precision fp16.* or add --weak-typing"):
+        onnx_to_engine(EngineBuildOptions(folder, precision="fp16"))
+    options = EngineBuildOptions(folder, precision="fp16", weak_typing=True)
     result = onnx_to_engine(options)
     assert (fake.calls["parsed"], fake.calls["network_flags"], fake.calls["flags"]) == (
         "dpnet.onnx",

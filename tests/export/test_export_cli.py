@@ -33,7 +33,8 @@ def _run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_help_teaches_the_options():
     result = _cli("--help")
     assert result.returncode == 0
-    for flag in ("--ckpt", "--out", "--size", "--max-shots", "--fp16", "--beta", "--raw-input"):
+    flags = ("--ckpt", "--out", "--size", "--max-shots", "--precision", "--beta", "--raw-input")
+    for flag in flags:
         assert flag in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""The mixed-precision copies: what README keeps in FP32 stays FP32; mIoU parity with PyTorch."""
+"""The mixed-precision copies: what the docs keep in FP32 stays FP32; mIoU parity with PyTorch."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ EPISODES = 100
 BATCH = 10
 
 
-# The modules README says stay FP32 in the FP16 copies, found by their class in the node
+# The modules the docs say stay FP32 in the FP16 copies, found by their class in the node
 # metadata torch.onnx writes (independent of the converter's own name-scope lookup).
 FP32_MODULES = (
     "dpnet.model.ccm.CycleComparison",
@@ -132,7 +132,7 @@ def test_fp16_miou_matches_torch_fp32(
     assert reference["miou_pfenet"] > 10, reference
     for key in ("miou_canet", "miou_pfenet"):
         assert abs(result[key] - reference[key]) <= 0.3, (key, result[key], reference[key])
-    # DESIGN.md targets a CCM set IoU >= 0.98 for the real model. This tiny one has a random
+    # docs/design.md#targets: a CCM set IoU >= 0.98 for the real model. This tiny one has a random
     # trunk whose similarities are full of near-ties, so FP16 rounding of the input and trunk
     # flips some argmax (0.97 measured, 1.0 in FP32): a floor that still catches a broken keep-list.
     assert union > 0 and intersection / union >= 0.9, "CCM set IoU"

@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dpnet_export.lint import lint_onnx, load_operator_table
+from dpnet_runtime import contract
 from dpnet_runtime.console import EXIT_CHECK_FAILED, EXIT_USER_ERROR
-from dpnet_runtime.errors import ModelFileError
+from dpnet_runtime.errors import InputError, ModelFileError
 
 F32 = TensorProto.FLOAT
 
@@ -199,9 +200,14 @@ def test_check_cli_exit_codes(
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx at all")
 
-    ok = export_cli("check", str(clean), "--json")
+    ok = export_cli("check", str(clean), "--json", "-")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["passed"] is True
+    report = tmp_path / "lint.json"
+    written = export_cli("check", str(clean), "--json", str(report))
+    assert written.returncode == 0, written.stderr
+    assert "passed: " in written.stdout  # the table, and the JSON in the file
+    assert json.loads(report.read_text()) == json.loads(ok.stdout)
 
     failed = export_cli("check", str(bad))
     assert failed.returncode == EXIT_CHECK_FAILED, failed.stderr
@@ -310,3 +316,39 @@ def test_ceil_mode_average_pool_with_partial_windows_is_an_error() -> None:
 def test_ceil_mode_pooling_findings(model: onnx.ModelProto, severities: list[str]) -> None:
     findings = [f for f in lint_onnx(model).findings if "ceil_mode" in f.message]
     assert [f.severity for f in findings] == severities
+
+
+def _u8s8_model(target: str | None) -> onnx.ModelProto:
+    """x -> QuantizeLinear (uint8, zero point 128) -> DequantizeLinear -> Relu: ONNX Runtime's
+    asymmetric activations, which TensorRT refuses."""
+    f32 = onnx.TensorProto.FLOAT
+    inits = [
+        onnx.numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+        onnx.numpy_helper.from_array(np.array(128, np.uint8), "zero_point"),
+    ]
+    nodes = [
+        onnx.helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"], name="q"),
+        onnx.helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["d"], name="d"),
+        onnx.helper.make_node("Relu", ["d"], ["y"], name="relu"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", f32, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", f32, [1, 4])], initializer=inits,
+    )  # fmt: skip
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    if target is not None:
+        onnx.helper.set_model_props(model, {contract.META_INT8_TARGET: target})
+    return model
+
+
+def test_an_onnx_runtime_graph_is_not_held_to_tensorrt_qdq_rules_and_says_so() -> None:
+    trt = lint_onnx(_u8s8_model(None))  # no target recorded: a TensorRT source, every rule
+    assert trt.target == "trt" and not trt.passed
+    assert any("zero point" in f.message or "UINT8" in f.message for f in trt.errors)
+    ort = lint_onnx(_u8s8_model("ort"))  # the exporter's int8_target metadata
+    assert ort.target == "ort" and ort.passed, ort.errors
+    notes = [f.message for f in ort.findings if f.severity == "info"]
+    assert any("TensorRT's Q/DQ and intermediate-UINT8 rules are not applied" in n for n in notes)
+    assert not lint_onnx(_u8s8_model("ort"), "trt").passed  # --target trt overrides
+    with pytest.raises(InputError, match="lint target must be one of trt, ort"):
+        lint_onnx(_u8s8_model(None), "tflite")

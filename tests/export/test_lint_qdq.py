@@ -206,3 +206,70 @@ def test_matmul_and_gemm_weights_are_per_channel_on_n(
         assert errors == []
     else:
         assert len(errors) == 1 and "per-channel axis" in errors[0], errors
+
+
+def _scores_model(*, quantize: tuple[bool, bool], output_qdq: bool = False) -> onnx.ModelProto:
+    """keys a [1,3,4] x keys b [1,4,5] -> scores -> ArgMax over both axes (the CCM similarity),
+    with an S8 per-tensor Q/DQ pair on the inputs chosen by ``quantize`` and optionally one
+    between the scores and the ArgMax."""
+    inits = [_array("scale", 0.01, np.float32), _array("zero", 0, np.int8)]
+    nodes, operands = [], []
+    for name, quantized in zip(("a", "b"), quantize, strict=True):
+        if quantized:
+            nodes += [
+                helper.make_node("QuantizeLinear", [name, "scale", "zero"], [f"{name}q"],
+                                 name=f"{name}_quantize"),
+                helper.make_node("DequantizeLinear", [f"{name}q", "scale", "zero"],
+                                 [f"{name}d"], name=f"{name}_dequantize"),
+            ]  # fmt: skip
+        operands.append(f"{name}d" if quantized else name)
+    nodes.append(helper.make_node("MatMul", operands, ["scores"], name="similarity"))
+    read = "scores"
+    if output_qdq:
+        nodes += [
+            helper.make_node("QuantizeLinear", ["scores", "scale", "zero"], ["sq"], name="s_q"),
+            helper.make_node("DequantizeLinear", ["sq", "scale", "zero"], ["sd"], name="s_dq"),
+        ]
+        read = "sd"
+    nodes += [
+        helper.make_node("ArgMax", [read], ["forward"], name="forward", axis=-1, keepdims=0),
+        helper.make_node("ArgMax", [read], ["backward"], name="backward", axis=-2, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("a", F32, [1, 3, 4]),
+            helper.make_tensor_value_info("b", F32, [1, 4, 5]),
+        ],
+        [
+            helper.make_tensor_value_info("forward", TensorProto.INT64, [1, 3]),
+            helper.make_tensor_value_info("backward", TensorProto.INT64, [1, 5]),
+        ],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _similarity_errors(model: onnx.ModelProto) -> list[str]:
+    onnx.checker.check_model(model, full_check=True)
+    return [f.message for f in lint_onnx(model).errors if f.node == "similarity"]
+
+
+def test_scores_of_an_argmax_from_two_s8_per_tensor_inputs_pass() -> None:
+    assert _similarity_errors(_scores_model(quantize=(True, True))) == []
+    assert _similarity_errors(_scores_model(quantize=(False, False))) == []  # a float CCM
+
+
+@pytest.mark.parametrize("quantize", [(True, False), (False, True)])
+def test_scores_of_an_argmax_quantized_on_one_side_are_an_error(
+    quantize: tuple[bool, bool],
+) -> None:
+    errors = _similarity_errors(_scores_model(quantize=quantize))
+    assert len(errors) == 1 and "INT8 GEMM only with Q/DQ on both inputs" in errors[0], errors
+    assert ("'ad'" if quantize[0] else "'bd'") in errors[0]
+
+
+def test_a_qdq_between_the_scores_and_their_argmax_is_an_error() -> None:
+    errors = _similarity_errors(_scores_model(quantize=(True, True), output_qdq=True))
+    assert len(errors) == 1 and "rounds them to 8 bits" in errors[0], errors

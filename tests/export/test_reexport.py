@@ -1,7 +1,8 @@
 """A re-export into a folder holding an earlier export writes all its files, or none.
 
 The earlier export is the session's tiny FP32 + FP16 export; the re-export (FP32 only, another
-beta) would replace the three FP32 graphs and remove the three FP16 copies. It fails part-way
+beta, ``--overwrite``: without it the FP16 copies are refused, see ``test_export_outputs.py``)
+would replace the three FP32 graphs and remove the three FP16 copies. It fails part-way
 twice: at its last rename, against a real obstacle (an immutable graph, through the CLI), and
 at the very last step, the last removal, with an I/O error planted at the file-system boundary.
 Both times every earlier file must be there byte for byte; then it runs through.
@@ -42,7 +43,8 @@ def test_a_reexport_stopped_at_its_last_rename_leaves_the_earlier_export(
     tiny_checkpoint: Path, earlier: Path, export_cli, immutable
 ) -> None:
     before = _snapshot(earlier)
-    args = ("onnx", "--ckpt", str(tiny_checkpoint), "--out", str(earlier), "--beta", "0.35")
+    args = ("onnx", "--ckpt", str(tiny_checkpoint), "--out", str(earlier), "--beta", "0.35",
+            "--overwrite")  # fmt: skip
     with immutable(earlier / "dpnet_query.onnx"):  # the last of the three graphs to be renamed
         done = export_cli(*args)
     assert done.returncode == 1, done.stderr
@@ -65,11 +67,11 @@ def test_a_reexport_failing_at_its_last_removal_leaves_the_earlier_export(
 
     monkeypatch.setattr(fileio.os, "replace", replace)
     with pytest.raises(DpnetError, match="Input/output error; the earlier files are unchanged"):
-        export_onnx(tiny_checkpoint, earlier, ExportOptions(beta=0.35))
+        export_onnx(tiny_checkpoint, earlier, ExportOptions(beta=0.35, overwrite=True))
     monkeypatch.undo()
     assert _snapshot(earlier) == before
 
-    export_onnx(tiny_checkpoint, earlier, ExportOptions(beta=0.35))
+    export_onnx(tiny_checkpoint, earlier, ExportOptions(beta=0.35, overwrite=True))
     after = _snapshot(earlier)
     assert sorted(after) == _FP32  # the FP16 copies of the earlier export are gone
     assert all(after[name] != before[name] for name in _FP32)

@@ -17,13 +17,14 @@ from dpnet_export.onnx_to_fp16 import CCM_SCOPE, nodes_in_scope
 from dpnet_export.op_rules import CCM_ALLOWED_OPS, FORBIDDEN_OPS
 from dpnet_export.torch_to_onnx import ExportOptions, check_graph, export_onnx
 from dpnet_runtime import contract
+from dpnet_runtime.contract import GRAPHS as GRAPHS_SPEC
 from dpnet_runtime.errors import ExportError, InputError, ModelFileError
 from dpnet_runtime.fileio import sha256_file
 
 SIZE = 129
 GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
 FP16_GRAPHS = ("dpnet_fp16.onnx", "dpnet_support_fp16.onnx", "dpnet_query_fp16.onnx")
-# The op rules as README states them (Export): what the exported CCM is made of, and what no
+# The op rules as docs/export/index.md states them: what the exported CCM is made of, and what no
 # graph may contain.
 PINNED_CCM_OPS = {
     "MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze"
@@ -123,7 +124,7 @@ def test_graphs_follow_op_rules_and_pass_lint(export_fixture: str, request) -> N
         ops = {node.op_type for node in model.graph.node}
         assert not ops & PINNED_FORBIDDEN_OPS, name
         ccm_ops = {node.op_type for node in nodes_in_scope(model, CCM_SCOPE)}
-        # Exactly README's list: a new CCM op must be added there and to the allowed list.
+        # Exactly the docs' list: a new CCM op must be added there and to the allowed list.
         assert ccm_ops == (set() if name.startswith("dpnet_support") else PINNED_CCM_OPS), name
         report = lint_onnx(model)
         assert report.passed, f"{name}: {[f.message for f in report.errors]}"
@@ -183,17 +184,17 @@ def test_ccm_ops_outside_the_list_are_refused_by_the_exporter() -> None:
 def test_io_and_metadata_follow_contract(tiny_export_dir, tiny_checkpoint):
     side = contract.feature_size(SIZE)
     expected_outputs = {
-        contract.LOGITS: (onnx.TensorProto.FLOAT, ["batch", 2, SIZE, SIZE]),
-        contract.MASK: (onnx.TensorProto.UINT8, ["batch", SIZE, SIZE]),
-        contract.PSEUDO_COUNT: (onnx.TensorProto.INT32, ["batch"]),
-        contract.CONFIDENCE: (onnx.TensorProto.UINT8, ["batch", "shots", side, side]),
+        contract.LOGITS: (onnx.TensorProto.FLOAT, ["B", 2, SIZE, SIZE]),
+        contract.MASK: (onnx.TensorProto.UINT8, ["B", SIZE, SIZE]),
+        contract.PSEUDO_COUNT: (onnx.TensorProto.INT32, ["B"]),
+        contract.CONFIDENCE: (onnx.TensorProto.UINT8, ["B", "K", side, side]),
     }
     model = onnx.load(tiny_export_dir / "dpnet.onnx")
     inputs = {v.name: _type(v) for v in model.graph.input}
     assert inputs == {
-        contract.SUPPORT_IMAGES: (onnx.TensorProto.FLOAT, ["batch", "shots", 3, SIZE, SIZE]),
-        contract.SUPPORT_MASKS: (onnx.TensorProto.FLOAT, ["batch", "shots", SIZE, SIZE]),
-        contract.QUERY_IMAGE: (onnx.TensorProto.FLOAT, ["batch", 3, SIZE, SIZE]),
+        contract.SUPPORT_IMAGES: (onnx.TensorProto.FLOAT, ["B", "K", 3, SIZE, SIZE]),
+        contract.SUPPORT_MASKS: (onnx.TensorProto.FLOAT, ["B", "K", SIZE, SIZE]),
+        contract.QUERY_IMAGE: (onnx.TensorProto.FLOAT, ["B", 3, SIZE, SIZE]),
     }
     assert {v.name: _type(v) for v in model.graph.output} == expected_outputs
     _, checkpoint = load_model(tiny_checkpoint)
@@ -221,6 +222,13 @@ def test_io_and_metadata_follow_contract(tiny_export_dir, tiny_checkpoint):
             )
             for value in (*model.graph.input, *model.graph.output):  # FP16 copies keep FP32 I/O
                 assert value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16
+            # Every dynamic axis carries the contract's name (B, K), as TensorRT reports it.
+            channels = checkpoint.config.feature_channels
+            specs = GRAPHS_SPEC[kind].bind(size=SIZE, channels=channels)
+            for bound, values in zip(specs, (model.graph.input, model.graph.output), strict=True):
+                assert {v.name: _type(v)[1] for v in values} == {
+                    name: list(spec.shape) for name, spec in bound.items()
+                }, file
 
 
 def _type(value: onnx.ValueInfoProto) -> tuple[int, list[int | str]]:

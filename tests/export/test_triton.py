@@ -126,19 +126,21 @@ def test_a_planted_bad_field_fails_the_schema(
 def test_tensorrt_backend_leaves_the_plans_to_build_on_the_gpu(
     tiny_export_dir: Path, tmp_path: Path
 ) -> None:
-    result = onnx_to_triton(tiny_export_dir, tmp_path / "repo", TritonOptions(backend="tensorrt"))
+    result = onnx_to_triton(tiny_export_dir, tmp_path / "repo", TritonOptions(backend="trt"))
     for model in _GRAPHS:
         assert _config(tmp_path / "repo" / model / "config.pbtxt").platform == "tensorrt_plan"
         assert not (tmp_path / "repo" / model / "1" / "model.onnx").exists()
-    assert [(source.name, plan.relative_to(tmp_path)) for source, plan in result.to_build] == [
-        ("dpnet_support.onnx", Path("repo/dpnet_support/1/model.plan")),
-        ("dpnet_query.onnx", Path("repo/dpnet_query/1/model.plan")),
+    assert [
+        (role, source.name, plan.relative_to(tmp_path)) for role, source, plan in result.to_build
+    ] == [
+        ("support", "dpnet_support.onnx", Path("repo/dpnet_support/1/model.plan")),
+        ("query", "dpnet_query.onnx", Path("repo/dpnet_query/1/model.plan")),
     ]
 
 
 @pytest.mark.parametrize(
     ("backend", "precision", "tag"),
-    [("tensorrt", "int8", "_int8_trt"), ("tensorrt", "fp32", ""), ("onnxruntime", "int8", "_int8")],
+    [("trt", "int8", "_int8_trt"), ("trt", "fp32", ""), ("ort", "int8", "_int8")],
 )
 def test_int8_repositories_take_the_graphs_of_their_backend(
     tiny_segmenting_export_dir: Path, tmp_path: Path, backend: str, precision: str, tag: str
@@ -147,8 +149,8 @@ def test_int8_repositories_take_the_graphs_of_their_backend(
     options = TritonOptions(backend=backend, precision=precision, kind="KIND_CPU")
     result = onnx_to_triton(tiny_segmenting_export_dir, tmp_path / "repo", options)
     sources = {model: tiny_segmenting_export_dir / f"{model}{tag}.onnx" for model in _GRAPHS}
-    if backend == "tensorrt":
-        assert [source for source, _ in result.to_build] == list(sources.values())
+    if backend == "trt":
+        assert [source for _, source, _ in result.to_build] == list(sources.values())
     else:
         assert result.to_build == ()
         for model, source in sources.items():
@@ -159,9 +161,9 @@ def test_int8_repositories_take_the_graphs_of_their_backend(
 def test_fp16_plans_come_from_the_mixed_precision_graphs(
     tiny_export_dir: Path, tmp_path: Path
 ) -> None:
-    options = TritonOptions(backend="tensorrt", precision="fp16")
+    options = TritonOptions(backend="trt", precision="fp16")
     result = onnx_to_triton(tiny_export_dir, tmp_path / "repo", options)
-    assert [source.name for source, _ in result.to_build] == [
+    assert [source.name for _, source, _ in result.to_build] == [
         "dpnet_support_fp16.onnx",
         "dpnet_query_fp16.onnx",
     ]
@@ -170,7 +172,7 @@ def test_fp16_plans_come_from_the_mixed_precision_graphs(
 def test_an_unknown_precision_or_a_missing_copy_is_an_input_error(
     tiny_export_dir: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(InputError, match="precision must be one of fp32, fp16, int8, got 'int4'"):
+    with pytest.raises(InputError, match="one of fp32, fp16, int8 on ort, got 'int4'"):
         TritonOptions(precision="int4")
     with pytest.raises(ModelFileError, match=r"dpnet_support_int8\.onnx"):
         onnx_to_triton(tiny_export_dir, tmp_path / "repo", TritonOptions(precision="int8"))
@@ -294,22 +296,22 @@ def test_cli_writes_a_checked_repository(
     export_cli: RunCli, tiny_export_dir: Path, tmp_path: Path
 ) -> None:
     done = export_cli(
-        "triton", "--artifacts", str(tiny_export_dir), "--repo", str(tmp_path / "r"), "--cpu"
+        "triton", "--model", str(tiny_export_dir), "--out", str(tmp_path / "r"), "--cpu"
     )
     assert done.returncode == 0, done.stderr
     assert "3 models; checked against Triton's model_config schema" in done.stdout
-    bad = export_cli("triton", "--artifacts", str(tiny_export_dir), "--backend", "openvino")
-    assert bad.returncode == 1 and bad.stderr.strip().startswith(
+    bad = export_cli("triton", "--model", str(tiny_export_dir), "--backend", "openvino")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith(
         "error: unknown Triton backend 'openvino'"
     )
     plans = export_cli(
-        "triton", "--artifacts", str(tiny_export_dir), "--repo", str(tmp_path / "r3"),
-        "--backend", "tensorrt", "--precision", "fp16", "--max-batch", "4",
+        "triton", "--model", str(tiny_export_dir), "--out", str(tmp_path / "r3"),
+        "--backend", "trt", "--precision", "fp16", "--max-batch", "4",
     )  # fmt: skip
     assert plans.returncode == 0, plans.stderr
-    assert f"--onnx {tiny_export_dir / 'dpnet_query_fp16.onnx'} --out " in plans.stdout
-    assert "dpnet_query/1/model.plan --fp16 --batch-range 1:1:4" in plans.stdout
-    missing = export_cli(
-        "triton", "--artifacts", str(tmp_path / "none"), "--repo", str(tmp_path / "r2")
-    )
+    assert (
+        f"dpnet-export trt --model {tiny_export_dir} --graph query --precision fp16 --out "
+        f"{tmp_path / 'r3' / 'dpnet_query' / '1' / 'model.plan'} --batch-range 1:1:4"
+    ) in plans.stdout
+    missing = export_cli("triton", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "r2"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr

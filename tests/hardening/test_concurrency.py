@@ -153,7 +153,7 @@ def _most_threads_inside(export: Path, *, thread_safe: bool) -> int:
 def test_a_runner_that_is_not_thread_safe_is_entered_by_one_thread_at_a_time(
     small_export: Path,
 ) -> None:
-    # README: TensorRT calls are serialised by a lock, as for any runner not thread-safe.
+    # docs/runtime.md: TensorRT calls are serialised by a lock, as for any runner not thread-safe.
     assert not TrtRunner.thread_safe
     assert _most_threads_inside(small_export, thread_safe=False) == 1
     # The same runners declared thread-safe do overlap: the count above can see concurrency.

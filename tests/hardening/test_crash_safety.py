@@ -128,7 +128,7 @@ def test_graphs_of_two_exports_are_not_paired(small_export: Path, tmp_path: Path
 
 
 def _train(out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    command = [str(BIN / "dpnet-train"), "--out", str(out), "--config", "tiny", "--steps", "6",
+    command = [str(BIN / "dpnet-train"), "--out", str(out), "--preset", "tiny", "--steps", "6",
                "--val-every", "1", "--val-episodes", "0", "--batch-size", "1", "--threads", "1",
                *extra]  # fmt: skip
     return subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)

@@ -3,7 +3,8 @@
 A device node stays a device node (written through, or a one-line error when it is full), a
 link to a file keeps pointing at the file it points at, now holding the mask, a link to
 ``/proc/self/fd/1`` (what ``/dev/stdout`` is; the host's own is never used) in a pipe gets the
-PNG, a folder in the way and a query over PIL's pixel limit are one-line errors. Device nodes
+PNG, an existing folder at --out receives the masks, a folder in a picture's way and a query
+over PIL's pixel limit are one-line errors. Device nodes
 need root (skipped, saying so, without it).
 """
 
@@ -41,11 +42,16 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 def _segment(
-    export: Path, inputs: dict[str, Path], out: str | Path, query: Path | None = None
+    export: Path,
+    inputs: dict[str, Path],
+    out: str | Path,
+    query: Path | None = None,
+    sheet: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "dpnet_runtime", "--model", str(export), "--threads", "1",
                "--support", f"{inputs['image']}:{inputs['mask']}",
-               "--query", str(query or inputs["image"]), "--out", str(out)]  # fmt: skip
+               "--query", str(query or inputs["image"]), "--out", str(out),
+               *(["--sheet", str(sheet)] if sheet else [])]  # fmt: skip
     return subprocess.run(command, capture_output=True, timeout=120, check=False)
 
 
@@ -108,18 +114,32 @@ def test_a_link_to_a_file_keeps_the_link_and_replaces_the_file(
     assert sorted(p.name for p in target.parent.iterdir()) == ["mask.png"]
 
 
-@pytest.mark.parametrize("kind", ["folder", "dangling link"])
-def test_a_folder_or_a_dangling_link_at_out_is_a_one_line_error(
-    small_export: Path, inputs: dict[str, Path], tmp_path: Path, kind: str
+def test_a_dangling_link_at_out_is_a_one_line_error(
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "result.png"
-    if kind == "folder":
-        out.mkdir()
-    else:
-        out.symlink_to(tmp_path / "missing" / "mask.png")
+    out.symlink_to(tmp_path / "missing" / "mask.png")
     stderr = _one_error_line(_segment(small_export, inputs, out))
-    assert ("it is a folder" if kind == "folder" else "which does not exist") in stderr
-    assert out.is_dir() if kind == "folder" else out.is_symlink()
+    assert "which does not exist" in stderr
+    assert out.is_symlink()
+
+
+def test_a_folder_at_out_receives_the_masks_and_one_in_a_files_way_is_an_error(
+    small_export: Path, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    # --out names a folder when it is one (docs/cli.md), whatever its name looks like.
+    out = tmp_path / "result.png"
+    out.mkdir()
+    completed = _segment(small_export, inputs, out)
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert [path.name for path in out.iterdir()] == ["support_image_mask.png"]
+    # A picture option names a file: a folder standing there is refused, and stays.
+    sheet = tmp_path / "sheet.png"
+    (sheet / "keep").mkdir(parents=True)
+    stderr = _one_error_line(_segment(small_export, inputs, tmp_path / "m.png", None, sheet))
+    assert f"--sheet {sheet} is a folder; give a file name" in stderr
+    assert sorted(path.name for path in sheet.iterdir()) == ["keep"]
+    assert not (tmp_path / "m.png").exists()  # refused before anything ran
 
 
 def test_a_query_over_the_pixel_limit_is_a_one_line_error(

@@ -32,7 +32,7 @@ def test_soak_rejects_fewer_queries_than_two_windows(small_export: Path) -> None
 def test_soak_command_writes_json_and_markdown(small_export: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "dpnet_bench.soak", "--model", str(small_export),
                "--queries", "40", "--window", "20", "--json", str(tmp_path / "soak.json"),
-               "--md", str(tmp_path / "soak.md"), "--note", "made by the test"]  # fmt: skip
+               "--markdown", str(tmp_path / "soak.md"), "--note", "made by the test"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "soak.json").read_text())

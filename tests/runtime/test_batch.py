@@ -21,11 +21,12 @@ from dpnet.metrics import IoUAccumulator
 from dpnet_runtime import Predictor, contract
 from dpnet_runtime.artifacts import EPISODE, QUERY, SUPPORT
 from dpnet_runtime.backends.ort import OrtRunner
-from dpnet_runtime.batch import SegmentRequest, expand_queries, segment_files, segment_queries
-from dpnet_runtime.errors import InputError
+from dpnet_runtime.batch import SegmentRequest, segment_files, segment_queries
+from dpnet_runtime.errors import InputError, OptionError
+from dpnet_runtime.queries import expand_queries
 
 from .conftest import square_scene
-from .test_sheet import text_bands
+from .test_sheet import LEGEND_BANDS, text_bands
 
 # (height, width, top, left, side) of each query: sizes differ, squares move.
 QUERIES = {
@@ -200,7 +201,7 @@ def test_names_are_checked_before_the_model_runs(
     with pytest.raises(InputError, match=r"no ground truth for query .*b.png: expected .*b_mask"):
         segment_files(small_export, no_label)
     assert not files["out"].exists()  # nothing ran
-    with pytest.raises(InputError, match=r"4 queries .* need --out-dir"):
+    with pytest.raises(OptionError, match=r"4 queries .* need a folder: --out DIR/"):
         SegmentRequest((files["support"],), queries, out=tmp_path / "mask.png")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(other / "a_mask.png")
     small = SegmentRequest((files["support"],), queries[:1], out_dir=files["out"], labels=other)
@@ -222,7 +223,7 @@ def test_cli_segments_a_folder_with_labels_json_and_sheet(
     report, sheet = tmp_path / "report.json", tmp_path / "sheet.png"
     completed = _segment(
         "--model", small_export, "--support", support, "--query", files["queries"] / "a.png",
-        "--query", files["queries"] / "[bcd].png", "--out-dir", files["out"],
+        "--query", files["queries"] / "[bcd].png", "--out", files["out"],
         "--overlay", files["out"], "--labels", files["queries"], "--json", report,
         "--sheet", sheet, "--threads", "1",
     )  # fmt: skip
@@ -244,22 +245,23 @@ def test_cli_segments_a_folder_with_labels_json_and_sheet(
         f"{name}_{kind}.png" for name in QUERIES for kind in ("mask", "overlay")
     )
     picture = np.asarray(Image.open(sheet))
-    assert text_bands(picture) == 1 + 1 + len(QUERIES)  # title, support row, one per query
+    # Three title lines (class, IoU, model), the legend, the support row, one row per query.
+    assert text_bands(picture) == 3 + LEGEND_BANDS + 1 + len(QUERIES)
 
 
 @pytest.mark.parametrize(
-    ("case", "message"),
+    ("case", "message", "code"),
     [
-        ("many_to_out", "error: 4 queries (first {queries}/a.png) need --out-dir DIR"),
-        ("no_label", "error: no ground truth for query {queries}/a.png: expected"),
-        ("empty_folder", "error: query folder {tmp}/empty holds no image"),
+        ("many_to_out", "error: 4 queries (first {queries}/a.png) need a folder: --out DIR/", 2),
+        ("no_label", "error: no ground truth for query {queries}/a.png: expected", 1),
+        ("empty_folder", "error: query folder {tmp}/empty holds no image", 1),
     ],
 )
 def test_cli_errors_are_one_line_naming_the_path(
-    small_export: Path, files: dict[str, Any], tmp_path: Path, case: str, message: str
+    small_export: Path, files: dict[str, Any], tmp_path: Path, case: str, message: str, code: int
 ) -> None:
     (tmp_path / "empty").mkdir()
-    query, output = files["queries"], ["--out-dir", files["out"]]
+    query, output = files["queries"], ["--out", files["out"]]
     if case == "many_to_out":
         output = ["--out", tmp_path / "mask.png"]
     elif case == "no_label":
@@ -268,7 +270,7 @@ def test_cli_errors_are_one_line_naming_the_path(
         query = tmp_path / "empty"
     support = f"{files['support'][0]}:{files['support'][1]}"
     completed = _segment("--model", small_export, "--support", support, "--query", query, *output)
-    assert completed.returncode == 1
+    assert completed.returncode == code
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in completed.stderr
     assert lines[0].startswith(message.format(queries=files["queries"], tmp=tmp_path))

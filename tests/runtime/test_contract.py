@@ -1,6 +1,6 @@
 """The contract tables: pinned facts, derived helpers, and consumers that follow a change.
 
-The literal values here restate README's I/O contract on purpose: a change to
+The literal values here restate the I/O contract of docs/runtime.md on purpose: a change to
 ``dpnet_runtime.contract`` that breaks C++ callers must fail a test.
 """
 
@@ -69,6 +69,31 @@ def test_format_rows_name_their_files() -> None:
         FORMATS["trt"].file_name("support")
 
 
+def test_one_row_per_backend_and_precision_each_with_its_own_files() -> None:
+    assert [(row.backend, row.precision) for row in FORMATS.values()] == [
+        ("torch", "fp32"), ("torch", "fp16"),
+        ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8"),
+        ("trt", "fp32"), ("trt", "fp16"), ("trt", "int8"),
+    ]  # fmt: skip
+    assert list(FORMATS) == [
+        "torch", "torch-fp16", "ort", "ort-fp16", "ort-int8", "trt", "trt-fp16", "trt-int8",
+    ]  # fmt: skip
+    engines = {name: FORMATS[name].file_name("episode") for name in ("trt", "trt-fp16", "trt-int8")}
+    assert engines == {
+        "trt": "dpnet.engine",
+        "trt-fp16": "dpnet_fp16.engine",
+        "trt-int8": "dpnet_int8.engine",
+    }
+    sources = {name: FORMATS[name].onnx_name("episode") for name in engines}
+    assert sources == {
+        "trt": "dpnet.onnx",
+        "trt-fp16": "dpnet_fp16.onnx",
+        "trt-int8": "dpnet_int8_trt.onnx",
+    }
+    files = [row.file_name(role) for row in FORMATS.values() for role in row.roles]
+    assert len(files) == len(set(files))  # no two rows share a file
+
+
 def test_int8_rows_name_their_graphs_and_the_engine_source() -> None:
     assert [FORMATS["ort-int8"].file_name(role) for role in GRAPHS] == [
         "dpnet_int8.onnx",
@@ -86,10 +111,10 @@ def test_int8_rows_name_their_graphs_and_the_engine_source() -> None:
         "dpnet_support_int8_trt.onnx",
         "dpnet_query_int8_trt.onnx",
     ]
-    assert FORMATS["trt"].onnx_name("episode") == "dpnet_fp16.onnx"
+    assert FORMATS["trt-fp16"].onnx_name("episode") == "dpnet_fp16.onnx"
     assert FORMATS["ort-int8"].onnx_name("query") == "dpnet_query_int8.onnx"
     assert find_format("ort", "int8").name == "ort-int8" and find_format("trt", "int8") is trt
-    assert "int8" in contract.PRECISIONS
+    assert contract.SOURCE_PRECISION == "fp32"
     with pytest.raises(ValueError, match="reads no ONNX graph"):
         FORMATS["torch"].onnx_name("episode")
 
@@ -97,15 +122,21 @@ def test_int8_rows_name_their_graphs_and_the_engine_source() -> None:
 def test_find_format_picks_the_backend_row_or_lists_the_choices() -> None:
     assert find_format("ort").name == "ort"
     assert find_format("ort", "fp16").name == "ort-fp16"
-    assert find_format("trt").name == "trt"
+    assert find_format("trt").name == "trt" and find_format("trt").precision == "fp32"
     with pytest.raises(ValueError, match=r"choose one of fp32 \(ort\), fp16 \(ort-fp16\)"):
         find_format("ort", "int4")
     with pytest.raises(ValueError, match="unknown backend 'tflite'"):
         find_format("tflite")
 
 
-def test_shots_axis_inputs_are_the_support_inputs_and_cache() -> None:
-    assert contract.shots_axis_inputs() == {
+def test_the_shots_axis_is_on_the_support_inputs_and_cache() -> None:
+    shots = {
+        spec.name
+        for graph in GRAPHS.values()
+        for spec in graph.inputs
+        if contract.symbolic_axis(spec.name, 1) == contract.SHOTS_AXIS
+    }
+    assert shots == {
         "support_images",
         "support_masks",
         "support_cos_feats",
@@ -142,7 +173,7 @@ def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_trt_axes_and_
     make_fake_export_dir,
 ) -> None:
     # TensorRT: the renamed cache input still gets the K axis in specs and profiles.
-    assert "support_labels" in contract.shots_axis_inputs()
+    assert contract.symbolic_axis("support_labels", 1) == contract.SHOTS_AXIS
     assert tensor_spec("support_labels", "float32", (-1, -1, 5, 5)).shape == ("B", "K", 5, 5)
     profile = build_profiles(
         {"support_labels": (-1, -1, 5, 5)}, batch=ShapeRange(1, 2, 3), shots=ShapeRange(1, 3, 5)
@@ -159,7 +190,12 @@ def test_a_name_changed_in_graphs_alone_reaches_the_runtime_checks_trt_axes_and_
         for name in ("logits", "mask", "pseudo_count", "confidence")
     }
     inputs = {name: contract.TensorSpec(name, "float32", ("B",)) for name in ("query_image",)}
-    with pytest.raises(IncompatibleModelError, match=r"missing inputs \['support_cos_feats'?"):
+    # The new names are missing, the old ones are not asked for.
+    expected = (
+        r"missing inputs \['support_cos_feats', 'support_labels', 'prototypes'\], "
+        r"outputs \['pseudo_size'\]"
+    )
+    with pytest.raises(IncompatibleModelError, match=expected):
         read_graph_info("query", Path("q.onnx"), inputs, old_outputs, {})
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,7 @@ import pytest
 from PIL import Image
 
 from dpnet_runtime.errors import InputError
+from dpnet_runtime.masks import MASK_RULES, decode_mask, mask_rules_markdown
 from dpnet_runtime.preprocess import check_mask, load_image, load_mask
 
 OBJECT = (slice(2, 6), slice(3, 9))
@@ -112,3 +117,54 @@ def test_sixteen_bit_and_rgba_images_become_rgb(tmp_path: Path) -> None:
     rgba[..., 1] = 90
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     assert load_image(tmp_path / "rgba.png")[0, 0].tolist() == [0, 90, 0]
+
+
+def test_label_map_arrays_read_as_label_map_files(tmp_path: Path) -> None:
+    label = _values(7, 255)
+    label[6:8, :] = 3
+    from_file = load_mask(_save(tmp_path, label, "P"), class_id=7)
+    np.testing.assert_array_equal(decode_mask(label, "support mask 1", class_id=7, array=True),
+                                  from_file)  # fmt: skip
+    np.testing.assert_array_equal(check_mask(label, "m", (8, 12, 3), class_id=7), _expected(False))
+    # Without the class id, the same line as for the file, after the mask's name.
+    with pytest.raises(InputError) as from_array:
+        check_mask(label, "support mask 1", (8, 12, 3))
+    with pytest.raises(InputError) as file_error:
+        load_mask(tmp_path / "mask.png")
+    assert str(from_array.value).removeprefix("support mask 1 ") == str(
+        file_error.value
+    ).removeprefix(f"mask {tmp_path / 'mask.png'} ")
+
+
+@pytest.mark.parametrize(
+    ("values", "as_file", "as_array"),
+    [
+        ([0, 1], [0, 1], [0, 1]),
+        ([0, 1, 255], [0, 1, 255], [0, 1, 255]),
+        ([0, 255], [0, 1], [0, 255]),  # an array's 255 is ignore: no object (check_mask refuses)
+        ([0, 60, 200, 255], [0, 0, 1, 1], "or bool: for 0/255 and grey masks pass (mask > 127)"),
+    ],
+    ids=["0-1", "0-1-255", "0-255", "grey"],
+)
+def test_the_file_and_array_columns(values: list[int], as_file: object, as_array: object) -> None:
+    pixels = np.array([values], np.uint8)
+    assert decode_mask(pixels, "m.png").tolist() == [as_file]
+    if isinstance(as_array, str):
+        with pytest.raises(InputError, match=re.escape(as_array)):
+            decode_mask(pixels, "support mask 1", array=True)
+    else:
+        assert decode_mask(pixels, "support mask 1", array=True).tolist() == [as_array]
+
+
+def test_docs_and_help_show_the_one_table() -> None:
+    segment_page = (Path(__file__).parents[2] / "docs" / "segment.md").read_text()
+    assert mask_rules_markdown() in segment_page
+    shown = subprocess.run(
+        [sys.executable, "-m", "dpnet_runtime", "--help"],
+        capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "COLUMNS": "400"},
+    ).stdout  # fmt: skip
+    help_text = " ".join(shown.split())
+    for rule in MASK_RULES:
+        if rule.in_file != "(no such file)":
+            assert f"{rule.values}: {rule.in_file}" in help_text, rule

@@ -39,7 +39,9 @@ def test_metadata_reports_contract_specs(runner: OrtRunner) -> None:
     inputs = runner.get_input_metadata()
     assert list(inputs) == list(("support_images", "support_masks", "query_image"))
     assert inputs[contract.SUPPORT_IMAGES] == TensorSpec(
-        contract.SUPPORT_IMAGES, "float32", ("batch", "shots", 3, SIZE, SIZE)
+        contract.SUPPORT_IMAGES,
+        "float32",
+        (contract.BATCH_AXIS, contract.SHOTS_AXIS, 3, SIZE, SIZE),
     )
     outputs = runner.get_output_metadata()
     assert outputs[contract.MASK].dtype == "uint8"
@@ -70,7 +72,7 @@ def test_infer_returns_arrays_the_caller_owns(runner: OrtRunner) -> None:
         (contract.SUPPORT_IMAGES, np.zeros((1, 2, 3, SIZE, SIZE), np.float64), "wrong dtype"),
         (contract.SUPPORT_IMAGES, np.zeros((2, 3, SIZE, SIZE), np.float32), "wrong rank"),
         (contract.QUERY_IMAGE, np.zeros((1, 3, SIZE - 1, SIZE), np.float32), "axis 2 must be 65"),
-        (contract.SUPPORT_MASKS, np.zeros((1, 1, SIZE, SIZE), np.float32), "axis shots is 1"),
+        (contract.SUPPORT_MASKS, np.zeros((1, 1, SIZE, SIZE), np.float32), "axis K is 1"),
     ],
 )
 def test_infer_rejects_bad_feed_naming_the_tensor(

@@ -15,7 +15,7 @@ from dpnet_runtime.postprocess import (
     overlay_mask,
     probabilities_to_mask,
     resize_logits,
-    save_png,
+    save_image,
 )
 
 
@@ -77,8 +77,8 @@ def test_overlay_tints_only_object_pixels() -> None:
     np.testing.assert_array_equal(overlay[1, 1], [100, 100, 100])
 
 
-def test_save_png_writes_visible_mask(tmp_path: Path) -> None:
+def test_save_image_writes_visible_mask(tmp_path: Path) -> None:
     path = tmp_path / "mask.png"
-    save_png(path, np.array([[1, 0]], np.uint8))
+    save_image(path, np.array([[1, 0]], np.uint8))
     np.testing.assert_array_equal(np.asarray(Image.open(path)), [[255, 0]])
     assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]

@@ -185,7 +185,7 @@ def test_max_shots_comes_from_metadata(predictor: Predictor, scene: Scene) -> No
 
 
 def test_precision_selects_fp16_copies(small_raw_export: Path, scene: Scene) -> None:
-    files = resolve_artifacts(small_raw_export, contract.FORMATS["ort-fp16"]).files
+    files = resolve_artifacts(small_raw_export, "ort", "fp16").files
     assert {role: path.name for role, path in files.items()} == {
         "episode": "dpnet_fp16.onnx",
         "support": "dpnet_support_fp16.onnx",
@@ -209,7 +209,7 @@ def test_precision_int8_opens_the_int8_copies_only_fake(
             "dpnet_query_int8.onnx",
             "dpnet_support_int8.onnx",
         ]
-    with pytest.raises(ModelFileError, match=r"holds no ort-int8 model .* --int8"):
+    with pytest.raises(ModelFileError, match=r"holds no ort-int8 .* --precision int8"):
         Predictor.open(make_fake_export_dir(), precision="int8")
 
 
@@ -218,7 +218,7 @@ def test_missing_and_empty_directories_name_the_export_command(tmp_path: Path) -
         Predictor.open(tmp_path / "absent")
     with pytest.raises(ModelFileError, match=r"holds no ort model .*dpnet-export onnx --ckpt"):
         Predictor.open(tmp_path)
-    with pytest.raises(ModelFileError, match="--fp16"):
+    with pytest.raises(ModelFileError, match="--precision fp16"):
         Predictor.open(tmp_path, precision="fp16")
 
 

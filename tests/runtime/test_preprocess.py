@@ -93,7 +93,10 @@ def test_check_mask_accepts_bool_and_01_with_ignore(mask: np.ndarray) -> None:
     [
         (np.zeros((20, 30), np.uint8), "has no object pixel"),
         (_mask() * 255, "has no object pixel.*255 means ignore.*mask > 127"),
-        (_mask() * 2, "expected 0 \\(background\\), 1 \\(object\\) or 255.*mask > 127"),
+        (_mask() * 200, "expected 0 \\(background\\), 1 \\(object\\) or 255.*mask > 127"),
+        # Small class ids: a label map, refused with the message every interface gives.
+        (_mask() * 2, "looks like a class-label map \\(values \\[0, 2\\]\\).*class_id=N"),
+        (_mask().astype(str), r"has dtype <U\d+; expected bool, integers or floats"),
         (_mask()[:10], "is \\[10, 30\\] but its image is \\[20, 30\\]"),
         (_mask()[None], "must be \\[H, W\\]"),
     ],

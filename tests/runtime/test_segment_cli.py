@@ -80,27 +80,31 @@ def test_cli_precision_int8_runs_the_int8_graphs_fake(
     folder = make_fake_export_dir(int8=True)
     for role in ("", "_support", "_query"):
         (folder / f"dpnet{role}.onnx").unlink()  # only the INT8 copies can serve the run
-    out = tmp_path / "mask.png"
+    out = tmp_path / "result.png"  # not mask.png: that is the support's mask, an input
     pair = f"{files['support']}:{files['mask']}"
     args = ("--model", folder, "--support", pair, "--query", files["query"], "--out", out)
     completed = _segment(*args, "--precision", "int8")
     assert completed.returncode == 0, completed.stderr
     assert np.asarray(Image.open(out)).shape == (50, 60)
-    fp32 = _segment(*args)
+    fp32 = _segment(*args, "--precision", "fp32")
     assert fp32.returncode == 1 and "holds no ort model" in fp32.stderr
+    # Without --precision the most faithful precision present runs, and the run says which.
+    auto = _segment(*args)
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stderr.rstrip().endswith("; model ort-int8 (int8))"), auto.stderr
 
 
 @pytest.mark.parametrize(
-    ("case", "message"),
+    ("case", "message", "code"),
     [
-        ("empty_mask", "error: support mask 1 has no object pixel"),
-        ("no_models", "holds no ort model"),
-        ("truncated", "cannot be loaded by the ort backend"),
-        ("bad_pair", "must be IMAGE:MASK"),
+        ("empty_mask", "error: support mask 1 has no object pixel", 1),
+        ("no_models", "holds no ort model", 1),
+        ("truncated", "cannot be loaded by the ort backend", 1),
+        ("bad_pair", "must be IMAGE:MASK", 2),  # a usage error
     ],
 )
 def test_cli_user_errors_are_one_line(
-    small_export: Path, files: dict[str, Path], tmp_path: Path, case: str, message: str
+    small_export: Path, files: dict[str, Path], tmp_path: Path, case: str, message: str, code: int
 ) -> None:
     model, pair = small_export, f"{files['support']}:{files['mask']}"
     if case == "empty_mask":
@@ -119,7 +123,7 @@ def test_cli_user_errors_are_one_line(
     completed = _segment(
         "--model", model, "--support", pair, "--query", files["query"], "--out", out
     )  # fmt: skip
-    assert completed.returncode == 1
+    assert completed.returncode == code
     assert message in completed.stderr
     assert "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1

@@ -54,15 +54,17 @@ def _similarity_onnx(path: Path) -> Path:
         opset_imports=[helper.make_opsetid("", 18)],
     )
     model.ir_version = 9
+    helper.set_model_props(model, {"precision": "fp32"})  # as the exporter records it
     onnx.save(model, path)
     return path
 
 
 def _build(onnx_path: Path, engine: str, **options: object) -> Path:
+    """Build the row of ``precision`` from the export folder of ``onnx_path``."""
     from dpnet_export.onnx_to_engine import EngineBuildOptions, ShapeRange, onnx_to_engine
 
     build = EngineBuildOptions(
-        onnx_path,
+        onnx_path.parent,
         out_path=onnx_path.with_name(engine),
         batch=ShapeRange(1, 1, 1),
         **options,  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ def _episode_onnx(path: Path) -> Path:
     graph = helper.make_graph(nodes, "episode", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
+    helper.set_model_props(model, {contract.META_PRECISION: "fp32"})  # as the exporter records it
     onnx.save(model, path)
     return path
 
@@ -83,7 +84,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("engine")
     onnx_path = _episode_onnx(folder / "dpnet.onnx")
     options = EngineBuildOptions(
-        onnx_path,
+        folder,
         shots=ShapeRange(1, 1, 5),
         batch=ShapeRange(1, 1, 2),
         timing_cache=folder / "timing.cache",
@@ -153,7 +154,7 @@ def test_int8_engine_builds_and_agrees_with_onnxruntime(
     for name in ("dpnet.onnx", "dpnet_int8_trt.onnx"):
         shutil.copy(export_dir / name, tmp_path)
     options = EngineBuildOptions(
-        tmp_path / "dpnet.onnx",
+        tmp_path,
         precision="int8",
         shots=ShapeRange(1, 1, 1),
         batch=ShapeRange(1, 1, 1),

@@ -87,8 +87,24 @@ def test_bad_sidecars(tmp_path: Path, content: object, error: type[Exception], m
         read_sidecar(path)
 
 
-def test_sidecar_matches_same_tensorrt_release_and_gpu() -> None:
-    check_sidecar(SIDECAR, tensorrt_version="10.15.1.30", gpu=H100)  # build number may differ
+@pytest.mark.parametrize(
+    ("version", "accepted"),
+    [
+        ("10.15.1.29", True),
+        ("10.15.1.30", True),  # the build number may differ
+        ("10.15.1", True),
+        ("10.15.2.29", False),  # a patch release is another TensorRT
+        ("10.16.1.29", False),
+    ],
+)
+def test_sidecar_matches_same_tensorrt_release_and_gpu(version: str, accepted: bool) -> None:
+    if accepted:
+        assert check_sidecar(SIDECAR, tensorrt_version=version, gpu=H100) is None
+    else:
+        with pytest.raises(
+            IncompatibleModelError, match=f"built with TensorRT 10.15.1.29 .*{version}"
+        ):
+            check_sidecar(SIDECAR, tensorrt_version=version, gpu=H100)
 
 
 def test_engine_from_another_tensorrt_version_names_both() -> None:

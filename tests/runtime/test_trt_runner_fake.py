@@ -202,9 +202,13 @@ def test_fake_stream_reaches_tensorrt_as_an_int(
     fake = FakeTensorRT("10.15.1.29", cuda=state)
     monkeypatch.setitem(sys.modules, "tensorrt", fake.module())
     with TrtRunner(_engine_file(tmp_path)) as runner:
+        (created,) = state.streams  # the one stream the runner made, by its native pointer
         runner.infer(_feed(1, 1))
+        runner.infer(_feed(1, 1))
+    # Every launch got that stream's pointer as a plain int, never the cudaStream_t object.
     (handle,) = set(calls_named(fake.engines[0].calls, "execute_async_v3"))
-    assert type(handle) is int and handle == 0x5000  # the fake's first stream
+    assert type(handle) is int and handle == created
+    assert calls_named(fake.engines[0].calls, "set_optimization_profile_async") == [0]
 
 
 def test_fake_tensorrt_with_a_missing_library_shows_the_loader_message(

@@ -28,8 +28,8 @@ def test_levels_in_process_row_and_reports(
 ) -> None:
     report, markdown = tmp_path / "serve.json", tmp_path / "serve.md"
     done = _bench(
-        "--artifacts", str(balanced_export_dir), "--url", server.url, "--requests", "12",
-        "--concurrency", "1,4", "--warmup", "2", "--threads", "1", "--wait-s", "120",
+        "--model", str(balanced_export_dir), "--url", server.url, "--requests", "12",
+        "--concurrency", "1,4", "--warmup-requests", "2", "--threads", "1", "--wait-s", "120",
         "--server-pid", str(server.process.pid), "--idle-s", "2",
         "--json", str(report), "--markdown", str(markdown),
     )  # fmt: skip
@@ -62,9 +62,7 @@ def test_levels_in_process_row_and_reports(
     assert {"query head", "ingress", "Serve HTTP proxy"} <= set(data["idle_cpu_ms_per_s"])
     text = markdown.read_text()
     assert text.startswith("# dpnet-bench serve: 129x129, 1-shot")
-    assert (
-        "Command: `dpnet-bench serve --artifacts" in text and "| serve | 4 | 12 | 0 | 0 |" in text
-    )
+    assert "Command: `dpnet-bench serve --model" in text and "| serve | 4 | 12 | 0 | 0 |" in text
     assert (
         "| process | idle ms/s | in-process c=1 ms/request |" in text and "| query head |" in text
     )
@@ -75,8 +73,9 @@ def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
 ) -> None:
     # The in-process row runs another export than the server: its masks differ.
     done = _bench(
-        "--artifacts", str(tiny_export_dir), "--url", server.url, "--requests", "3",
-        "--concurrency", "2", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "r.json"),
+        "--model", str(tiny_export_dir), "--url", server.url, "--requests", "3",
+        "--concurrency", "2", "--warmup-requests", "0", "--threads", "1",
+        "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert done.returncode == 3, done.stdout + done.stderr
     level = json.loads((tmp_path / "r.json").read_text())["results"][1]
@@ -85,6 +84,6 @@ def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
 
 
 def test_no_server_is_a_one_line_error(balanced_export_dir: Path) -> None:
-    done = _bench("--artifacts", str(balanced_export_dir), "--url", "http://127.0.0.1:9")
+    done = _bench("--model", str(balanced_export_dir), "--url", "http://127.0.0.1:9")
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: no ready dpnet-serve at http://127.0.0.1:9")

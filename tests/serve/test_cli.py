@@ -35,7 +35,7 @@ def test_help_and_option_errors_need_no_ray(tmp_path: Path) -> None:
     config = _serve(_WITHOUT_RAY, "config", "--help")
     assert config.returncode == 0 and "--out" in config.stdout and "--token-file" in config.stdout
     refused = _serve(_WITHOUT_RAY, "--model", str(tmp_path), "--replicas", "0")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a usage error
     assert refused.stderr.strip() == "error: replicas must be at least 1, got 0"
 
 

@@ -76,7 +76,19 @@ def test_dpnet_serve_config_writes_a_serve_config_file(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == "", again.stderr
     assert yaml.safe_load(written.read_text())["applications"][0]["args"]["host"] == "127.0.0.1"
     usage = _config_command("--model", str(tmp_path), "--replicas", "0")
-    assert usage.returncode == 1 and usage.stderr.startswith("error: replicas must be")
+    assert usage.returncode == 2 and usage.stderr.startswith("error: replicas must be")
+    # --out follows the CLI conventions: a YAML extension, and never an input.
+    wrong_format = _config_command("--model", str(tmp_path), "--out", str(tmp_path / "s.json"))
+    assert wrong_format.returncode == 2 and "name it .yaml or .yml" in wrong_format.stderr
+    token_file = tmp_path / "token.yaml"
+    token_file.write_text(TOKEN + "\n")
+    over_input = _config_command(
+        "--model", str(tmp_path / "m"), "--token-file", str(token_file), "--out", str(token_file)
+    )
+    assert over_input.returncode == 1 and "never writes over or into its inputs" in (
+        over_input.stderr
+    )
+    assert token_file.read_text() == TOKEN + "\n"
 
 
 def _kuberay_example() -> dict[str, Any]:

@@ -426,9 +426,9 @@ def test_the_load_test_runs_against_a_token_server(
     report = tmp_path / "serve.json"
     command = [
         sys.executable, "-c", "from dpnet_bench.scripts import bench; bench()", "serve",
-        "--artifacts", str(balanced_export_dir), "--url", guarded.url,
+        "--model", str(balanced_export_dir), "--url", guarded.url,
         "--token-file", str(guarded.token_file), "--requests", "3", "--concurrency", "2",
-        "--warmup", "0", "--threads", "1", "--json", str(report),
+        "--warmup-requests", "0", "--threads", "1", "--json", str(report),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,20 +1,22 @@
-"""The HTTP wire format: mask conventions, image limits, PNG round trips and COCO RLE."""
+"""The HTTP wire format: mask files read as dpnet-segment reads them, image limits, PNG round
+trips and COCO RLE."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
 from dpnet_runtime.errors import InputError
+from dpnet_runtime.preprocess import check_mask, load_mask
 from dpnet_serve.wire import (
     CHUNK_DECODE_BUDGET_BYTES,
     TOTAL_DECODE_BUDGET_BYTES,
     OversizedImageError,
     UndecodableImageError,
-    binary_mask,
     decode_image,
     decode_mask,
     encode_image,
@@ -49,25 +51,58 @@ def test_masks_0_1_and_0_255_mean_the_same(object_value: int) -> None:
     mask[1:3, 2:6] = object_value
     decoded = decode_mask(_png(mask), "mask 1", max_pixels=100)
     np.testing.assert_array_equal(decoded, (mask > 0).astype(np.uint8))
-    np.testing.assert_array_equal(binary_mask(mask > 0, "mask"), decoded)
+    # A bool array, as the client checks it before sending, means the same.
+    np.testing.assert_array_equal(check_mask(mask > 0, "mask", (5, 7, 3)), decoded)
+
+
+def _upload_and_file(tmp_path: Path, data: bytes, class_id: int | None = None) -> list[object]:
+    """What an upload and the same bytes read as a dpnet-segment file give: the array, or the
+    error's text after the mask's name."""
+    (tmp_path / "m.png").write_bytes(data)
+    outcomes: list[object] = []
+    for name, read in (
+        ("support mask 2", lambda: decode_mask(data, "support mask 2", max_pixels=100,
+                                               class_id=class_id)),
+        (f"mask {tmp_path / 'm.png'}", lambda: load_mask(tmp_path / "m.png", class_id=class_id)),
+    ):  # fmt: skip
+        try:
+            outcomes.append(read().tolist())
+        except InputError as exc:
+            outcomes.append(str(exc).removeprefix(f"{name} "))
+    return outcomes
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("values", "class_id", "expected"),
     [
-        ([0, 1, 255], "mask 2 has values \\[0, 1, 255\\]; expected 0/1 or 0/255"),
-        ([0, 128], "mask 2 has values \\[0, 128\\]"),
+        ([0, 1, 255], None, [[0, 1, 255]]),  # VOC-style: 1 = object, 255 = ignore
+        ([0, 128, 255], None, [[0, 1, 1]]),  # grey levels: object above 127
+        ([0, 7, 255, 3], 7, [[0, 1, 255, 0]]),  # a label map with its class id
+        ([0, 7, 255], None, "looks like a class-label map (values [0, 7, 255]); give the class"),
+        ([0, 7, 255], 255, "class id must be in 1..254"),
     ],
+    ids=["0-1-255", "grey", "label-map-class-id", "label-map", "bad-class-id"],
 )
-def test_other_mask_values_are_refused(values: list[int], message: str) -> None:
-    mask = np.array([values], np.uint8)
-    with pytest.raises(InputError, match=message):
-        decode_mask(_png(mask), "mask 2", max_pixels=100)
+def test_uploads_are_read_as_mask_files(
+    tmp_path: Path, values: list[int], class_id: int | None, expected: object
+) -> None:
+    upload, file = _upload_and_file(tmp_path, _png(np.array([values], np.uint8)), class_id)
+    assert upload == file
+    if isinstance(expected, str):
+        assert isinstance(upload, str) and upload.startswith(expected.split("; give")[0]), upload
+    else:
+        assert upload == expected
 
 
-def test_a_colour_mask_is_refused() -> None:
-    with pytest.raises(InputError, match="mask 1 is a RGB image; a mask must have one channel"):
-        decode_mask(_png(np.zeros((4, 4, 3), np.uint8)), "mask 1", max_pixels=100)
+def test_colour_and_palette_masks_are_read_as_files_are(tmp_path: Path) -> None:
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1:3, 1:4] = 255
+    colour = _png(np.repeat(mask[..., None], 3, axis=-1))  # an RGB black-and-white mask
+    upload, file = _upload_and_file(tmp_path, colour)
+    assert upload == file == (mask > 0).astype(np.uint8).tolist()
+    palette = _png(np.where(mask > 0, 7, 0).astype(np.uint8), "P")  # a palette label map
+    upload, file = _upload_and_file(tmp_path, palette)
+    assert upload == file and isinstance(upload, str) and "class-label map" in upload
 
 
 def test_images_decode_to_rgb_and_bad_bytes_are_input_errors() -> None:
