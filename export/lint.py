@@ -295,7 +295,7 @@ def _node_findings(
     nodes: list[onnx.NodeProto], table: Mapping[str, Any], *, tensorrt: bool
 ) -> Iterator[LintFinding]:
     # An ONNX Runtime-only graph may hold ops TensorRT's parser lacks (MatMulInteger): noted.
-    missing = "error" if tensorrt else "info"
+    missing: Severity = "error" if tensorrt else "info"
     operators: Mapping[str, Any] = table["operators"]
     not_listed = set(table["not_listed"])
     for node in nodes:
