@@ -31,7 +31,8 @@ the table cannot express:
 Per target: a graph for ``trt`` (the default, and every graph an engine is built from) gets
 every rule; a graph for ``ort`` only (the U8S8 INT8 copies ``*_int8.onnx``, metadata
 ``int8_target = ort``) is not held to TensorRT's Q/DQ and intermediate-UINT8 rules, which its
-asymmetric uint8 activations break by design, and its report says so in an info finding.
+asymmetric uint8 activations break by design, and ops TensorRT's parser lacks (its INT8
+similarity's MatMulInteger) are info there, not errors; its report says so in an info finding.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def lint_onnx(
     findings = [
         *notes,
         *_io_findings(graph),
-        *_node_findings(nodes, table),
+        *_node_findings(nodes, table, tensorrt=tensorrt),
         *_build_time_input_findings(nodes, _constant_names(graph), shapes),
         *_ceil_pooling_findings(nodes, shapes),
         *(_uint8_findings(graph, nodes, types) if tensorrt else ()),
@@ -290,7 +291,11 @@ def _io_findings(graph: onnx.GraphProto) -> Iterator[LintFinding]:
             )
 
 
-def _node_findings(nodes: list[onnx.NodeProto], table: Mapping[str, Any]) -> Iterator[LintFinding]:
+def _node_findings(
+    nodes: list[onnx.NodeProto], table: Mapping[str, Any], *, tensorrt: bool
+) -> Iterator[LintFinding]:
+    # An ONNX Runtime-only graph may hold ops TensorRT's parser lacks (MatMulInteger): noted.
+    missing: Severity = "error" if tensorrt else "info"
     operators: Mapping[str, Any] = table["operators"]
     not_listed = set(table["not_listed"])
     for node in nodes:
@@ -303,9 +308,9 @@ def _node_findings(nodes: list[onnx.NodeProto], table: Mapping[str, Any]) -> Ite
         elif op in FORBIDDEN_OPS:
             yield LintFinding("error", label, op, f"{op} is forbidden: {FORBIDDEN_OPS[op]}")
         elif op in not_listed or op not in operators:
-            yield LintFinding("error", label, op, f"{op} has no row in the TensorRT parser table")
+            yield LintFinding(missing, label, op, f"{op} has no row in the TensorRT parser table")
         elif not operators[op]["supported"]:
-            yield LintFinding("error", label, op, f"{op} is not supported by the TensorRT parser")
+            yield LintFinding(missing, label, op, f"{op} is not supported by the TensorRT parser")
 
 
 def _uint8_findings(

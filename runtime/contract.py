@@ -404,8 +404,9 @@ FORMATS: Final[dict[str, Format]] = {
                f"mixed-precision *_fp16.onnx copies: {_MIXED}; FP32 I/O", _FP16_LIMITS,
                converter=_FP16_GRAPHS),
         Format("ort", "int8", "cpu", "onnx", None,
-               "calibrated INT8 QDQ copies for ONNX Runtime on CPU, *_int8.onnx (U8S8); the "
-               "CCM, L2 norms, discriminator, PIM, classifier and ArgMax stay float",
+               "calibrated INT8 QDQ copies for ONNX Runtime on CPU, *_int8.onnx (U8S8), the "
+               "CCM similarity too (--no-int8-ccm keeps it float); the CCM's ArgMax and "
+               "gathers, L2 norms, discriminator, PIM, classifier and mask ArgMax stay float",
                _INT8_LIMITS, converter=_INT8_GRAPHS, calibrated=True),
         Format("trt", "fp32", "cuda", "engine", "trt",
                "FP32 TensorRT engine of dpnet.onnx (TF32 off)", _FP32_LIMITS),

@@ -352,3 +352,14 @@ def test_an_onnx_runtime_graph_is_not_held_to_tensorrt_qdq_rules_and_says_so() -
     assert not lint_onnx(_u8s8_model("ort"), "trt").passed  # --target trt overrides
     with pytest.raises(InputError, match="lint target must be one of trt, ort"):
         lint_onnx(_u8s8_model(None), "tflite")
+
+
+def test_an_op_tensorrt_lacks_is_an_error_for_trt_and_a_note_for_onnx_runtime() -> None:
+    # The ONNX Runtime INT8 graph's similarity is a MatMulInteger, which TensorRT cannot parse.
+    nodes = [helper.make_node("Det", ["x"], ["y"], name="det")]
+    model = _model(nodes)
+    assert [e.split(":")[0] for e in _errors(model)] == ["Det"]
+    ort = lint_onnx(model, "ort")
+    assert ort.passed, ort.errors
+    notes = [f.message for f in ort.findings if f.severity == "info" and f.node == "det"]
+    assert notes == ["Det is not supported by the TensorRT parser"]

@@ -25,9 +25,10 @@ SIZE = 129
 GRAPHS = ("dpnet.onnx", "dpnet_support.onnx", "dpnet_query.onnx")
 FP16_GRAPHS = ("dpnet_fp16.onnx", "dpnet_support_fp16.onnx", "dpnet_query_fp16.onnx")
 # The op rules as docs/export/index.md states them: what the exported CCM is made of, and what no
-# graph may contain.
+# graph may contain (MatMulInteger: the similarity of the ONNX Runtime INT8 graph).
 PINNED_CCM_OPS = {
-    "MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze"
+    "MatMul", "ArgMax", "GatherElements", "Gather", "Equal", "Greater", "And", "Cast", "Unsqueeze",
+    "MatMulInteger",
 }  # fmt: skip
 PINNED_FORBIDDEN_OPS = {
     "Loop", "If", "Scan", "NonZero", "Compress", "Unique", "NonMaxSuppression", "TopK",

@@ -117,7 +117,7 @@ def _cases(mask: np.ndarray) -> dict[str, Case]:
         ),
         "all-ignore": Case(
             _png(absent, palette=True), absent, CLASS, None, file_error=ABSENT_CLASS,
-            array_error=NO_OBJECT,
+            array_error=ABSENT_CLASS,
         ),
     }  # fmt: skip
 
