@@ -82,6 +82,7 @@ GIVEN: dict[str, str] = {
     "image2": "_rgb('cat2.jpg')",
     "mask1": "_mask('cat1_mask.png')",
     "mask2": "_mask('cat2_mask.png')",
+    "voc_label": "_np.asarray(_Image.open('2007_000123.png'))  # uint8 [H, W], 8 = cat",
     "support_images": "_tensors()[0]  # float32 [1, 1, 3, 321, 321], normalised",
     "support_masks": "_tensors()[1]  # float32 [1, 1, 321, 321], 1 = object",
     "query_image": "_tensors()[2]  # float32 [1, 3, 321, 321], normalised",
