@@ -161,7 +161,9 @@ def bench(
         plot_latency(report, plot)
     if markdown is not None:
         atomic_write_text(markdown, render_markdown(report, _command("dpnet-bench")))
-    stdout_console.print(render_gates(report, EXIT_CHECK_FAILED), highlight=False)
+    stdout_console.print(
+        render_gates(report.targets, report.parity_failed, EXIT_CHECK_FAILED), highlight=False
+    )
     if report.parity_failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

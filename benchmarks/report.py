@@ -228,14 +228,14 @@ def render_targets(targets: tuple[TargetCheck, ...]) -> Table:
     return table
 
 
-def render_gates(report: BenchReport, failed_exit: int) -> str:
-    """The report's last line: every parity gate measured with its limit and verdict, and the
-    exit code they give (``failed_exit`` when one fails, else 0)."""
-    measured = [t for t in report.targets if t.gate and t.met is not None]
-    code = failed_exit if report.parity_failed else 0
+def render_gates(targets: tuple[TargetCheck, ...], failed: bool, failed_exit: int) -> str:
+    """A report's last line: every parity gate measured with its limit and verdict, and the
+    exit code they give (``failed_exit`` when ``failed``, else 0)."""
+    measured = [t for t in targets if t.gate and t.met is not None]
+    code = failed_exit if failed else 0
     if not measured:
         return f"parity gates: none measured (they compare rows with torch) -> exit {code}"
-    verdict = "failed" if report.parity_failed else "passed"
+    verdict = "failed" if failed else "passed"
     listed = ", ".join(
         f"{t.name} {_fmt(t.measured, 3)} {_bound(t)} {'ok' if t.met else 'FAILED'}"
         for t in measured

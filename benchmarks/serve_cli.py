@@ -16,7 +16,7 @@ from typing import Annotated, Final
 
 import typer
 
-from dpnet_bench.report import progress_advancer
+from dpnet_bench.report import progress_advancer, render_gates
 from dpnet_bench.serve_load import ServeBenchOptions, run_serve_bench
 from dpnet_bench.serve_report import (
     render_serve_markdown,
@@ -92,6 +92,9 @@ def serve(
     with make_progress() as progress:
         report = run_serve_bench(options, progress_advancer(progress))
     stdout_console.print(render_serve_table(report))
+    stdout_console.print(
+        render_gates(report.targets, report.check_failed, EXIT_CHECK_FAILED), highlight=False
+    )
     if json_path is not None:
         write_serve_json(report, json_path)
     if markdown is not None:

@@ -173,7 +173,7 @@ def test_table_and_markdown_show_every_backend_and_reason(report: BenchReport) -
 
 
 def test_the_last_line_names_each_gate_its_limit_and_the_exit_code(report: BenchReport) -> None:
-    line = render_gates(report, 3)
+    line = render_gates(report.targets, report.parity_failed, 3)
     assert line == "parity gates failed: ort_miou_delta_pt 0.500 <= 0.1 FAILED -> exit 3"
     # The gate's limit is the one the parity row was judged by: one limit per metric.
     ort = report.results[1]
@@ -185,11 +185,13 @@ def test_the_last_line_names_each_gate_its_limit_and_the_exit_code(report: Bench
                  report.targets[1]),
     )  # fmt: skip
     # A missed reported target (the speed ratio) leaves the exit code at 0.
-    assert render_gates(passed, 3) == (
+    assert render_gates(passed.targets, passed.parity_failed, 3) == (
         "parity gates passed: ort_miou_delta_pt 0.050 <= 0.1 ok -> exit 0"
     )
     none = dataclasses.replace(report, results=report.results[:1], targets=())
-    assert render_gates(none, 3).endswith("none measured (they compare rows with torch) -> exit 0")
+    assert render_gates(none.targets, none.parity_failed, 3).endswith(
+        "none measured (they compare rows with torch) -> exit 0"
+    )
 
 
 @pytest.mark.slow

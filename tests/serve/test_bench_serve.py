@@ -66,6 +66,11 @@ def test_levels_in_process_row_and_reports(
     assert (
         "| process | idle ms/s | in-process c=1 ms/request |" in text and "| query head |" in text
     )
+    # The last line names every gate with its limit; the missed speed targets do not count.
+    assert done.stdout.strip().splitlines()[-1] == (
+        "parity gates passed: serve_errors 0.000 <= 0 ok, serve_mask_mismatches 0.000 <= 0 ok, "
+        "support_graph_runs_during_queries 0.000 <= 0 ok -> exit 0"
+    )
 
 
 def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
@@ -81,6 +86,10 @@ def test_masks_unlike_the_in_process_ones_fail_with_exit_3(
     level = json.loads((tmp_path / "r.json").read_text())["results"][1]
     assert level["mask_mismatches"] > 0
     assert (level["errors"], level["support_graph_runs"]) == (0, 0)  # exit 3 for the masks
+    last = done.stdout.strip().splitlines()[-1]
+    failed = f"serve_mask_mismatches {level['mask_mismatches']:.3f} <= 0 FAILED"
+    assert last.startswith("parity gates failed: ") and failed in last, last
+    assert last.endswith("-> exit 3"), last
 
 
 def test_no_server_is_a_one_line_error(balanced_export_dir: Path) -> None:
