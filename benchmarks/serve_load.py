@@ -31,6 +31,7 @@ import numpy as np
 from dpnet.data import build_dataset
 from dpnet_bench.schema import TargetCheck
 from dpnet_bench.serve_cpu import CpuSampler
+from dpnet_bench.targets import target_check
 from dpnet_bench.timing import LatencyStats, describe_environment, latency_stats
 from dpnet_runtime import Predictor
 from dpnet_runtime.errors import DpnetError, InputError
@@ -365,30 +366,19 @@ def _targets(reference: LoadResult, levels: list[LoadResult]) -> tuple[TargetChe
         else None
     )
     speedup = busiest.throughput_per_s / reference.throughput_per_s
-    # (name, measured, limit, at most, gate: exit 3 when missed, how it was measured)
-    checks = [
-        ("serve_c1_p50_vs_in_process_ratio", ratio, C1_P50_RATIO_LIMIT, True, False,
-         "serve segment p50 at concurrency 1 / in-process Predictor.segment p50"),
-        (f"serve_c{busiest.concurrency}_throughput_vs_in_process_ratio", speedup,
-         THROUGHPUT_RATIO_LIMIT, False, False,
-         f"serve requests/s at concurrency {busiest.concurrency} / in-process serial calls/s"),
-        ("serve_errors", float(sum(level.errors for level in levels)), 0.0, True, True,
-         "failed requests over every level"),
-        ("serve_mask_mismatches", float(sum(level.mismatches for level in levels)), 0.0, True,
-         True, "masks unlike the in-process mask of the same image"),
-        ("support_graph_runs_during_queries",
-         float(sum(level.support_graph_runs for level in levels)), 0.0, True, True,
-         "support-graph runs on the server while only a registered class was queried"),
-    ]  # fmt: skip
-    return tuple(
-        TargetCheck(
-            name=name,
-            measured=measured,
-            limit=limit,
-            at_most=at_most,
-            met=None if measured is None else (measured <= limit if at_most else measured >= limit),
-            detail=detail,
-            gate=gate,
-        )
-        for name, measured, limit, at_most, gate, detail in checks
-    )
+    busiest_rate = f"serve requests/s at concurrency {busiest.concurrency}"
+    return (
+        target_check("serve_c1_p50_vs_in_process_ratio", ratio, C1_P50_RATIO_LIMIT,
+                     "serve segment p50 at concurrency 1 / in-process Predictor.segment p50"),
+        target_check(f"serve_c{busiest.concurrency}_throughput_vs_in_process_ratio", speedup,
+                     THROUGHPUT_RATIO_LIMIT, f"{busiest_rate} / in-process serial calls/s",
+                     at_most=False),
+        target_check("serve_errors", float(sum(level.errors for level in levels)), 0.0,
+                     "failed requests over every level", gate=True),
+        target_check("serve_mask_mismatches", float(sum(level.mismatches for level in levels)),
+                     0.0, "masks unlike the in-process mask of the same image", gate=True),
+        target_check("support_graph_runs_during_queries",
+                     float(sum(level.support_graph_runs for level in levels)), 0.0,
+                     "support-graph runs on the server while only a registered class was queried",
+                     gate=True),
+    )  # fmt: skip

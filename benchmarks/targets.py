@@ -20,7 +20,7 @@ from dpnet_bench.schema import REFERENCE, BackendResult, TargetCheck
 from dpnet_bench.timing import LatencyStats
 from dpnet_runtime.contract import ParityLimits
 
-__all__ = ["design_targets", "parity_targets"]
+__all__ = ["design_targets", "parity_targets", "target_check"]
 
 _AGREEMENT = "mask pixels equal to torch's"
 _QUERY_FLOP_SHARE: Final = {1: 0.63, 5: 0.325}
@@ -41,12 +41,12 @@ def design_targets(results: Sequence[BackendResult], shots: int) -> tuple[Target
     empty = BackendResult("", "", "", "")
     ort, int8, reference = (rows.get(name, empty) for name in ("ort", "ort-int8", REFERENCE))
     checks = [
-        _check("ort_vs_torch_episode_ratio", _p50_ratio(ort.episode, reference.episode), 0.6,
-               "ort episode p50 / torch episode p50, same episodes and threads"),
-        _check("ort_int8_vs_ort_episode_ratio", _p50_ratio(int8.episode, ort.episode), 0.4,
-               "ort-int8 episode p50 / ort (FP32) episode p50"),
-        _check("ort_int8_vs_ort_query_ratio", _p50_ratio(int8.query, ort.query), 0.4,
-               "ort-int8 cached-support query p50 / ort (FP32) one"),
+        target_check("ort_vs_torch_episode_ratio", _p50_ratio(ort.episode, reference.episode),
+                     0.6, "ort episode p50 / torch episode p50, same episodes and threads"),
+        target_check("ort_int8_vs_ort_episode_ratio", _p50_ratio(int8.episode, ort.episode),
+                     0.4, "ort-int8 episode p50 / ort (FP32) episode p50"),
+        target_check("ort_int8_vs_ort_query_ratio", _p50_ratio(int8.query, ort.query), 0.4,
+                     "ort-int8 cached-support query p50 / ort (FP32) one"),
     ]  # fmt: skip
     share = _QUERY_FLOP_SHARE.get(shots)
     if share is not None:
@@ -56,7 +56,7 @@ def design_targets(results: Sequence[BackendResult], shots: int) -> tuple[Target
             f"{_QUERY_OVERHEAD:g} x its FLOP share {share:g}"
         )
         limit = round(_QUERY_OVERHEAD * share, 4)
-        checks.insert(1, _check("ort_query_vs_episode_ratio", ratio, limit, detail))
+        checks.insert(1, target_check("ort_query_vs_episode_ratio", ratio, limit, detail))
     return tuple(checks)
 
 
@@ -75,21 +75,23 @@ def parity_targets(
             continue
         key, parity = row.backend.replace("-", "_"), row.parity
         limits = parity.limits if parity is not None else limits_for(row.precision)
-        checks.append(_check(f"{key}_miou_delta_pt", parity and parity.miou_delta_pt,
-                             limits.max_miou_delta_pt, _DELTA, gate=True))  # fmt: skip
+        checks.append(target_check(f"{key}_miou_delta_pt", parity and parity.miou_delta_pt,
+                                   limits.max_miou_delta_pt, _DELTA, gate=True))  # fmt: skip
         if limits.min_pixel_agreement_pct is not None:
             agreement = parity and parity.pixel_agreement_pct
-            checks.append(_check(f"{key}_pixel_agreement_pct", agreement,
-                                 limits.min_pixel_agreement_pct, _AGREEMENT, at_most=False,
-                                 gate=True))  # fmt: skip
+            checks.append(target_check(f"{key}_pixel_agreement_pct", agreement,
+                                       limits.min_pixel_agreement_pct, _AGREEMENT, at_most=False,
+                                       gate=True))  # fmt: skip
         if limits.min_confidence_iou_pct is not None:
             iou = parity and parity.confidence_iou_pct
-            checks.append(_check(f"{key}_confidence_iou_pct", iou, limits.min_confidence_iou_pct,
-                                 "pooled IoU of the C' sets vs torch", at_most=False))  # fmt: skip
+            checks.append(target_check(f"{key}_confidence_iou_pct", iou,
+                                       limits.min_confidence_iou_pct,
+                                       "pooled IoU of the C' sets vs torch",
+                                       at_most=False))  # fmt: skip
     return tuple(checks)
 
 
-def _check(
+def target_check(
     name: str,
     value: float | None,
     limit: float,
@@ -98,6 +100,8 @@ def _check(
     at_most: bool = True,
     gate: bool = False,
 ) -> TargetCheck:
+    """A target measured as ``value`` against ``limit`` (``None``: not measured, ``met`` too);
+    ``gate``: a miss makes the command exit 3."""
     met = None if value is None else (value <= limit if at_most else value >= limit)
     return TargetCheck(name, value, limit, at_most, met, detail, gate)
 
